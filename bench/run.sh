@@ -1,0 +1,827 @@
+#!/usr/bin/env bash
+# Portico load benchmark: Portico vs nginx vs HAProxy (plus the backend directly),
+# same route, same machine, same run. Writes docs/benchmarks.md.
+#
+#   bash bench/run.sh                      # everything, defaults (~5 min after the build)
+#   PROXIES="nginx haproxy" bash bench/run.sh   # without Portico
+#   SCENARIOS="1 4" DURATION=5s bash bench/run.sh
+#
+# Method and knobs: bench/README.md. Runs as root on Debian 12 (apt-get installs the tools).
+# Traffic goes to 127.0.0.1 only. Everything it starts is stopped on exit.
+set -Eeuo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$BENCH_DIR/.." && pwd)
+
+# ---------------------------------------------------------------------------------------------
+# Knobs (environment). The ones the caller set are echoed into the report's command line.
+# ---------------------------------------------------------------------------------------------
+KNOBS=(DURATION WARMUP UPSTREAM_DURATION CONNECTIONS IDLE_CONNS HANDSHAKE_CLIENTS SCENARIOS
+       PROXIES DIRECT SKIP_BUILD SKIP_INSTALL PORTICO_BIN TLS_KEY FORWARD_HEADERS OUTPUT
+       KEEP_TMP PROXY_CPU LOAD_CPU)
+SET_KNOBS=()
+for k in "${KNOBS[@]}"; do
+    if [[ -n ${!k+x} ]]; then SET_KNOBS+=("$k=${!k@Q}"); fi
+done
+
+DURATION=${DURATION:-10s}             # measured run of scenarios 1, 2, 3
+WARMUP=${WARMUP:-2s}                  # unmeasured run before scenarios 1 and 2
+UPSTREAM_DURATION=${UPSTREAM_DURATION:-5s}  # scenario 4 (cold upstream pool)
+CONNECTIONS=${CONNECTIONS:-50}        # wrk connections (scenarios 1 and 4)
+IDLE_CONNS=${IDLE_CONNS:-10000}       # scenario 5
+HANDSHAKE_CLIENTS=${HANDSHAKE_CLIENTS:-4}   # parallel `openssl s_time` processes (scenario 3)
+SCENARIOS=${SCENARIOS:-"1 2 3 4 5"}
+PROXIES=${PROXIES:-"portico nginx haproxy"}
+DIRECT=${DIRECT:-1}                   # also measure load generator -> backend directly
+SKIP_BUILD=${SKIP_BUILD:-0}
+SKIP_INSTALL=${SKIP_INSTALL:-0}
+PORTICO_BIN=${PORTICO_BIN:-}
+TLS_KEY=${TLS_KEY:-ec}                # ec (P-256) or rsa (2048)
+FORWARD_HEADERS=${FORWARD_HEADERS:-0} # 1: nginx/haproxy also add X-Forwarded-*/X-Request-ID
+OUTPUT=${OUTPUT:-$ROOT/docs/benchmarks.md}
+KEEP_TMP=${KEEP_TMP:-0}
+PROXY_CPU=${PROXY_CPU:-0}             # core of the proxy under test
+LOAD_CPU=${LOAD_CPU:-1}               # core of the backend and the load generators
+LOAD=(taskset -c "$LOAD_CPU")         # prefix for everything that runs on the load core
+
+# Fixed ports on 127.0.0.1.
+BACKEND_PORT=18000 BACKEND_TLS_PORT=18001 BACKEND_STATUS_PORT=18009
+declare -A PLAIN_PORT=([portico]=18080 [nginx]=18180 [haproxy]=18280 [direct]=$BACKEND_PORT)
+declare -A TLS_PORT=([portico]=18443 [nginx]=18543 [haproxy]=18643 [direct]=$BACKEND_TLS_PORT)
+PORTICO_ADMIN=19901
+
+declare -A R=()        # results: R[scenario.target.metric]=value
+declare -A NOTES=()    # NOTES[target]="problems seen"
+declare -A VERSIONS=()
+declare -A TARGET_PID=()
+STARTED_PIDS=()        # every process this script started (killed on exit)
+TMP=""
+CLK_TCK=$(getconf CLK_TCK)
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------------
+log()  { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die()  { log "ERROR: $*"; exit 1; }
+note() { NOTES[$1]="${NOTES[$1]:-}${NOTES[$1]:+; }$2"; log "$1: $2"; }
+want() { [[ " $SCENARIOS " == *" $1 "* ]]; }
+calc() { awk "BEGIN { printf \"$1\", $2 }"; }         # calc FORMAT EXPR
+now_ns() { date +%s%N; }
+secs_of() {                                           # 10s / 2m / 500ms / 7 -> seconds (int, >=1)
+    local d=$1
+    case $d in
+        *ms) echo $(( ${d%ms} / 1000 > 0 ? ${d%ms} / 1000 : 1 )) ;;
+        *s)  echo "${d%s}" ;;
+        *m)  echo $(( ${d%m} * 60 )) ;;
+        *)   echo "$d" ;;
+    esac
+}
+
+trap 'log "failed at line $LINENO: $BASH_COMMAND"' ERR
+trap cleanup EXIT
+
+# A process and all its descendants (nginx: master + workers).
+tree_pids() {
+    local root=$1
+    [[ -d /proc/$root ]] || return 0
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v root="$root" '
+        { pid = $1; sub(/^.*\) /, ""); parent[pid] = $2 }   # after "pid (comm) ": state ppid ...
+        END {
+            keep[root] = 1; changed = 1
+            while (changed) {
+                changed = 0
+                for (pid in parent)
+                    if (!(pid in keep) && (parent[pid] in keep)) { keep[pid] = 1; changed = 1 }
+            }
+            for (pid in keep) print pid
+        }'
+}
+
+# utime+stime (clock ticks) summed over the given pids; /proc/PID/stat covers all threads.
+cpu_ticks() {
+    local total=0 p stat
+    local -a f
+    for p in "$@"; do
+        stat=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+        read -ra f <<<"${stat##*) }"
+        total=$(( total + f[11] + f[12] ))
+    done
+    echo "$total"
+}
+
+mem_kb() {   # mem_kb FIELD PIDS...: sum of VmRSS (status) or Pss (smaps_rollup) in kB
+    local field=$1 p v total=0
+    shift
+    for p in "$@"; do
+        if [[ $field == Pss ]]; then
+            v=$(awk '/^Pss:/ { print $2 }' "/proc/$p/smaps_rollup" 2>/dev/null || true)
+        else
+            v=$(awk -v f="$field:" '$1 == f { print $2 }' "/proc/$p/status" 2>/dev/null || true)
+        fi
+        total=$(( total + ${v:-0} ))
+    done
+    echo "$total"
+}
+
+target_pids() { [[ -n ${TARGET_PID[$1]:-} ]] && tree_pids "${TARGET_PID[$1]}"; return 0; }
+alive() { [[ -n ${TARGET_PID[$1]:-} ]] && kill -0 "${TARGET_PID[$1]}" 2>/dev/null; }
+
+# Busy ticks of one core from /proc/stat: "task softirq+irq total" (task = user+nice+system+steal).
+core_ticks() {
+    awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $9, $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat
+}
+
+# CPU accounting around one load run: cpu_begin T; <load>; cpu_end T KEY
+cpu_begin() {
+    local -a pids
+    mapfile -t pids < <(target_pids "$1")
+    CORE_P0=$(core_ticks "$PROXY_CPU") CORE_L0=$(core_ticks "$LOAD_CPU")
+    CPU0=$(cpu_ticks "${pids[@]}") WALL0=$(now_ns)
+}
+cpu_end() {   # sets R[KEY.cpu_ticks], R[KEY.wall_s], R[KEY.cpu_pct]
+    local t=$1 key=$2 ticks wall
+    local -a pids
+    mapfile -t pids < <(target_pids "$t")
+    ticks=$(( $(cpu_ticks "${pids[@]}") - CPU0 ))
+    wall=$(calc %.3f "($(now_ns) - $WALL0) / 1e9")
+    R[$key.wall_s]=$wall
+    if [[ $t != direct ]]; then   # direct has no proxy: no CPU columns
+        R[$key.cpu_ticks]=$ticks
+        R[$key.cpu_pct]=$(calc %.0f "$ticks / $CLK_TCK / $wall * 100")
+    fi
+    # Sanity of the layout: how busy the load core was, and how much *other* work (not the
+    # proxy, not interrupts) ran on the proxy core, e.g. a build running next to the benchmark.
+    local p0 p1 l0 l1
+    read -ra p0 <<<"$CORE_P0"; read -ra l0 <<<"$CORE_L0"
+    read -ra p1 < <(core_ticks "$PROXY_CPU"); read -ra l1 < <(core_ticks "$LOAD_CPU")
+    R[$key.load_core_pct]=$(calc %.0f "100 * (${l1[0]} + ${l1[1]} - ${l0[0]} - ${l0[1]}) / (${l1[2]} - ${l0[2]} + 0.001)")
+    R[$key.foreign_pct]=$(calc %.0f "100 * (${p1[0]} - ${p0[0]} - ${R[$key.cpu_ticks]:-0}) / (${p1[2]} - ${p0[2]} + 0.001)")
+    if (( ${R[$key.foreign_pct]} > 5 )); then
+        note "$t" "${key%%.*}: ${R[$key.foreign_pct]}% of CPU $PROXY_CPU went to other processes during the run (numbers are noisy)"
+    fi
+}
+cpu_us_per() {   # cpu_us_per KEY COUNT -> µs of proxy CPU per unit
+    local ticks=${R[$1.cpu_ticks]:-} n=$2
+    [[ -n $ticks && ${n:-0} -gt 0 ]] || return 0
+    calc %.1f "$ticks * 1e6 / $CLK_TCK / $n"
+}
+
+# Poll a command until it succeeds (readiness; no fixed sleeps).
+wait_until() {   # wait_until SECONDS DESCRIPTION CMD...
+    local deadline=$(( $(date +%s) + $1 )) what=$2
+    shift 2
+    until "$@" >/dev/null 2>&1; do
+        if (( $(date +%s) >= deadline )); then log "timed out waiting for $what"; return 1; fi
+        sleep 0.1
+    done
+}
+
+http_ok() { curl -sf --max-time 2 -o /dev/null "$1"; }
+
+start_bg() {   # start_bg LOGBASE CMD... : output to LOGBASE.log; sets BG_PID
+    local logbase=$1
+    shift
+    "$@" >"$logbase.log" 2>&1 &
+    BG_PID=$!
+    STARTED_PIDS+=("$BG_PID")
+}
+# shellcheck disable=SC2317  # (the trap calls it)
+stop_pid() {   # TERM the process tree, then KILL what is left
+    local pid=$1 p i
+    local -a tree
+    mapfile -t tree < <(tree_pids "$pid")
+    ((${#tree[@]})) || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    for p in "${tree[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$? pid
+    trap - ERR
+    for pid in "${STARTED_PIDS[@]}"; do stop_pid "$pid"; done
+    if [[ -n $TMP && -d $TMP ]]; then
+        if [[ $KEEP_TMP == 1 || $rc -ne 0 ]]; then
+            log "raw outputs kept in $TMP"
+        else
+            rm -rf "$TMP"
+        fi
+    fi
+    exit "$rc"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Setup: packages, build, limits, certificates
+# ---------------------------------------------------------------------------------------------
+install_deps() {
+    local tools=(nginx haproxy wrk h2load openssl curl python3 taskset awk)
+    local missing=() t
+    for t in "${tools[@]}"; do command -v "$t" >/dev/null || missing+=("$t"); done
+    if [[ $SKIP_INSTALL == 1 || ${#missing[@]} -eq 0 ]]; then return 0; fi
+    [[ $(id -u) == 0 ]] || die "missing ${missing[*]}; run as root so apt-get can install them"
+    log "installing packages (missing: ${missing[*]})"
+    # Debian starts nginx/haproxy on install; a policy-rc.d that says 101 stops that. We never use
+    # the system services (our instances have their own config, pid file and ports), so an
+    # already running system nginx/haproxy does not matter either.
+    local policy=/usr/sbin/policy-rc.d added_policy=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && added_policy=1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        nginx haproxy wrk nghttp2-client openssl curl python3 util-linux procps >/dev/null
+    if [[ $added_policy == 1 ]]; then rm -f "$policy"; fi
+}
+
+resolve_portico() {
+    [[ " $PROXIES " == *" portico "* ]] || return 0
+    if [[ -n $PORTICO_BIN ]]; then
+        [[ -x $PORTICO_BIN ]] || die "PORTICO_BIN=$PORTICO_BIN is not executable"
+        return 0
+    fi
+    PORTICO_BIN=$ROOT/target/release/portico
+    if [[ $SKIP_BUILD != 1 ]]; then
+        log "building portico (cargo build --release -p portico)"
+        (cd "$ROOT" && cargo build --release -p portico)
+    fi
+    [[ -x $PORTICO_BIN ]] || die "$PORTICO_BIN not found (build failed or SKIP_BUILD=1 without a build)"
+}
+
+raise_fd_limit() {
+    ulimit -n 1048576 2>/dev/null || ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+    NOFILE=$(ulimit -n)
+    if (( IDLE_CONNS + 500 > NOFILE )); then
+        log "open-file limit is $NOFILE: scenario 5 uses $(( NOFILE - 500 )) connections, not $IDLE_CONNS"
+        IDLE_CONNS=$(( NOFILE - 500 ))
+    fi
+}
+
+make_certs() {
+    local keyopt=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1)
+    [[ $TLS_KEY == rsa ]] && keyopt=(-newkey rsa:2048)
+    openssl req -x509 "${keyopt[@]}" -nodes -days 7 -subj /CN=localhost \
+        -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        -keyout "$TMP/bench.key" -out "$TMP/bench.crt" 2>/dev/null
+    cat "$TMP/bench.crt" "$TMP/bench.key" >"$TMP/bench.pem"   # HAProxy wants one file
+}
+
+collect_versions() {
+    VERSIONS[kernel]=$(uname -r)
+    VERSIONS[nginx]=$(nginx -v 2>&1 | sed 's/^nginx version: //')
+    VERSIONS[haproxy]=$(haproxy -v 2>/dev/null | head -n1 | awk '{ print $3, $4 }' || true)
+    VERSIONS[wrk]=$( (wrk -v 2>&1 || true) | head -n1 | awk '{ print $2 }')
+    VERSIONS[h2load]=$( (h2load --version 2>&1 || true) | head -n1)
+    VERSIONS[openssl]=$(openssl version)
+    VERSIONS[python3]=$(python3 --version 2>&1)
+    VERSIONS[curl]=$(curl --version | head -n1 | awk '{ print $2 }')
+    if [[ " $PROXIES " == *" portico "* ]]; then
+        VERSIONS[portico]=$("$PORTICO_BIN" --version 2>&1 | head -n1 || true)
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# The backend: nginx on CPU 1, "hello\n" with long keep-alive, stub_status for accept counts
+# ---------------------------------------------------------------------------------------------
+nginx_common() {   # nginx_common DIR: main-context lines shared by both nginx instances
+    local dir=$1
+    mkdir -p "$dir/tmp"
+    cat <<EOF
+worker_processes 1;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+worker_rlimit_nofile $NOFILE;
+events { worker_connections $(( NOFILE - 100 )); }
+EOF
+}
+nginx_http_common() {
+    local dir=$1
+    cat <<EOF
+    access_log off;
+    client_body_temp_path $dir/tmp/body;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+    default_type text/plain;
+    keepalive_timeout 300s;
+    keepalive_requests 1000000000;
+EOF
+}
+
+start_backend() {
+    local dir=$TMP/backend
+    mkdir -p "$dir"
+    {
+        nginx_common "$dir"
+        echo "http {"
+        nginx_http_common "$dir"
+        cat <<EOF
+    server {
+        listen 127.0.0.1:$BACKEND_PORT backlog=4096;
+        listen 127.0.0.1:$BACKEND_TLS_PORT ssl http2 backlog=4096;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_certificate $TMP/bench.crt;
+        ssl_certificate_key $TMP/bench.key;
+        location / { return 200 "hello\n"; }
+    }
+    server {
+        listen 127.0.0.1:$BACKEND_STATUS_PORT;
+        location / { stub_status; }
+    }
+}
+EOF
+    } >"$dir/nginx.conf"
+    start_bg "$dir/nginx" "${LOAD[@]}" nginx -e stderr -p "$dir" -c "$dir/nginx.conf"
+    wait_until 10 "backend nginx" http_ok "http://127.0.0.1:$BACKEND_PORT/" ||
+        die "backend nginx did not start: $(tail -n5 "$dir/nginx.log")"
+}
+
+backend_counters() {   # "accepts requests" from stub_status (this query counts itself once)
+    curl -sf --max-time 2 "http://127.0.0.1:$BACKEND_STATUS_PORT/" | awk 'NR == 3 { print $1, $3 }'
+}
+
+# ---------------------------------------------------------------------------------------------
+# Proxies under test: one worker each, pinned to CPU 0, same single route to the backend
+# ---------------------------------------------------------------------------------------------
+start_portico() {
+    local dir=$TMP/portico
+    mkdir -p "$dir"
+    cat >"$dir/portico.yaml" <<EOF
+listeners:
+  - name: web
+    address: "127.0.0.1:${PLAIN_PORT[portico]}"
+  - name: websecure
+    address: "127.0.0.1:${TLS_PORT[portico]}"
+    tls:
+      certificates:
+        - { cert: $TMP/bench.crt, key: $TMP/bench.key }
+admin:
+  address: "127.0.0.1:$PORTICO_ADMIN"
+access_log: false
+upstreams:
+  backend:
+    endpoints: ["127.0.0.1:$BACKEND_PORT"]
+routes:
+  - name: all
+    paths: [{ type: Prefix, value: / }]
+    upstream: backend
+EOF
+    start_bg "$dir/portico" env PORTICO_WORKERS=1 RUST_LOG="${RUST_LOG:-warn}" \
+        taskset -c "$PROXY_CPU" "$PORTICO_BIN" run --config "$dir/portico.yaml"
+    TARGET_PID[portico]=$BG_PID
+    wait_until 30 "portico /ready" http_ok "http://127.0.0.1:$PORTICO_ADMIN/ready"
+}
+
+start_nginx() {
+    local dir=$TMP/nginx-proxy headers=""
+    mkdir -p "$dir"
+    if [[ $FORWARD_HEADERS == 1 ]]; then
+        headers='proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $host;
+            proxy_set_header X-Request-ID $request_id;
+            proxy_set_header Host $host;'
+    fi
+    {
+        nginx_common "$dir"
+        echo "http {"
+        nginx_http_common "$dir"
+        cat <<EOF
+    upstream backend {
+        server 127.0.0.1:$BACKEND_PORT;
+        keepalive 64;
+        keepalive_requests 1000000000;
+        keepalive_timeout 300s;
+    }
+    server {
+        listen 127.0.0.1:${PLAIN_PORT[nginx]} backlog=4096;
+        listen 127.0.0.1:${TLS_PORT[nginx]} ssl http2 backlog=4096;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_certificate $TMP/bench.crt;
+        ssl_certificate_key $TMP/bench.key;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            $headers
+        }
+    }
+}
+EOF
+    } >"$dir/nginx.conf"
+    start_bg "$dir/nginx" taskset -c "$PROXY_CPU" nginx -e stderr -p "$dir" -c "$dir/nginx.conf"
+    TARGET_PID[nginx]=$BG_PID
+    wait_until 10 "nginx proxy" http_ok "http://127.0.0.1:${PLAIN_PORT[nginx]}/"
+}
+
+start_haproxy() {
+    local dir=$TMP/haproxy headers="" limits="" maxconn=$(( IDLE_CONNS + 1000 ))
+    mkdir -p "$dir"
+    # HAProxy reserves two fds per connection and refuses to start when the open-file limit
+    # cannot cover that; idle client connections need one each, so let it start anyway.
+    (( 2 * maxconn + 100 <= NOFILE )) || limits="no strict-limits"
+    if [[ $FORWARD_HEADERS == 1 ]]; then
+        headers='option forwardfor
+    http-request set-header X-Forwarded-Proto https if { ssl_fc }
+    http-request set-header X-Forwarded-Proto http if !{ ssl_fc }
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    unique-id-format %{+X}o\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid
+    http-request set-header X-Request-ID %[unique-id]'
+    fi
+    cat >"$dir/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn $maxconn
+    $limits
+    ssl-default-bind-options ssl-min-ver TLSv1.2
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    timeout http-request 30s
+    timeout http-keep-alive 300s
+
+frontend web
+    bind 127.0.0.1:${PLAIN_PORT[haproxy]}
+    bind 127.0.0.1:${TLS_PORT[haproxy]} ssl crt $TMP/bench.pem alpn h2,http/1.1
+    $headers
+    default_backend backend
+
+backend backend
+    http-reuse always
+    server s1 127.0.0.1:$BACKEND_PORT
+EOF
+    start_bg "$dir/haproxy" taskset -c "$PROXY_CPU" haproxy -db -f "$dir/haproxy.cfg"
+    TARGET_PID[haproxy]=$BG_PID
+    wait_until 10 "haproxy" http_ok "http://127.0.0.1:${PLAIN_PORT[haproxy]}/"
+}
+
+start_direct() { :; }   # the backend is already up
+
+start_target() { "start_$1"; }
+
+stop_target() {
+    [[ -n ${TARGET_PID[$1]:-} ]] || return 0
+    stop_pid "${TARGET_PID[$1]}"
+}
+
+# Every target must answer the route over HTTP/1.1, HTTP/2+TLS and HTTP/1.0+TLS without SNI
+# (what `openssl s_time` sends) before it is measured.
+sanity_check() {
+    local t=$1 plain=${PLAIN_PORT[$1]} tls=${TLS_PORT[$1]} body ver resp
+    body=$(curl -sS --max-time 5 "http://127.0.0.1:$plain/" 2>&1) || true
+    [[ $body == hello ]] || { note "$t" "GET / over HTTP/1.1 answered '${body:0:80}', not 'hello'"; return 1; }
+    ver=$(curl -sS -k --http2 --max-time 5 -o /dev/null -w '%{http_version}' "https://127.0.0.1:$tls/" 2>&1) || true
+    [[ $ver == 2 ]] || { note "$t" "HTTPS with ALPN h2 gave HTTP version '$ver', not 2"; return 1; }
+    resp=$(printf 'GET / HTTP/1.0\r\n\r\n' |
+        timeout 5 openssl s_client -connect "127.0.0.1:$tls" -brief -ign_eof 2>"$TMP/tls.$t.txt") || true
+    [[ $resp == "HTTP/1."?" 200"* ]] || { note "$t" "HTTP/1.0 GET over TLS without SNI: '${resp:0:60}'"; return 1; }
+    R[tls.$t]=$(awk -F': ' '/^Protocol version/ { p = $2 } /^Ciphersuite/ { c = $2 }
+        /^Server Temp Key/ { k = $2 } END { sub(/,.*/, "", k); print p " " c " " k }' "$TMP/tls.$t.txt")
+}
+
+# ---------------------------------------------------------------------------------------------
+# Scenarios
+# ---------------------------------------------------------------------------------------------
+WRK_LUA='done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("BENCH requests=%d duration_us=%d errors=%d non2xx=%d p50_us=%d p99_us=%d\n",
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(99)))
+end'
+
+run_wrk() {   # run_wrk PORT DURATION LOGFILE
+    "${LOAD[@]}" wrk -t1 -c"$CONNECTIONS" -d"$2" --latency -s "$TMP/bench.lua" \
+        "http://127.0.0.1:$1/" >"$3" 2>&1
+}
+wrk_field() { sed -n "s/^BENCH.* $2=\([0-9]*\).*/\1/p" "$1" | head -n1; }
+
+# 1. HTTP/1.1 keep-alive, small bodies.
+s1_http1() {
+    local t=$1 port=${PLAIN_PORT[$1]} out=$TMP/s1.$1.txt n
+    run_wrk "$port" "$WARMUP" "$out.warmup"
+    cpu_begin "$t"
+    run_wrk "$port" "$DURATION" "$out"
+    cpu_end "$t" "s1.$t"
+    n=$(wrk_field "$out" requests)
+    R[s1.$t.requests]=$n
+    R[s1.$t.rps]=$(calc %.0f "$n / $(wrk_field "$out" duration_us) * 1e6")
+    R[s1.$t.p50_ms]=$(calc %.3f "$(wrk_field "$out" p50_us) / 1000")
+    R[s1.$t.p99_ms]=$(calc %.3f "$(wrk_field "$out" p99_us) / 1000")
+    R[s1.$t.errors]=$(( $(wrk_field "$out" errors) + $(wrk_field "$out" non2xx) ))
+    R[s1.$t.cpu_us]=$(cpu_us_per "s1.$t" "$n")
+}
+
+# 2. HTTP/2 over TLS: h2load, 10 connections x 10 streams.
+s2_h2() {
+    local t=$1 url="https://127.0.0.1:${TLS_PORT[$1]}/" out=$TMP/s2.$1.txt n
+    "${LOAD[@]}" h2load -c10 -m10 -D "$WARMUP" "$url" >"$out.warmup" 2>&1
+    cpu_begin "$t"
+    "${LOAD[@]}" h2load -c10 -m10 -D "$DURATION" --log-file="$out.log" "$url" >"$out" 2>&1
+    cpu_end "$t" "s2.$t"
+    n=$(awk '/^requests:/ { for (i = 1; i <= NF; i++) if ($(i + 1) ~ /^succeeded/) print $i }' "$out")
+    R[s2.$t.requests]=$n
+    R[s2.$t.rps]=$(awk '/^finished in/ { print int($4 + 0.5) }' "$out")
+    R[s2.$t.errors]=$(awk '/^requests:/ { for (i = 1; i <= NF; i++) if ($(i + 1) ~ /^(failed|errored|timeout)/) s += $i; print s + 0 }' "$out")
+    # Per-request log: start(µs) <TAB> status <TAB> duration(µs) -> percentiles.
+    read -r "R[s2.$t.mean_ms]" "R[s2.$t.p50_ms]" "R[s2.$t.p99_ms]" < <(
+        cut -f3 "$out.log" | sort -n | awk '{ v[NR] = $1; s += $1 }
+            END { if (!NR) { print "- - -"; exit }
+                  printf "%.3f %.3f %.3f\n", s / NR / 1000, v[int(NR * 0.50) + 1] / 1000, v[int(NR * 0.99) + 1] / 1000 }')
+    rm -f "$out.log"
+    R[s2.$t.cpu_us]=$(cpu_us_per "s2.$t" "$n")
+}
+
+# 3. Full TLS handshakes: parallel `openssl s_time -new -www /` (no session reuse; each
+#    connection = a full handshake + one HTTP/1.0 GET, then the server closes).
+s3_handshakes() {
+    local t=$1 port=${TLS_PORT[$1]} secs i n total=0 failed=0
+    local -a pids=()
+    secs=$(secs_of "$DURATION")
+    cpu_begin "$t"
+    for i in $(seq "$HANDSHAKE_CLIENTS"); do
+        "${LOAD[@]}" openssl s_time -connect "127.0.0.1:$port" -new -www / -time "$secs" \
+            >"$TMP/s3.$t.$i.txt" 2>&1 &
+        pids+=($!)
+        STARTED_PIDS+=($!)
+    done
+    for i in "${pids[@]}"; do wait "$i" || failed=$(( failed + 1 )); done
+    cpu_end "$t" "s3.$t"
+    for i in $(seq "$HANDSHAKE_CLIENTS"); do
+        n=$(awk '/connections in [0-9]+ real seconds/ { print $1 }' "$TMP/s3.$t.$i.txt")
+        total=$(( total + ${n:-0} ))
+    done
+    (( failed == 0 )) || note "$t" "$failed of $HANDSHAKE_CLIENTS s_time clients exited non-zero"
+    R[s3.$t.handshakes]=$total
+    R[s3.$t.hs_per_s]=$(calc %.0f "$total / ${R[s3.$t.wall_s]}")
+    R[s3.$t.cpu_us]=$(cpu_us_per "s3.$t" "$total")
+    if [[ -n ${R[s3.$t.cpu_us]} ]]; then
+        R[s3.$t.hs_per_core]=$(calc %.0f "1e6 / ${R[s3.$t.cpu_us]}")
+    fi
+}
+
+# 4. Upstream connections opened from a cold pool (first traffic after start), counted by the
+#    backend's stub_status "accepts".
+s4_upstream() {
+    local t=$1 out=$TMP/s4.$1.txt a0 q0 a1 q1 opened reqs
+    read -r a0 q0 < <(backend_counters)
+    cpu_begin "$t"
+    run_wrk "${PLAIN_PORT[$t]}" "$UPSTREAM_DURATION" "$out"
+    cpu_end "$t" "s4.$t"
+    read -r a1 q1 < <(backend_counters)
+    opened=$(( a1 - a0 - 1 ))   # minus the second stub_status query itself
+    reqs=$(( q1 - q0 - 1 ))
+    R[s4.$t.client_requests]=$(wrk_field "$out" requests)
+    R[s4.$t.upstream_requests]=$reqs
+    R[s4.$t.opened]=$opened
+    if (( reqs > 0 )); then
+        R[s4.$t.per_10k]=$(calc %.2f "$opened * 10000 / $reqs")
+        R[s4.$t.reused_pct]=$(calc %.3f "100 * (1 - $opened / $reqs)")
+    fi
+}
+
+# 5a. Idle memory right after start (before any load).
+s5_idle() {
+    local t=$1
+    local -a pids
+    mapfile -t pids < <(target_pids "$t")
+    R[s5.$t.processes]=${#pids[@]}
+    R[s5.$t.idle_rss_kb]=$(mem_kb VmRSS "${pids[@]}")
+    R[s5.$t.idle_pss_kb]=$(mem_kb Pss "${pids[@]}")
+}
+
+# 5b. RSS per idle HTTP/1.1 keep-alive connection (IDLE_CONNS connections, one request each).
+s5_conns() {
+    local t=$1 out=$TMP/s5.$1.txt rss0 rss1 open final py
+    local -a pids
+    mapfile -t pids < <(target_pids "$t")
+    rss0=$(mem_kb VmRSS "${pids[@]}")
+    "${LOAD[@]}" python3 "$BENCH_DIR/idle_conns.py" --port "${PLAIN_PORT[$t]}" \
+        -n "$IDLE_CONNS" >"$out" 2>&1 &
+    py=$!
+    STARTED_PIDS+=("$py")
+    wait_until 180 "$IDLE_CONNS idle connections" grep -q '^READY' "$out" || true
+    sleep 1   # let the proxy settle after the last response before reading its RSS
+    mapfile -t pids < <(target_pids "$t")
+    rss1=$(mem_kb VmRSS "${pids[@]}")
+    kill -TERM "$py" 2>/dev/null || true
+    wait "$py" 2>/dev/null || true
+    open=$(sed -n 's/^READY open=\([0-9]*\).*/\1/p' "$out")
+    final=$(sed -n 's/^FINAL open=\([0-9]*\).*/\1/p' "$out")
+    R[s5.$t.conns]=${open:-0}
+    R[s5.$t.still_open]=${final:-?}
+    R[s5.$t.loaded_rss_kb]=$rss1
+    if [[ ${open:-0} -gt 0 ]]; then
+        R[s5.$t.per_conn_kib]=$(calc %.2f "($rss1 - $rss0) / $open")
+    fi
+    if [[ ${open:-0} -lt $IDLE_CONNS ]]; then
+        note "$t" "only ${open:-0} of $IDLE_CONNS idle connections opened: $(grep -m1 '^READY' "$out" || tail -n1 "$out")"
+    fi
+    if [[ -n $final && $final != "$open" ]]; then
+        note "$t" "$(( open - final )) idle connections were closed by the server before the RSS reading ended"
+    fi
+}
+
+run_target() {
+    local t=$1
+    log "== $t"
+    if ! start_target "$t"; then
+        note "$t" "did not start or become ready: $(tail -n3 "$TMP/$t"*/*.log 2>/dev/null | tr '\n' ' ')"
+        stop_target "$t"
+        return 0
+    fi
+    if ! sanity_check "$t"; then stop_target "$t"; return 0; fi
+    if [[ $t != direct ]]; then
+        sleep 1   # settle before the idle reading
+        want 5 && s5_idle "$t"
+        want 4 && { log "$t: scenario 4 (upstream connections, cold pool)"; s4_upstream "$t"; }
+    fi
+    want 1 && { log "$t: scenario 1 (HTTP/1.1 keep-alive)"; s1_http1 "$t"; }
+    want 2 && { log "$t: scenario 2 (HTTP/2 over TLS)"; s2_h2 "$t"; }
+    if [[ $t != direct ]]; then
+        want 3 && { log "$t: scenario 3 (TLS full handshakes)"; s3_handshakes "$t"; }
+        want 5 && { log "$t: scenario 5 ($IDLE_CONNS idle connections)"; s5_conns "$t"; }
+        alive "$t" || note "$t" "the process exited during the run"
+    fi
+    stop_target "$t"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+v() { local x=${R[$1]:-}; echo "${x:-—}"; }
+ratio() {   # ratio SCENARIO METRIC TARGET BASE -> "1.23×" of TARGET over BASE
+    local a=${R[$1.$3.$2]:-} b=${R[$1.$4.$2]:-}
+    if [[ -n $a && -n $b ]] && awk "BEGIN { exit !($b > 0) }"; then calc '%.2f×' "$a / $b"; else echo "—"; fi
+}
+mib() { local kb=${R[$1]:-}; if [[ -n $kb ]]; then calc %.1f "$kb / 1024"; else echo "—"; fi; }
+targets_for() {   # targets that ran (in order), optionally without direct
+    local t
+    for t in $PROXIES; do echo "$t"; done
+    [[ $DIRECT == 1 && ${1:-} != noproxyless ]] && echo direct
+    return 0
+}
+verdict() {   # verdict OK-EXPR -> MET / NOT MET / not measured
+    if [[ -z $1 ]]; then echo "not measured"; elif awk "BEGIN { exit !($1) }"; then echo "**MET**"; else echo "**NOT MET**"; fi
+}
+
+write_report() {
+    local t cmd cpu_model h1 h2 hs reuse rss
+    cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+    cmd="bash bench/run.sh"
+    ((${#SET_KNOBS[@]})) && cmd="${SET_KNOBS[*]} $cmd"
+    mkdir -p "$(dirname "$OUTPUT")"
+    {
+        cat <<EOF
+# Benchmarks
+
+Produced by \`$cmd\` (method: [bench/README.md](../bench/README.md)).
+
+- Date: $(date -u '+%Y-%m-%d %H:%M UTC')
+- Machine: $(nproc) cores, $cpu_model, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, Linux ${VERSIONS[kernel]}
+- Layout: proxy under test pinned to CPU $PROXY_CPU (one worker/thread); backend nginx and load generators pinned to CPU $LOAD_CPU; all traffic on 127.0.0.1
+- Versions: portico ${VERSIONS[portico]:-(not run)}; nginx ${VERSIONS[nginx]}; HAProxy ${VERSIONS[haproxy]}; wrk ${VERSIONS[wrk]}; ${VERSIONS[h2load]}; ${VERSIONS[openssl]}; ${VERSIONS[python3]}
+- Settings: DURATION=$DURATION, WARMUP=$WARMUP, CONNECTIONS=$CONNECTIONS, UPSTREAM_DURATION=$UPSTREAM_DURATION, IDLE_CONNS=$IDLE_CONNS, HANDSHAKE_CLIENTS=$HANDSHAKE_CLIENTS, TLS_KEY=$TLS_KEY, FORWARD_HEADERS=$FORWARD_HEADERS, scenarios: $SCENARIOS
+
+**Proxy CPU µs per request** is the proxy's utime+stime (all its processes and threads, from
+/proc/PID/stat) during the measured run divided by the requests completed. The load generator
+shares one core with the backend, so requests/s mostly measures that core; CPU per request is
+the number that tells the proxies apart. "× nginx" / "× haproxy" divide a row by nginx's /
+HAProxy's row (lower is better for CPU, latency and memory).
+
+## Targets (issue 2)
+
+| target | measured | result |
+|---|---|---|
+EOF
+        h1=$( [[ -n ${R[s1.portico.cpu_us]:-} && -n ${R[s1.nginx.cpu_us]:-} ]] && calc %.2f "${R[s1.portico.cpu_us]} / ${R[s1.nginx.cpu_us]}" || true)
+        h2=$( [[ -n ${R[s2.portico.cpu_us]:-} && -n ${R[s2.nginx.cpu_us]:-} ]] && calc %.2f "${R[s2.portico.cpu_us]} / ${R[s2.nginx.cpu_us]}" || true)
+        hs=$( [[ -n ${R[s3.portico.cpu_us]:-} && -n ${R[s3.nginx.cpu_us]:-} ]] && calc %.2f "${R[s3.nginx.cpu_us]} / ${R[s3.portico.cpu_us]}" || true)
+        reuse=${R[s4.portico.reused_pct]:-}
+        rss=${R[s5.portico.idle_rss_kb]:-}
+        echo "| Portico CPU per request ≤ 1.1× nginx's (HTTP/1.1, scenario 1) | ${h1:+$h1×} | $(verdict "${h1:+$h1 <= 1.1}") |"
+        echo "| Portico CPU per request ≤ 1.1× nginx's (HTTP/2 + TLS, scenario 2) | ${h2:+$h2×} | $(verdict "${h2:+$h2 <= 1.1}") |"
+        echo "| Portico TLS handshakes per core ≥ 1.4× nginx's (scenario 3) | ${hs:+$hs×} | $(verdict "${hs:+$hs >= 1.4}") |"
+        echo "| ≥ 99.9% of Portico's requests on reused upstream connections (scenario 4) | ${reuse:+$reuse%} | $(verdict "${reuse:+$reuse >= 99.9}") |"
+        echo "| Portico idle RSS < 20 MB (scenario 5) | ${rss:+$(calc %.1f "$rss * 1024 / 1e6") MB} | $(verdict "${rss:+$rss * 1024 < 20e6}") |"
+        echo
+        echo "Handshakes per core compares 10⁶ / (proxy CPU µs per handshake); MB = 10⁶ bytes (VmRSS)."
+
+        if want 1; then
+            cat <<EOF
+
+## 1. HTTP/1.1 keep-alive, small body
+
+\`wrk -t1 -c$CONNECTIONS -d$DURATION --latency\` after a $WARMUP warm-up; body \`hello\\n\` (6 bytes).
+
+| target | req/s | p50 ms | p99 ms | errors | proxy CPU % | **proxy CPU µs/req** | × nginx | × haproxy | load core busy % | other load on proxy core % |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+EOF
+            for t in $(targets_for); do
+                echo "| $t | $(v s1.$t.rps) | $(v s1.$t.p50_ms) | $(v s1.$t.p99_ms) | $(v s1.$t.errors) | $(v s1.$t.cpu_pct) | **$(v s1.$t.cpu_us)** | $(ratio s1 cpu_us "$t" nginx) | $(ratio s1 cpu_us "$t" haproxy) | $(v s1.$t.load_core_pct) | $(v s1.$t.foreign_pct) |"
+            done
+        fi
+        if want 2; then
+            cat <<EOF
+
+## 2. HTTP/2 over TLS
+
+\`h2load -c10 -m10 -D $DURATION\` (ALPN h2, TLS to the proxy, HTTP/1.1 keep-alive to the backend) after a $WARMUP warm-up; latency percentiles from h2load's per-request log.
+
+| target | req/s | mean ms | p50 ms | p99 ms | errors | proxy CPU % | **proxy CPU µs/req** | × nginx | × haproxy | load core busy % | other load on proxy core % |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+EOF
+            for t in $(targets_for); do
+                echo "| $t | $(v s2.$t.rps) | $(v s2.$t.mean_ms) | $(v s2.$t.p50_ms) | $(v s2.$t.p99_ms) | $(v s2.$t.errors) | $(v s2.$t.cpu_pct) | **$(v s2.$t.cpu_us)** | $(ratio s2 cpu_us "$t" nginx) | $(ratio s2 cpu_us "$t" haproxy) | $(v s2.$t.load_core_pct) | $(v s2.$t.foreign_pct) |"
+            done
+        fi
+        if want 3; then
+            cat <<EOF
+
+## 3. TLS full handshakes
+
+$HANDSHAKE_CLIENTS parallel \`openssl s_time -new -www / -time $(secs_of "$DURATION")\`: every connection is a full handshake (no session ID, no ticket offered), one HTTP/1.0 \`GET /\`, then the server closes. Handshakes per core = 10⁶ / CPU µs per handshake (the proxy core's capacity; the client core is the bottleneck for handshakes/s). Certificate: $([[ $TLS_KEY == rsa ]] && echo "RSA 2048" || echo "ECDSA P-256").
+
+| proxy | negotiated | handshakes | handshakes/s | proxy CPU % | **proxy CPU µs/handshake** | handshakes per core | × nginx | × haproxy | load core busy % | other load on proxy core % |
+|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+EOF
+            for t in $(targets_for noproxyless); do
+                echo "| $t | $(v tls.$t) | $(v s3.$t.handshakes) | $(v s3.$t.hs_per_s) | $(v s3.$t.cpu_pct) | **$(v s3.$t.cpu_us)** | $(v s3.$t.hs_per_core) | $(ratio s3 hs_per_core "$t" nginx) | $(ratio s3 hs_per_core "$t" haproxy) | $(v s3.$t.load_core_pct) | $(v s3.$t.foreign_pct) |"
+            done
+        fi
+        if want 4; then
+            cat <<EOF
+
+## 4. Upstream connections
+
+First traffic after the proxy starts (cold pool): \`wrk -t1 -c$CONNECTIONS -d$UPSTREAM_DURATION\`; new connections counted by the backend's \`stub_status\` accepts, requests by its request counter.
+
+| proxy | client requests | upstream requests | upstream connections opened | per 10k requests | requests on reused connections |
+|---|---:|---:|---:|---:|---:|
+EOF
+            for t in $(targets_for noproxyless); do
+                echo "| $t | $(v s4.$t.client_requests) | $(v s4.$t.upstream_requests) | $(v s4.$t.opened) | $(v s4.$t.per_10k) | $(v s4.$t.reused_pct)% |"
+            done
+        fi
+        if want 5; then
+            cat <<EOF
+
+## 5. Memory
+
+Idle: VmRSS (and PSS, which does not double-count pages shared between nginx's master and worker) summed over the proxy's processes after start, before any load. Per connection: VmRSS with $IDLE_CONNS idle HTTP/1.1 keep-alive connections open (one \`GET /\` served on each, \`bench/idle_conns.py\`) minus VmRSS just before opening them, divided by the connections open.
+
+| proxy | processes | idle RSS MiB | idle PSS MiB | × nginx | idle connections | RSS MiB with them | **KiB per idle connection** | × nginx | × haproxy |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+EOF
+            for t in $(targets_for noproxyless); do
+                echo "| $t | $(v s5.$t.processes) | $(mib s5.$t.idle_rss_kb) | $(mib s5.$t.idle_pss_kb) | $(ratio s5 idle_rss_kb "$t" nginx) | $(v s5.$t.conns) | $(mib s5.$t.loaded_rss_kb) | **$(v s5.$t.per_conn_kib)** | $(ratio s5 per_conn_kib "$t" nginx) | $(ratio s5 per_conn_kib "$t" haproxy) |"
+            done
+        fi
+        if ((${#NOTES[@]})); then
+            echo
+            echo "## Problems seen during the run"
+            echo
+            for t in "${!NOTES[@]}"; do echo "- $t: ${NOTES[$t]}"; done
+        fi
+    } >"$OUTPUT"
+    log "wrote $OUTPUT"
+}
+
+print_summary() {
+    local t
+    for t in $(targets_for); do
+        log "$(printf '%-8s s1 %6s rps %6s µs/req | s2 %6s rps %6s µs/req | s3 %6s µs/hs | s4 %5s%% reused | s5 idle %6s kB %6s KiB/conn' \
+            "$t" "$(v s1.$t.rps)" "$(v s1.$t.cpu_us)" "$(v s2.$t.rps)" "$(v s2.$t.cpu_us)" \
+            "$(v s3.$t.cpu_us)" "$(v s4.$t.reused_pct)" "$(v s5.$t.idle_rss_kb)" "$(v s5.$t.per_conn_kib)")"
+    done
+}
+
+# ---------------------------------------------------------------------------------------------
+main() {
+    local t
+    if (( $(nproc) < 2 )); then
+        log "fewer than 2 cores: backend and load generator share CPU $PROXY_CPU"
+        LOAD_CPU=$PROXY_CPU LOAD=(taskset -c "$PROXY_CPU")
+    fi
+    install_deps
+    resolve_portico
+    raise_fd_limit
+    TMP=$(mktemp -d -t portico-bench.XXXXXX)
+    printf '%s\n' "$WRK_LUA" >"$TMP/bench.lua"
+    make_certs
+    collect_versions
+    start_backend
+    for t in $PROXIES; do run_target "$t"; done
+    [[ $DIRECT == 1 ]] && run_target direct
+    write_report
+    print_summary
+}
+
+main "$@"

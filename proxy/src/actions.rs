@@ -1,0 +1,238 @@
+//! Request checks and the route actions that answer without an upstream: redirects and
+//! direct responses.
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+
+use crate::body::{self, Body, BodyTooLarge};
+use crate::error::ProxyError;
+use crate::listener::ConnInfo;
+use crate::snapshot::{DirectResponse, Limits, PathReplace, Redirect};
+
+/// Refuses what must never reach an upstream: over-long URIs, ambiguous framing.
+pub fn check_request<B>(req: &Request<B>, limits: &Limits) -> Result<(), ProxyError> {
+    let uri_len = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().len())
+        .unwrap_or(0);
+    if uri_len > limits.max_uri_length {
+        return Err(ProxyError::UriTooLong {
+            limit: limits.max_uri_length,
+        });
+    }
+    let headers = req.headers();
+    // RFC 9112 §6.1: a message with both is a request-smuggling vector; refuse it.
+    if headers.contains_key(header::TRANSFER_ENCODING)
+        && headers.contains_key(header::CONTENT_LENGTH)
+    {
+        return Err(ProxyError::BadRequest(
+            "both Content-Length and Transfer-Encoding are present".into(),
+        ));
+    }
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    if let Some(first) = lengths.next()
+        && (lengths.any(|v| v != first)
+            || first
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .is_none())
+    {
+        return Err(ProxyError::BadRequest(
+            "invalid or conflicting Content-Length".into(),
+        ));
+    }
+    if req.uri().path_and_query().is_none() && req.method() != http::Method::OPTIONS {
+        return Err(ProxyError::BadRequest(
+            "request target must be an absolute path".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a body whose declared length is over the route's limit, before any upstream work.
+pub fn check_body_size<B>(req: &Request<B>, max: Option<u64>) -> Result<(), ProxyError> {
+    let Some(limit) = max else { return Ok(()) };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    match declared {
+        Some(n) if n > limit => Err(ProxyError::BodyTooLarge(BodyTooLarge { limit })),
+        _ => Ok(()),
+    }
+}
+
+/// The request's host: `Host` (HTTP/1.1) or the URI authority (HTTP/2 `:authority`), with
+/// any port, as sent.
+pub fn request_host<B>(req: &Request<B>) -> Result<&str, ProxyError> {
+    if let Some(a) = req.uri().authority() {
+        return Ok(a.as_str());
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(h), None) => {
+            let s = h
+                .to_str()
+                .map_err(|_| ProxyError::BadRequest("Host is not valid ASCII".into()))?;
+            if s.is_empty() || s.parse::<http::uri::Authority>().is_err() {
+                return Err(ProxyError::BadRequest("Host is not a valid host".into()));
+            }
+            Ok(s)
+        }
+        (Some(_), Some(_)) => Err(ProxyError::BadRequest("more than one Host header".into())),
+        (None, _) => Err(ProxyError::BadRequest("missing Host header".into())),
+    }
+}
+
+/// A TLS client that sent SNI must not use the connection for a host its certificate does
+/// not cover (RFC 9110 §15.5.20; HTTP/2 connection coalescing makes this real).
+pub fn check_misdirected(conn: &ConnInfo, host: &str) -> Result<(), ProxyError> {
+    let Some(tls) = &conn.tls else { return Ok(()) };
+    let Some(sni) = &tls.sni else { return Ok(()) };
+    let bare = strip_port(host);
+    if bare.eq_ignore_ascii_case(sni) || tls.settings.cert_covers(tls.cert_index, bare) {
+        return Ok(());
+    }
+    Err(ProxyError::Misdirected {
+        host: host.to_string(),
+    })
+}
+
+/// `host` without a `:port` (IPv6 literals keep their brackets).
+pub fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return match host.find(']') {
+            Some(i) => &host[..=i],
+            None => host,
+        };
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+fn port_of(host: &str) -> Option<&str> {
+    let bare = strip_port(host);
+    host.get(bare.len() + 1..).filter(|p| !p.is_empty())
+}
+
+/// The listener's blanket 308 to HTTPS.
+pub fn https_redirect<B>(req: &Request<B>, host: &str, port: Option<u16>) -> Response<Body> {
+    let mut location = format!("https://{}", strip_port(host));
+    if let Some(p) = port.filter(|p| *p != 443) {
+        location.push_str(&format!(":{p}"));
+    }
+    location.push_str(
+        req.uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/"),
+    );
+    redirect_response(StatusCode::PERMANENT_REDIRECT, &location)
+}
+
+/// A route's redirect: each part replaced or kept from the request.
+pub fn redirect<B>(
+    r: &Redirect,
+    req: &Request<B>,
+    conn: &ConnInfo,
+    host: &str,
+    normalised: &str,
+    matched_prefix: Option<&str>,
+) -> Response<Body> {
+    let request_scheme = if conn.tls.is_some() { "https" } else { "http" };
+    let scheme = r.scheme.as_deref().unwrap_or(request_scheme);
+    let name = r.host.as_deref().unwrap_or_else(|| strip_port(host));
+    let port = match r.port {
+        Some(p) => Some(p.to_string()),
+        // Changing the scheme drops the old port; otherwise it is kept.
+        None if scheme != request_scheme => None,
+        None => port_of(host).map(str::to_string),
+    };
+    let path = match &r.path {
+        Some(p) => replace_path(p, normalised, matched_prefix),
+        None => normalised.to_string(),
+    };
+    let default_port = if scheme == "https" { "443" } else { "80" };
+    let mut location = format!("{scheme}://{name}");
+    if let Some(p) = port.filter(|p| p != default_port) {
+        location.push(':');
+        location.push_str(&p);
+    }
+    location.push_str(&path);
+    if let Some(q) = req.uri().query() {
+        location.push('?');
+        location.push_str(q);
+    }
+    redirect_response(r.status, &location)
+}
+
+/// Applies a path replacement: the whole path, or the prefix the rule matched.
+pub fn replace_path(p: &PathReplace, path: &str, matched_prefix: Option<&str>) -> String {
+    match p {
+        PathReplace::Full(full) => full.clone(),
+        PathReplace::Prefix(with) => {
+            let prefix = matched_prefix.unwrap_or("");
+            let rest = path.get(prefix.len()..).unwrap_or("");
+            let mut out = format!("{}{rest}", with.trim_end_matches('/'));
+            if !out.starts_with('/') {
+                out.insert(0, '/');
+            }
+            out
+        }
+    }
+}
+
+fn redirect_response(status: StatusCode, location: &str) -> Response<Body> {
+    let mut resp = Response::new(body::empty());
+    *resp.status_mut() = status;
+    if let Ok(v) = HeaderValue::from_str(location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    resp
+}
+
+pub fn direct(d: &DirectResponse) -> Response<Body> {
+    let mut resp = Response::new(body::full(d.body.clone()));
+    *resp.status_mut() = d.status;
+    if let Some(ct) = &d.content_type {
+        resp.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_ports() {
+        assert_eq!(strip_port("a.example:8080"), "a.example");
+        assert_eq!(strip_port("a.example"), "a.example");
+        assert_eq!(strip_port("[::1]:8443"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+        assert_eq!(port_of("a.example:8080"), Some("8080"));
+        assert_eq!(port_of("a.example"), None);
+    }
+
+    #[test]
+    fn replaces_prefixes() {
+        let p = PathReplace::Prefix("/v2".into());
+        assert_eq!(replace_path(&p, "/api/x", Some("/api")), "/v2/x");
+        assert_eq!(replace_path(&p, "/api", Some("/api")), "/v2");
+        let root = PathReplace::Prefix("/".into());
+        assert_eq!(replace_path(&root, "/api/users", Some("/api")), "/users");
+        assert_eq!(replace_path(&root, "/api", Some("/api")), "/");
+        let app = PathReplace::Prefix("/app".into());
+        assert_eq!(replace_path(&app, "/x", Some("")), "/app/x");
+        assert_eq!(
+            replace_path(&PathReplace::Full("/new".into()), "/old/x", None),
+            "/new"
+        );
+    }
+}

@@ -1,0 +1,901 @@
+//! Raw configuration → [`Snapshot`]: every check, every error with its location.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+use tokio_util::sync::CancellationToken;
+
+use super::raw::{RawFile, RawPathKind, RawRoute, RawUpstream, RawUpstreamProtocol, RawValueMatch};
+use super::{ConfigError, ConfigErrors, Loaded, Source};
+use crate::route::{self, HeaderMatch, QueryMatch, RuleSpec, ValueMatch};
+use crate::snapshot::{
+    Action, Backends, DirectResponse, Limits, ListenerConfig, PathReplace, Redirect, Rewrite,
+    Route, Settings, Snapshot, Target,
+};
+use crate::tls::{CertSpec, ClientAuthMode, ClientAuthSpec, TlsSettings, TlsSpec};
+use crate::upstream::{ClientCache, ClientKey, Upstream, UpstreamProtocol};
+
+/// What a compile may reuse from the running process.
+#[derive(Default)]
+pub struct CompileContext {
+    /// Upstream connection pools, kept across reloads so connections are reused.
+    pub clients: ClientCache,
+    /// Closing tokens of the routes currently serving, by (name, fingerprint): an unchanged route
+    /// keeps its token, so its long-lived streams are untouched by the reload.
+    pub route_tokens: HashMap<(String, u64), CancellationToken>,
+}
+
+/// Where one item of a merged list came from.
+struct Origin<'a> {
+    source: &'a Source,
+    /// YAML path of the item inside its file, e.g. `routes[2]`.
+    path: String,
+}
+
+impl Origin<'_> {
+    fn error(&self, sub: &str, message: impl Into<String>) -> ConfigError {
+        let path = if sub.is_empty() {
+            self.path.clone()
+        } else if sub.starts_with('[') {
+            format!("{}{sub}", self.path)
+        } else {
+            format!("{}.{sub}", self.path)
+        };
+        self.source.error(&path, message)
+    }
+}
+
+/// Validates a loaded configuration and builds the snapshot it describes.
+pub fn compile(loaded: &Loaded, ctx: &CompileContext) -> Result<Snapshot, ConfigErrors> {
+    let mut errors = Vec::new();
+    let files: Vec<(&Source, &RawFile)> = loaded.sources.iter().zip(loaded.files.iter()).collect();
+
+    let settings = compile_settings(&files, &mut errors);
+
+    // Upstreams (a map per file; a name defined twice across files is an error).
+    let mut upstream_defs: HashMap<&str, (Origin<'_>, &RawUpstream)> = HashMap::new();
+    for (source, file) in &files {
+        for (name, up) in &file.upstreams {
+            let origin = Origin {
+                source,
+                path: format!("upstreams.{name}"),
+            };
+            if let Some((first, _)) = upstream_defs.get(name.as_str()) {
+                errors.push(origin.error(
+                    "",
+                    format!(
+                        "upstream \"{name}\" is already defined at {}",
+                        describe(first)
+                    ),
+                ));
+                continue;
+            }
+            validate_upstream(name, up, &origin, &mut errors);
+            upstream_defs.insert(name, (origin, up));
+        }
+    }
+
+    // Listeners.
+    let mut listeners = Vec::new();
+    let mut addresses: HashMap<SocketAddr, String> = HashMap::new();
+    let mut names: HashSet<String> = HashSet::new();
+    let mut extra_files = Vec::new();
+    let mut index = 0usize;
+    for (source, file) in &files {
+        for (i, l) in file.listeners.iter().enumerate() {
+            let origin = Origin {
+                source,
+                path: format!("listeners[{i}]"),
+            };
+            index += 1;
+            if !names.insert(l.name.clone()) {
+                errors
+                    .push(origin.error("name", format!("duplicate listener name \"{}\"", l.name)));
+            }
+            let addr: SocketAddr = match l.address.parse() {
+                Ok(a) => a,
+                Err(_) => {
+                    errors.push(origin.error(
+                        "address",
+                        format!("\"{}\" is not an IP:port address (write e.g. \"0.0.0.0:8080\" or \"[::]:8443\")", l.address),
+                    ));
+                    continue;
+                }
+            };
+            if addr.port() != 0 {
+                if let Some(other) = addresses.get(&addr) {
+                    errors.push(origin.error(
+                        "address",
+                        format!("address {addr} is already used by listener \"{other}\""),
+                    ));
+                } else {
+                    addresses.insert(addr, l.name.clone());
+                }
+            }
+            let tls = match &l.tls {
+                None => None,
+                Some(t) => {
+                    if t.certificates.is_empty() {
+                        errors.push(origin.error(
+                            "tls.certificates",
+                            "a TLS listener needs at least one certificate",
+                        ));
+                        None
+                    } else {
+                        let base = source.base_dir();
+                        let spec = TlsSpec {
+                            certificates: t
+                                .certificates
+                                .iter()
+                                .map(|c| CertSpec {
+                                    cert: resolve(base, &c.cert),
+                                    key: resolve(base, &c.key),
+                                })
+                                .collect(),
+                            default_certificate: t.certificates.iter().position(|c| c.default),
+                            client_auth: t.client_auth.as_ref().map(|ca| ClientAuthSpec {
+                                ca: resolve(base, &ca.ca),
+                                mode: match ca.mode {
+                                    super::raw::RawClientAuthMode::Required => {
+                                        ClientAuthMode::Required
+                                    }
+                                    super::raw::RawClientAuthMode::Optional => {
+                                        ClientAuthMode::Optional
+                                    }
+                                },
+                            }),
+                            alpn_h2: t.http2.unwrap_or(true),
+                        };
+                        if t.certificates.iter().filter(|c| c.default).count() > 1 {
+                            errors.push(origin.error(
+                                "tls.certificates",
+                                "only one certificate can be the default",
+                            ));
+                        }
+                        // Watch the files even if they fail to load, so fixing them reloads.
+                        for c in &spec.certificates {
+                            extra_files.push(c.cert.clone());
+                            extra_files.push(c.key.clone());
+                        }
+                        if let Some(ca) = &spec.client_auth {
+                            extra_files.push(ca.ca.clone());
+                        }
+                        match TlsSettings::compile(&spec) {
+                            Ok(s) => Some(Arc::new(s)),
+                            Err(tls_errors) => {
+                                for e in tls_errors {
+                                    errors.push(origin.error("tls", e.to_string()));
+                                }
+                                None
+                            }
+                        }
+                    }
+                }
+            };
+            if l.redirect_https.is_some() && l.tls.is_some() {
+                errors.push(origin.error(
+                    "redirect_https",
+                    "redirect_https belongs on a plain listener, not a TLS one",
+                ));
+            }
+            listeners.push(Arc::new(ListenerConfig {
+                name: l.name.clone(),
+                key: l.address.clone(),
+                addr,
+                tls,
+                redirect_https: l.redirect_https.as_ref().map(|r| r.port),
+                h2c: l.h2c.unwrap_or(true),
+            }));
+        }
+    }
+    if index == 0 {
+        errors.push(ConfigError::global(
+            "no listeners: add at least one under `listeners:`",
+        ));
+    }
+
+    let admin = match files
+        .iter()
+        .filter_map(|(s, f)| f.admin.as_ref().map(|a| (s, a)))
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [] => None,
+        [(source, a)] => match a.address.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                errors.push(source.error(
+                    "admin.address",
+                    format!("\"{}\" is not an IP:port address", a.address),
+                ));
+                None
+            }
+        },
+        [_, (source, _), ..] => {
+            errors.push(source.error("admin", "admin is defined in more than one file"));
+            None
+        }
+    };
+
+    // Upstream objects are built per (upstream, connect timeout) the routes ask for.
+    let mut built: HashMap<(String, Option<Duration>, Option<Duration>), Arc<Upstream>> =
+        HashMap::new();
+    let mut upstream_for = |name: &str,
+                            connect: Option<Duration>,
+                            request: Option<Duration>|
+     -> Option<Arc<Upstream>> {
+        let (_, raw) = upstream_defs.get(name)?;
+        let key = (name.to_string(), connect, request);
+        if let Some(u) = built.get(&key) {
+            return Some(u.clone());
+        }
+        let protocol = match raw.protocol {
+            Some(RawUpstreamProtocol::H2c) => UpstreamProtocol::H2c,
+            _ => UpstreamProtocol::Http1,
+        };
+        let connect_timeout = connect
+            .or(raw.connect_timeout.map(|d| d.0))
+            .unwrap_or(Duration::from_secs(5));
+        let request_timeout = request
+            .or(raw.request_timeout.map(|d| d.0))
+            .unwrap_or(Duration::from_secs(60));
+        let idle = raw
+            .idle_timeout
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(90));
+        let client = ctx.clients.get(ClientKey {
+            protocol,
+            connect_timeout,
+            idle_timeout: idle,
+        });
+        let endpoints = raw
+            .endpoints
+            .iter()
+            .filter_map(|e| e.parse().ok())
+            .collect();
+        let u = Arc::new(
+            Upstream::new(name.to_string(), endpoints, client, request_timeout)
+                .with_h2(protocol == UpstreamProtocol::H2c),
+        );
+        built.insert(key, u.clone());
+        Some(u)
+    };
+
+    // Routes.
+    let mut rules = Vec::new();
+    let mut routes = Vec::new();
+    let mut route_names: HashMap<String, String> = HashMap::new();
+    for (source, file) in &files {
+        for (i, r) in file.routes.iter().enumerate() {
+            let origin = Origin {
+                source,
+                path: format!("routes[{i}]"),
+            };
+            if r.name.trim().is_empty() {
+                errors.push(origin.error("name", "a route needs a non-empty name"));
+            } else if let Some(first) = route_names.get(&r.name) {
+                errors.push(origin.error(
+                    "name",
+                    format!(
+                        "duplicate route name \"{}\" (first defined at {first})",
+                        r.name
+                    ),
+                ));
+            } else {
+                route_names.insert(r.name.clone(), origin_string(&origin));
+            }
+            let before = errors.len();
+            let (specs, prefixes) = compile_matchers(r, &origin, &mut errors);
+            let action = compile_action(r, &origin, &upstream_defs, &mut upstream_for, &mut errors);
+            let rewrite = compile_rewrite(r, &origin, &mut errors);
+            if errors.len() > before {
+                continue;
+            }
+            let Some(action) = action else { continue };
+            let fingerprint = fingerprint(r);
+            let closing = ctx
+                .route_tokens
+                .get(&(r.name.clone(), fingerprint))
+                .cloned()
+                .unwrap_or_default();
+            let route = Arc::new(Route {
+                name: r.name.clone(),
+                action,
+                rewrite,
+                max_body: r.max_body.map(|b| b.0).or(settings.limits.max_body),
+                closing,
+                fingerprint,
+            });
+            for (spec, prefix) in specs.into_iter().zip(prefixes) {
+                rules.push((
+                    spec,
+                    Target {
+                        route: route.clone(),
+                        prefix,
+                    },
+                ));
+            }
+            routes.push(route);
+        }
+    }
+
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+
+    // The hash covers the YAML and every file it references.
+    let hash = content_hash(loaded.text_digest.as_ref(), &extra_files);
+
+    Ok(Snapshot {
+        hash,
+        loaded_at: SystemTime::now(),
+        listeners,
+        admin,
+        router: route::Router::new(rules),
+        routes,
+        settings,
+        files: loaded.sources.iter().map(|s| s.path.clone()).collect(),
+        referenced: extra_files,
+    })
+}
+
+/// Hex SHA-256 over the configuration digest and the bytes of every referenced file.
+pub fn content_hash(config_digest: &[u8], referenced: &[PathBuf]) -> String {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(config_digest);
+    for path in referenced {
+        ctx.update(path.to_string_lossy().as_bytes());
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                ctx.update(&(bytes.len() as u64).to_le_bytes());
+                ctx.update(&bytes);
+            }
+            Err(_) => ctx.update(b"<unreadable>"),
+        }
+    }
+    ctx.finish().as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn describe(origin: &Origin<'_>) -> String {
+    origin_string(origin)
+}
+
+fn origin_string(origin: &Origin<'_>) -> String {
+    let e = origin.source.error(&origin.path, "");
+    match e.line {
+        Some(line) => format!("{}:{line}", origin.source.path.display()),
+        None => origin.source.path.display().to_string(),
+    }
+}
+
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+fn fingerprint(r: &RawRoute) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(r).unwrap_or_default().hash(&mut h);
+    h.finish()
+}
+
+fn validate_upstream(
+    name: &str,
+    up: &RawUpstream,
+    origin: &Origin<'_>,
+    errors: &mut Vec<ConfigError>,
+) {
+    if name.is_empty() {
+        errors.push(origin.error("", "an upstream needs a non-empty name"));
+    }
+    if up.endpoints.is_empty() {
+        errors.push(origin.error(
+            "endpoints",
+            "an upstream needs at least one endpoint (\"host:port\")",
+        ));
+    }
+    for (i, e) in up.endpoints.iter().enumerate() {
+        let ok = e.parse::<http::uri::Authority>().ok().is_some_and(|a| {
+            a.port_u16().is_some_and(|p| p != 0) && !a.host().is_empty() && !e.contains('@')
+        });
+        if !ok {
+            errors.push(origin.error(
+                &format!("endpoints[{i}]"),
+                format!("\"{e}\" is not a host:port endpoint (write e.g. \"10.0.0.7:8080\" or \"orders.shop.svc:80\")"),
+            ));
+        }
+    }
+}
+
+fn compile_settings(files: &[(&Source, &RawFile)], errors: &mut Vec<ConfigError>) -> Settings {
+    let mut settings = Settings {
+        access_log: true,
+        limits: Limits {
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_uri_length: 8 * 1024,
+            max_body: None,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            tls_handshake_timeout: Duration::from_secs(10),
+            max_connections: 50_000,
+            max_inflight: 10_000,
+        },
+        drain_delay: Duration::from_secs(5),
+        shutdown_timeout: Duration::from_secs(30),
+        reload_debounce: Duration::from_millis(200),
+        reload_poll_interval: Duration::from_secs(30),
+        stream_grace: Duration::from_secs(600),
+        trust_forwarded: false,
+    };
+    let mut seen: HashMap<&str, &Source> = HashMap::new();
+    for (source, file) in files {
+        let mut dup = |key: &'static str, errors: &mut Vec<ConfigError>| {
+            if let Some(first) = seen.insert(key, source) {
+                errors.push(source.error(
+                    key,
+                    format!("`{key}` is also set in {}", first.path.display()),
+                ));
+            }
+        };
+        if let Some(v) = file.access_log {
+            dup("access_log", errors);
+            settings.access_log = v;
+        }
+        if let Some(l) = &file.limits {
+            dup("limits", errors);
+            let lim = &mut settings.limits;
+            if let Some(v) = l.max_header_bytes {
+                if v.0 < 8192 {
+                    errors.push(source.error("limits.max_header_bytes", "must be at least 8KiB"));
+                }
+                lim.max_header_bytes = v.0 as usize;
+            }
+            if let Some(v) = l.max_headers {
+                lim.max_headers = v;
+            }
+            if let Some(v) = l.max_uri_length {
+                lim.max_uri_length = v.0 as usize;
+            }
+            if let Some(v) = l.max_body {
+                lim.max_body = Some(v.0);
+            }
+            if let Some(v) = l.header_read_timeout {
+                lim.header_read_timeout =
+                    nonzero(v.0, source, "limits.header_read_timeout", errors);
+            }
+            if let Some(v) = l.idle_timeout {
+                lim.idle_timeout = nonzero(v.0, source, "limits.idle_timeout", errors);
+            }
+            if let Some(v) = l.tls_handshake_timeout {
+                lim.tls_handshake_timeout =
+                    nonzero(v.0, source, "limits.tls_handshake_timeout", errors);
+            }
+            if let Some(v) = l.max_connections {
+                lim.max_connections = v;
+            }
+            if let Some(v) = l.max_inflight {
+                lim.max_inflight = v;
+            }
+        }
+        if let Some(s) = &file.shutdown {
+            dup("shutdown", errors);
+            if let Some(v) = s.drain_delay {
+                settings.drain_delay = v.0;
+            }
+            if let Some(v) = s.timeout {
+                settings.shutdown_timeout = v.0;
+            }
+        }
+        if let Some(r) = &file.reload {
+            dup("reload", errors);
+            if let Some(v) = r.debounce {
+                settings.reload_debounce = v.0;
+            }
+            if let Some(v) = r.poll_interval {
+                settings.reload_poll_interval =
+                    nonzero(v.0, source, "reload.poll_interval", errors);
+            }
+            if let Some(v) = r.stream_grace {
+                settings.stream_grace = v.0;
+            }
+        }
+        if let Some(f) = &file.forwarding {
+            dup("forwarding", errors);
+            settings.trust_forwarded = f.trust_incoming.unwrap_or(false);
+        }
+    }
+    settings
+}
+
+fn nonzero(d: Duration, source: &Source, path: &str, errors: &mut Vec<ConfigError>) -> Duration {
+    if d.is_zero() {
+        errors.push(source.error(path, "must be greater than zero"));
+        return Duration::from_secs(1);
+    }
+    d
+}
+
+type Prefixes = Vec<Option<Arc<str>>>;
+
+/// Builds (or reuses) the upstream object for a name and a route's timeouts.
+type UpstreamFor<'a> =
+    dyn FnMut(&str, Option<Duration>, Option<Duration>) -> Option<Arc<Upstream>> + 'a;
+
+fn compile_matchers(
+    r: &RawRoute,
+    origin: &Origin<'_>,
+    errors: &mut Vec<ConfigError>,
+) -> (Vec<RuleSpec>, Prefixes) {
+    let mut hosts = Vec::new();
+    for (i, h) in r.hosts.iter().enumerate() {
+        match route::validate_host(h) {
+            Ok(h) => hosts.push(h),
+            Err(e) => errors.push(origin.error(&format!("hosts[{i}]"), e.to_string())),
+        }
+    }
+    let mut methods = Vec::new();
+    for (i, m) in r.methods.iter().enumerate() {
+        match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+            Ok(m) => methods.push(m),
+            Err(_) => errors.push(origin.error(
+                &format!("methods[{i}]"),
+                format!("\"{m}\" is not an HTTP method"),
+            )),
+        }
+    }
+    let headers: Vec<HeaderMatch> = r
+        .headers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| {
+            let sub = format!("headers[{i}]");
+            let name = match HeaderName::from_bytes(h.name.as_bytes()) {
+                Ok(n) => n,
+                Err(_) => {
+                    errors.push(
+                        origin.error(&sub, format!("\"{}\" is not a valid header name", h.name)),
+                    );
+                    return None;
+                }
+            };
+            let value = value_match(h, origin, &sub, errors)?;
+            Some(HeaderMatch { name, value })
+        })
+        .collect();
+    let query: Vec<QueryMatch> = r
+        .query
+        .iter()
+        .enumerate()
+        .filter_map(|(i, q)| {
+            let sub = format!("query[{i}]");
+            let value = value_match(q, origin, &sub, errors)?;
+            Some(QueryMatch {
+                name: q.name.clone(),
+                value,
+            })
+        })
+        .collect();
+
+    let mut specs = Vec::new();
+    let mut prefixes = Vec::new();
+    let default_path = [super::raw::RawPath {
+        kind: RawPathKind::Prefix,
+        value: "/".into(),
+    }];
+    let paths: &[super::raw::RawPath] = if r.paths.is_empty() {
+        &default_path
+    } else {
+        &r.paths
+    };
+    for (i, p) in paths.iter().enumerate() {
+        let sub = format!("paths[{i}].value");
+        let (matcher, prefix) = match p.kind {
+            RawPathKind::Exact => (
+                route::validate_path_value(route::PathKind::Exact, &p.value),
+                None,
+            ),
+            RawPathKind::Prefix => (
+                route::validate_path_value(route::PathKind::Prefix, &p.value),
+                Some(Arc::<str>::from(p.value.trim_end_matches('/'))),
+            ),
+            RawPathKind::RegularExpression => (
+                route::validate_path_value(route::PathKind::RegularExpression, &p.value),
+                None,
+            ),
+        };
+        match matcher {
+            Ok(path) => {
+                specs.push(RuleSpec {
+                    hosts: hosts.clone(),
+                    path,
+                    methods: methods.clone(),
+                    headers: headers.clone(),
+                    query: query.clone(),
+                });
+                prefixes.push(prefix);
+            }
+            Err(e) => errors.push(origin.error(&sub, e.to_string())),
+        }
+    }
+    (specs, prefixes)
+}
+
+fn value_match(
+    m: &RawValueMatch,
+    origin: &Origin<'_>,
+    sub: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<ValueMatch> {
+    match (&m.value, &m.regex) {
+        (Some(_), Some(_)) => {
+            errors.push(origin.error(sub, "give either `value` or `regex`, not both"));
+            None
+        }
+        (Some(v), None) => Some(ValueMatch::Exact(v.clone())),
+        (None, Some(re)) => match regex::Regex::new(&format!("^(?:{re})$")) {
+            Ok(re) => Some(ValueMatch::Regex(re)),
+            Err(e) => {
+                errors.push(origin.error(
+                    &format!("{sub}.regex"),
+                    format!("invalid regular expression: {e}"),
+                ));
+                None
+            }
+        },
+        (None, None) => Some(ValueMatch::Present),
+    }
+}
+
+fn compile_action(
+    r: &RawRoute,
+    origin: &Origin<'_>,
+    upstream_defs: &HashMap<&str, (Origin<'_>, &RawUpstream)>,
+    upstream_for: &mut UpstreamFor<'_>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Action> {
+    let count = [
+        r.upstream.is_some(),
+        r.backends.is_some(),
+        r.redirect.is_some(),
+        r.direct_response.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if count != 1 {
+        errors.push(origin.error(
+            "",
+            if count == 0 {
+                "a route needs an action: one of `upstream`, `backends`, `redirect`, `direct_response`"
+            } else {
+                "a route has exactly one action: choose one of `upstream`, `backends`, `redirect`, `direct_response`"
+            },
+        ));
+        return None;
+    }
+    let connect = r.timeouts.as_ref().and_then(|t| t.connect).map(|d| d.0);
+    let request = r.timeouts.as_ref().and_then(|t| t.request).map(|d| d.0);
+    let known = |name: &str| upstream_defs.contains_key(name);
+    let suggest = |name: &str| -> String {
+        let mut names: Vec<&&str> = upstream_defs.keys().collect();
+        names.sort();
+        if names.is_empty() {
+            format!("unknown upstream \"{name}\" (no upstreams are defined)")
+        } else {
+            format!(
+                "unknown upstream \"{name}\" (defined: {})",
+                names
+                    .iter()
+                    .map(|n| format!("\"{n}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    };
+    if let Some(name) = &r.upstream {
+        if !known(name) {
+            errors.push(origin.error("upstream", suggest(name)));
+            return None;
+        }
+        let u = upstream_for(name, connect, request)?;
+        return Some(Action::Forward(Backends {
+            backends: vec![(u, 1)],
+            total_weight: 1,
+        }));
+    }
+    if let Some(list) = &r.backends {
+        if list.is_empty() {
+            errors.push(origin.error("backends", "`backends` needs at least one entry"));
+            return None;
+        }
+        let mut backends = Vec::new();
+        let mut total: u32 = 0;
+        for (i, b) in list.iter().enumerate() {
+            if !known(&b.upstream) {
+                errors.push(origin.error(&format!("backends[{i}].upstream"), suggest(&b.upstream)));
+                continue;
+            }
+            total = total.saturating_add(b.weight);
+            if b.weight > 0 {
+                backends.push((upstream_for(&b.upstream, connect, request)?, b.weight));
+            }
+        }
+        if total == 0 && !backends.is_empty() {
+            errors.push(origin.error("backends", "the weights add up to zero"));
+        }
+        if backends.is_empty() {
+            return None;
+        }
+        return Some(Action::Forward(Backends {
+            backends,
+            total_weight: total,
+        }));
+    }
+    if let Some(rd) = &r.redirect {
+        let status = match rd.status.unwrap_or(302) {
+            s @ (301 | 302 | 303 | 307 | 308) => StatusCode::from_u16(s).ok()?,
+            s => {
+                errors.push(origin.error(
+                    "redirect.status",
+                    format!("{s} is not a redirect status (301, 302, 303, 307 or 308)"),
+                ));
+                return None;
+            }
+        };
+        if let Some(s) = &rd.scheme
+            && s != "http"
+            && s != "https"
+        {
+            errors.push(origin.error("redirect.scheme", format!("\"{s}\" is not http or https")));
+        }
+        let path = path_replace(
+            rd.path.as_deref(),
+            rd.prefix.as_deref(),
+            r,
+            origin,
+            "redirect",
+            errors,
+        )?;
+        if rd.scheme.is_none() && rd.host.is_none() && rd.port.is_none() && path.is_none() {
+            errors.push(origin.error(
+                "redirect",
+                "a redirect must change at least one of scheme, host, port, path, prefix",
+            ));
+            return None;
+        }
+        if let Some(h) = &rd.host
+            && (h.parse::<http::uri::Authority>().is_err() || h.contains(':'))
+        {
+            errors.push(origin.error(
+                "redirect.host",
+                format!("\"{h}\" is not a host name (set the port with `port`)"),
+            ));
+        }
+        return Some(Action::Redirect(Redirect {
+            scheme: rd.scheme.clone(),
+            host: rd.host.clone(),
+            port: rd.port,
+            path,
+            status,
+        }));
+    }
+    if let Some(d) = &r.direct_response {
+        let status = match StatusCode::from_u16(d.status) {
+            Ok(s) if d.status >= 200 => s,
+            _ => {
+                errors.push(origin.error(
+                    "direct_response.status",
+                    format!("{} is not a valid response status (200-999)", d.status),
+                ));
+                return None;
+            }
+        };
+        let content_type = match &d.content_type {
+            None if d.body.is_empty() => None,
+            None => Some(HeaderValue::from_static("text/plain; charset=utf-8")),
+            Some(ct) => match HeaderValue::from_str(ct) {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    errors.push(
+                        origin.error("direct_response.content_type", "not a valid header value"),
+                    );
+                    return None;
+                }
+            },
+        };
+        return Some(Action::Direct(DirectResponse {
+            status,
+            body: Bytes::from(d.body.clone()),
+            content_type,
+        }));
+    }
+    None
+}
+
+fn path_replace(
+    full: Option<&str>,
+    prefix: Option<&str>,
+    r: &RawRoute,
+    origin: &Origin<'_>,
+    block: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Option<PathReplace>> {
+    match (full, prefix) {
+        (Some(_), Some(_)) => {
+            errors.push(origin.error(block, "give either `path` or `prefix`, not both"));
+            None
+        }
+        (Some(p), None) => {
+            if !p.starts_with('/') {
+                errors.push(origin.error(&format!("{block}.path"), "must start with /"));
+                return None;
+            }
+            Some(Some(PathReplace::Full(p.to_string())))
+        }
+        (None, Some(p)) => {
+            if !p.starts_with('/') {
+                errors.push(origin.error(&format!("{block}.prefix"), "must start with /"));
+                return None;
+            }
+            let prefix_rules =
+                r.paths.is_empty() || r.paths.iter().all(|p| p.kind == RawPathKind::Prefix);
+            if !prefix_rules {
+                errors.push(origin.error(
+                    &format!("{block}.prefix"),
+                    "replacing a prefix needs every path of the route to be of type Prefix",
+                ));
+                return None;
+            }
+            Some(Some(PathReplace::Prefix(p.to_string())))
+        }
+        (None, None) => Some(None),
+    }
+}
+
+fn compile_rewrite(
+    r: &RawRoute,
+    origin: &Origin<'_>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Rewrite> {
+    let rw = r.rewrite.as_ref()?;
+    if r.upstream.is_none() && r.backends.is_none() {
+        errors.push(origin.error(
+            "rewrite",
+            "`rewrite` applies to routes that forward to an upstream",
+        ));
+        return None;
+    }
+    let path = path_replace(
+        rw.path.as_deref(),
+        rw.prefix.as_deref(),
+        r,
+        origin,
+        "rewrite",
+        errors,
+    )?;
+    let host = match &rw.host {
+        None => None,
+        Some(h) => match (h.parse::<http::uri::Authority>(), HeaderValue::from_str(h)) {
+            (Ok(_), Ok(v)) => Some(v),
+            _ => {
+                errors.push(origin.error("rewrite.host", format!("\"{h}\" is not a valid host")));
+                return None;
+            }
+        },
+    };
+    Some(Rewrite { path, host })
+}

@@ -1,0 +1,286 @@
+//! Configuration: read YAML from a file or a directory, substitute `${VAR}`s, parse into the
+//! raw types of [`raw`], and [`compile`] them into an immutable [`Snapshot`].
+//!
+//! Every error carries its location: the file, the line and column, and the YAML path
+//! (`config/routes.yaml:14:7: routes[3].upstream: unknown upstream "ordrs"`). Loading collects
+//! all errors it can before giving up, so an operator fixes a file in one pass.
+//!
+//! [`Snapshot`]: crate::snapshot::Snapshot
+
+pub mod compile;
+pub mod env;
+pub mod locate;
+pub mod raw;
+pub mod units;
+pub mod watch;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use locate::LineIndex;
+use raw::RawFile;
+
+pub use compile::compile;
+
+/// One configuration error with where it was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: Option<PathBuf>,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    /// YAML path such as `routes[3].upstream`; empty for whole-file errors.
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn global(message: impl Into<String>) -> Self {
+        ConfigError {
+            file: None,
+            line: None,
+            column: None,
+            path: String::new(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(file) = &self.file {
+            write!(f, "{}", file.display())?;
+            if let Some(line) = self.line {
+                write!(f, ":{line}")?;
+                if let Some(col) = self.column {
+                    write!(f, ":{col}")?;
+                }
+            }
+            f.write_str(": ")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every error found in one attempt to load or compile a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(e: ConfigError) -> Self {
+        ConfigErrors(vec![e])
+    }
+}
+
+/// One YAML file after environment substitution, with its line index for error locations.
+#[derive(Debug)]
+pub struct Source {
+    pub path: PathBuf,
+    pub text: String,
+    index: LineIndex,
+}
+
+impl Source {
+    /// An error at `path` (a YAML path inside this file).
+    pub fn error(&self, path: &str, message: impl Into<String>) -> ConfigError {
+        let pos = self.index.locate(path);
+        ConfigError {
+            file: Some(self.path.clone()),
+            line: pos.map(|p| p.0),
+            column: pos.map(|p| p.1),
+            path: path.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// The folder relative paths in this file resolve against.
+    pub fn base_dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+}
+
+/// Everything read from disk for one configuration: the sources and their parsed files.
+#[derive(Debug)]
+pub struct Loaded {
+    pub root: PathBuf,
+    pub sources: Vec<Source>,
+    pub files: Vec<RawFile>,
+    /// Digest of the configuration text (before substitution) of every source.
+    pub text_digest: aws_lc_rs::digest::Digest,
+}
+
+/// The YAML files a configuration path names: the file itself, or the `*.yaml`/`*.yml`
+/// files of a directory in name order (hidden entries such as a ConfigMap's `..data` are
+/// skipped; symbolic links are followed).
+pub fn config_files(root: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let meta = std::fs::metadata(root).map_err(|e| {
+        ConfigError::global(format!("cannot read configuration {}: {e}", root.display()))
+    })?;
+    if !meta.is_dir() {
+        return Ok(vec![root.to_path_buf()]);
+    }
+    let entries = std::fs::read_dir(root).map_err(|e| {
+        ConfigError::global(format!(
+            "cannot list configuration directory {}: {e}",
+            root.display()
+        ))
+    })?;
+    let mut files = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || !(name.ends_with(".yaml") || name.ends_with(".yml")) {
+            continue;
+        }
+        let path = entry.path();
+        if std::fs::metadata(&path)
+            .map(|m| m.is_file())
+            .unwrap_or(false)
+        {
+            files.push(path);
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        return Err(ConfigError::global(format!(
+            "configuration directory {} holds no *.yaml file",
+            root.display()
+        )));
+    }
+    Ok(files)
+}
+
+/// Reads the raw text of every configuration file, for hashing before a full load.
+pub fn read_texts(root: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>, ConfigError> {
+    config_files(root)?
+        .into_iter()
+        .map(|p| match std::fs::read(&p) {
+            Ok(b) => Ok((p, b)),
+            Err(e) => Err(ConfigError::global(format!(
+                "cannot read {}: {e}",
+                p.display()
+            ))),
+        })
+        .collect()
+}
+
+/// Digest of configuration texts, as computed for [`Loaded::text_digest`].
+pub fn digest_texts(texts: &[(PathBuf, Vec<u8>)]) -> aws_lc_rs::digest::Digest {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for (path, bytes) in texts {
+        ctx.update(path.to_string_lossy().as_bytes());
+        ctx.update(&(bytes.len() as u64).to_le_bytes());
+        ctx.update(bytes);
+    }
+    ctx.finish()
+}
+
+/// Reads, substitutes and parses a configuration file or directory.
+pub fn load(root: &Path) -> Result<Loaded, ConfigErrors> {
+    load_with_env(root, |name| std::env::var(name).ok())
+}
+
+/// [`load`] with an explicit environment, for tests.
+pub fn load_with_env(
+    root: &Path,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<Loaded, ConfigErrors> {
+    let texts = read_texts(root)?;
+    let text_digest = digest_texts(&texts);
+    let mut errors = Vec::new();
+    let mut sources = Vec::new();
+    let mut files = Vec::new();
+    for (path, bytes) in texts {
+        let text = match String::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(ConfigError {
+                    file: Some(path),
+                    line: None,
+                    column: None,
+                    path: String::new(),
+                    message: format!("not UTF-8 text: {e}"),
+                });
+                continue;
+            }
+        };
+        let text = match env::substitute(&text, &lookup) {
+            Ok(t) => t.into_owned(),
+            Err(env_errors) => {
+                errors.extend(env_errors.into_iter().map(|e| ConfigError {
+                    file: Some(path.clone()),
+                    line: Some(e.line),
+                    column: Some(e.column),
+                    path: String::new(),
+                    message: e.message.clone(),
+                }));
+                continue;
+            }
+        };
+        let index = LineIndex::new(&text);
+        let source = Source { path, text, index };
+        match parse_file(&source) {
+            Ok(file) => {
+                sources.push(source);
+                files.push(file);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    Ok(Loaded {
+        root: root.to_path_buf(),
+        sources,
+        files,
+        text_digest,
+    })
+}
+
+fn parse_file(source: &Source) -> Result<RawFile, ConfigError> {
+    let blank = source
+        .text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#') || l.trim() == "---");
+    if blank {
+        return Ok(RawFile::default());
+    }
+    let de = serde_yaml::Deserializer::from_str(&source.text);
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let path = err.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        let inner = err.into_inner();
+        let location = inner.location();
+        let mut e = source.error(&path, clean_serde_message(&inner.to_string()));
+        if let Some(loc) = location {
+            e.line = Some(loc.line());
+            e.column = Some(loc.column());
+        }
+        e
+    })
+}
+
+/// serde_yaml appends " at line X column Y" to its messages; the location is printed in front.
+fn clean_serde_message(msg: &str) -> String {
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}

@@ -1,0 +1,249 @@
+//! The configuration file as written: serde types that mirror the YAML one to one.
+//!
+//! Nothing outside `config/` sees these types; [`super::compile`] turns them into a
+//! [`crate::snapshot::Snapshot`]. Every struct denies unknown fields, so a typo is an error
+//! that names the key and its location instead of a silently ignored setting.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::units::{ByteSize, Duration};
+
+/// One YAML file. A configuration directory holds several, merged in name order.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFile {
+    #[serde(default)]
+    pub listeners: Vec<RawListener>,
+    pub admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, RawUpstream>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    pub access_log: Option<bool>,
+    pub limits: Option<RawLimits>,
+    pub shutdown: Option<RawShutdown>,
+    pub reload: Option<RawReload>,
+    pub forwarding: Option<RawForwarding>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: String,
+    pub address: String,
+    pub tls: Option<RawTls>,
+    /// Answer every request on this (plain) listener with a 308 to HTTPS.
+    pub redirect_https: Option<RawRedirectHttps>,
+    /// Accept HTTP/2 with prior knowledge (h2c) on a plain listener. Default true.
+    pub h2c: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedirectHttps {
+    /// Port of the HTTPS listener; omitted means the scheme's default (443).
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub certificates: Vec<RawCertificate>,
+    pub client_auth: Option<RawClientAuth>,
+    /// Offer HTTP/2 through ALPN. Default true.
+    pub http2: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub cert: String,
+    pub key: String,
+    /// Serve this certificate to clients without SNI (default: the first listed).
+    #[serde(default)]
+    pub default: bool,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientAuth {
+    pub ca: String,
+    #[serde(default)]
+    pub mode: RawClientAuthMode,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RawClientAuthMode {
+    #[default]
+    Required,
+    Optional,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub address: String,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub endpoints: Vec<String>,
+    /// `http1` (default) or `h2c` (HTTP/2 with prior knowledge, for gRPC).
+    pub protocol: Option<RawUpstreamProtocol>,
+    pub connect_timeout: Option<Duration>,
+    pub request_timeout: Option<Duration>,
+    /// How long an idle pooled connection is kept. Default 90s.
+    pub idle_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum RawUpstreamProtocol {
+    Http1,
+    H2c,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: String,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub paths: Vec<RawPath>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub headers: Vec<RawValueMatch>,
+    #[serde(default)]
+    pub query: Vec<RawValueMatch>,
+
+    // The action: exactly one of these four.
+    pub upstream: Option<String>,
+    pub backends: Option<Vec<RawBackend>>,
+    pub redirect: Option<RawRedirect>,
+    pub direct_response: Option<RawDirectResponse>,
+
+    pub rewrite: Option<RawRewrite>,
+    pub timeouts: Option<RawRouteTimeouts>,
+    pub max_body: Option<ByteSize>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPath {
+    #[serde(rename = "type")]
+    pub kind: RawPathKind,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+pub enum RawPathKind {
+    Exact,
+    Prefix,
+    RegularExpression,
+}
+
+/// A header or query-parameter condition: `value` (exact), `regex`, or neither (present).
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawValueMatch {
+    pub name: String,
+    pub value: Option<String>,
+    pub regex: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub upstream: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedirect {
+    pub scheme: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    /// Replace the whole path.
+    pub path: Option<String>,
+    /// Replace the matched prefix (Prefix rules only).
+    pub prefix: Option<String>,
+    /// 301, 302, 307 or 308. Default 302.
+    pub status: Option<u16>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDirectResponse {
+    pub status: u16,
+    #[serde(default)]
+    pub body: String,
+    pub content_type: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRewrite {
+    /// Replace the matched prefix with this value (Prefix rules only).
+    pub prefix: Option<String>,
+    /// Replace the whole path with this value.
+    pub path: Option<String>,
+    /// Send this `Host` upstream instead of the client's.
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteTimeouts {
+    pub connect: Option<Duration>,
+    pub request: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_header_bytes: Option<ByteSize>,
+    pub max_headers: Option<usize>,
+    pub max_uri_length: Option<ByteSize>,
+    pub max_body: Option<ByteSize>,
+    pub header_read_timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub tls_handshake_timeout: Option<Duration>,
+    pub max_connections: Option<usize>,
+    pub max_inflight: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShutdown {
+    pub drain_delay: Option<Duration>,
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReload {
+    pub debounce: Option<Duration>,
+    pub poll_interval: Option<Duration>,
+    /// How long a long-lived stream (WebSocket, gRPC stream) may outlive the removal of its route.
+    pub stream_grace: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForwarding {
+    /// Append to an incoming `x-forwarded-for` instead of replacing it. Default false: Portico
+    /// is the edge, so what a client claims there is not trusted.
+    pub trust_incoming: Option<bool>,
+}

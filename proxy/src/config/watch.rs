@@ -1,0 +1,140 @@
+//! Reload triggers: file-system events on the parent directories of every configuration and
+//! referenced file (so a Kubernetes ConfigMap's `..data` symlink swap is seen), SIGHUP, and a
+//! slow poll as the fallback. Bursts of events are debounced into one reload; a reload whose
+//! content hash is unchanged does nothing.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::server::Server;
+
+/// Starts the trigger task for `server`.
+pub fn spawn(server: Arc<Server>, watch_files: bool, sighup: bool) {
+    tokio::spawn(async move {
+        if let Err(e) = run(server, watch_files, sighup).await {
+            tracing::error!("configuration watcher stopped: {e}");
+        }
+    });
+}
+
+async fn run(
+    server: Arc<Server>,
+    watch_files: bool,
+    sighup: bool,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let (tx, mut events) = mpsc::unbounded_channel::<()>();
+    let mut watcher = if watch_files {
+        let tx = tx.clone();
+        Some(notify::recommended_watcher(
+            move |res: notify::Result<notify::Event>| {
+                if let Ok(ev) = res
+                    && !matches!(ev.kind, notify::EventKind::Access(_))
+                {
+                    let _ = tx.send(());
+                }
+            },
+        )?)
+    } else {
+        None
+    };
+    let mut watched: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut hup = if sighup {
+        Some(tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::hangup(),
+        )?)
+    } else {
+        None
+    };
+    let stop = server.watch_stopped().clone();
+
+    loop {
+        if let Some(w) = watcher.as_mut() {
+            rewatch(w, &mut watched, &server);
+        }
+        let settings = server.shared().current.load().settings.clone();
+        let poll = tokio::time::sleep(settings.reload_poll_interval);
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            Some(()) = events.recv() => {
+                // Debounce: wait for a quiet period, but never longer than 5 debounce periods.
+                let deadline = Instant::now() + settings.reload_debounce * 5;
+                loop {
+                    let quiet = Instant::now() + settings.reload_debounce;
+                    tokio::select! {
+                        Some(()) = events.recv() => {}
+                        _ = tokio::time::sleep_until(quiet.min(deadline)) => break,
+                    }
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                }
+                while events.try_recv().is_ok() {}
+                server.reload().await;
+            }
+            Some(()) = recv_hup(&mut hup) => {
+                tracing::info!("SIGHUP: reloading configuration");
+                server.reload().await;
+            }
+            _ = poll => {
+                server.reload().await;
+            }
+        }
+    }
+}
+
+async fn recv_hup(hup: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match hup {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Watches the parent directory of every file the configuration uses (and the configuration
+/// directory itself). Directories that no longer matter are unwatched.
+fn rewatch(
+    watcher: &mut notify::RecommendedWatcher,
+    watched: &mut BTreeSet<PathBuf>,
+    server: &Server,
+) {
+    let snapshot = server.shared().current.load();
+    let mut want: BTreeSet<PathBuf> = BTreeSet::new();
+    let root = server.config_root();
+    if root.is_dir() {
+        want.insert(root.to_path_buf());
+    }
+    for f in snapshot
+        .files
+        .iter()
+        .chain(snapshot.referenced.iter())
+        .map(PathBuf::as_path)
+        .chain([root])
+    {
+        if let Some(parent) = f.parent() {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            want.insert(parent.to_path_buf());
+        }
+    }
+    for gone in watched.difference(&want).cloned().collect::<Vec<_>>() {
+        let _ = watcher.unwatch(&gone);
+        watched.remove(&gone);
+    }
+    for dir in want {
+        if !watched.contains(&dir) {
+            match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    watched.insert(dir);
+                }
+                Err(e) => tracing::warn!(dir = %dir.display(), "cannot watch directory: {e}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! `ProxyError`: every way a request can fail, and the one place that turns it into a response.
+
+use std::time::Duration;
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::{self, Body, BodyTooLarge};
+
+/// Which side of the proxy failed; recorded in the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Downstream,
+    Upstream,
+    Internal,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Downstream => "downstream",
+            Side::Upstream => "upstream",
+            Side::Internal => "internal",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("no route matches")]
+    NoRoute,
+    #[error("URI longer than {limit} bytes")]
+    UriTooLong { limit: usize },
+    #[error("{0}")]
+    BodyTooLarge(#[from] BodyTooLarge),
+    #[error("host {host:?} is not covered by the certificate of this connection")]
+    Misdirected { host: String },
+    #[error("too many requests in flight")]
+    Overloaded,
+    #[error("cannot connect to upstream {upstream}: {reason}")]
+    UpstreamConnect { upstream: String, reason: String },
+    #[error("upstream {upstream} failed: {reason}")]
+    UpstreamFailed { upstream: String, reason: String },
+    #[error("upstream {upstream} did not answer within {after:?}")]
+    UpstreamTimeout { upstream: String, after: Duration },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ProxyError {
+    pub fn internal(msg: impl Into<String>) -> Self {
+        ProxyError::Internal(msg.into())
+    }
+
+    /// Classifies a client error: connection failures are 502, a request body over its
+    /// limit is 413, anything else the upstream did is 502.
+    pub fn from_client_error(upstream: &str, e: hyper_util::client::legacy::Error) -> Self {
+        if let Some(limit) = find_cause::<BodyTooLarge>(&e) {
+            return ProxyError::BodyTooLarge(BodyTooLarge { limit: limit.limit });
+        }
+        let reason = error_chain(&e);
+        if e.is_connect() {
+            ProxyError::UpstreamConnect {
+                upstream: upstream.to_string(),
+                reason,
+            }
+        } else {
+            ProxyError::UpstreamFailed {
+                upstream: upstream.to_string(),
+                reason,
+            }
+        }
+    }
+
+    pub fn side(&self) -> Side {
+        match self {
+            ProxyError::BadRequest(_)
+            | ProxyError::NoRoute
+            | ProxyError::UriTooLong { .. }
+            | ProxyError::BodyTooLarge(_)
+            | ProxyError::Misdirected { .. } => Side::Downstream,
+            ProxyError::UpstreamConnect { .. }
+            | ProxyError::UpstreamFailed { .. }
+            | ProxyError::UpstreamTimeout { .. } => Side::Upstream,
+            ProxyError::Overloaded | ProxyError::Internal(_) => Side::Internal,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
+            ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamFailed { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The response a client sees. Upstream and internal details stay in the log.
+    pub fn to_response(&self) -> Response<Body> {
+        let status = self.status();
+        let text = match self.side() {
+            Side::Downstream => format!("{self}\n"),
+            _ => format!("{}\n", status.canonical_reason().unwrap_or("error")),
+        };
+        let mut resp = Response::new(body::full(text));
+        *resp.status_mut() = status;
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if matches!(
+            self,
+            ProxyError::BadRequest(_) | ProxyError::BodyTooLarge(_)
+        ) {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}
+
+fn find_cause<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<T>() {
+            return Some(t);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// "a: b: c" from an error and its sources.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        let msg = err.to_string();
+        if !s.contains(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        cur = err.source();
+    }
+    s
+}

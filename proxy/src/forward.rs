@@ -1,0 +1,135 @@
+//! Forwarding to an upstream: the outgoing request's head, the exchange, and upgrades
+//! (WebSocket and other `Upgrade` protocols) tunnelled byte for byte.
+
+use std::sync::Arc;
+
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::actions;
+use crate::body::{self, Body, Tracked};
+use crate::error::ProxyError;
+use crate::listener::ConnInfo;
+use crate::server::Shared;
+use crate::snapshot::{Snapshot, Target};
+use crate::upstream::Upstream;
+use crate::upstream::headers::{is_upgrade, set_forwarded, strip_hop_by_hop};
+
+/// Rewrites the request head in place for the upstream: normalised (and rewritten) path,
+/// `Host`, forwarding headers, no hop-by-hop headers.
+pub fn prepare(
+    req: &mut Request<Incoming>,
+    conn: &ConnInfo,
+    snapshot: &Snapshot,
+    host: &str,
+    normalised: &str,
+    target: &Target,
+) -> Result<(), ProxyError> {
+    let route = &target.route;
+    let upgrade = req.version() == http::Version::HTTP_11 && is_upgrade(req.headers());
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers, upgrade);
+    set_forwarded(
+        headers,
+        conn.peer.ip(),
+        conn.tls.is_some(),
+        host,
+        snapshot.settings.trust_forwarded,
+    );
+
+    let host_value = match route.rewrite.as_ref().and_then(|r| r.host.clone()) {
+        Some(h) => h,
+        None => HeaderValue::from_str(host)
+            .map_err(|_| ProxyError::BadRequest("invalid host".into()))?,
+    };
+    headers.insert(header::HOST, host_value);
+
+    let path = match route.rewrite.as_ref().and_then(|r| r.path.as_ref()) {
+        Some(p) => actions::replace_path(p, normalised, target.prefix.as_deref()),
+        None => normalised.to_string(),
+    };
+    let pq = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let pq: PathAndQuery = pq
+        .parse()
+        .map_err(|_| ProxyError::BadRequest("invalid path".into()))?;
+    *req.uri_mut() = http::Uri::from(pq);
+    Ok(())
+}
+
+/// Sends the prepared request and returns the upstream's response for the client. A `101`
+/// answer to an upgrade request starts a tunnel task between the two upgraded connections.
+pub async fn send(
+    shared: &Arc<Shared>,
+    conn: &ConnInfo,
+    upstream: &Upstream,
+    mut req: Request<Incoming>,
+    target: &Target,
+) -> Result<Response<Body>, ProxyError> {
+    let upgrade = is_upgrade(req.headers());
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (parts, incoming) = req.into_parts();
+    let body = body::boxed(Tracked::new(body::incoming(incoming)).limit(target.route.max_body));
+    let mut resp = upstream.send(Request::from_parts(parts, body)).await?;
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(downstream) = downstream_upgrade else {
+            return Err(ProxyError::UpstreamFailed {
+                upstream: upstream.name.clone(),
+                reason: "101 Switching Protocols to a request that asked for no upgrade".into(),
+            });
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        spawn_tunnel(shared, conn, downstream, upstream_upgrade, target);
+        let (mut parts, _) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers, true);
+        return Ok(Response::from_parts(parts, body::empty()));
+    }
+
+    let (mut parts, incoming) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    Ok(Response::from_parts(parts, body::incoming(incoming)))
+}
+
+fn spawn_tunnel(
+    shared: &Arc<Shared>,
+    conn: &ConnInfo,
+    downstream: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    target: &Target,
+) {
+    let closing = target.route.closing.clone();
+    let hard_stop = shared.hard_stop.clone();
+    let metrics = shared.metrics.clone();
+    let route = target.route.name.clone();
+    let listener = conn.listener.name.clone();
+    shared.tunnels.spawn(async move {
+        let (down, up) = match tokio::try_join!(downstream, upstream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(%route, "upgrade failed: {e}");
+                return;
+            }
+        };
+        let mut down = TokioIo::new(down);
+        let mut up = TokioIo::new(up);
+        tokio::select! {
+            r = tokio::io::copy_bidirectional(&mut down, &mut up) => {
+                if let Err(e) = r {
+                    tracing::debug!(%route, %listener, "tunnel ended: {e}");
+                }
+            }
+            _ = closing.cancelled() => {
+                metrics.streams_closed_by_reload.inc();
+                tracing::info!(%route, %listener, "closing tunnel: its route was removed or changed");
+            }
+            _ = hard_stop.cancelled() => {
+                tracing::info!(%route, %listener, "closing tunnel: shutdown timeout reached");
+            }
+        }
+    });
+}

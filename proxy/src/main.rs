@@ -1,0 +1,138 @@
+//! The `portico` command: `run`, `check`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use portico::server::{Options, Server};
+use portico::telemetry::log::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "portico",
+    version,
+    about = "Portico: an edge proxy with Ingress-grade routing and WebAssembly middleware"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(
+        long,
+        value_enum,
+        global = true,
+        default_value = "text",
+        env = "PORTICO_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+    /// Log filter in RUST_LOG syntax (default: $RUST_LOG, else "info").
+    #[arg(long, global = true)]
+    log: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve traffic with a configuration file or directory.
+    Run {
+        /// A YAML file, or a directory whose *.yaml files are merged in name order.
+        #[arg(long, short, env = "PORTICO_CONFIG")]
+        config: PathBuf,
+        /// Worker threads (default: one per CPU).
+        #[arg(long, env = "PORTICO_WORKERS")]
+        workers: Option<usize>,
+    },
+    /// Validate a configuration and print every error with file, line and YAML path.
+    Check {
+        #[arg(long, short, env = "PORTICO_CONFIG")]
+        config: PathBuf,
+        /// Also try to bind every listener address (fails if the ports are in use, e.g. by a
+        /// running Portico).
+        #[arg(long)]
+        bind: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    log::init(cli.log_format, cli.log.as_deref());
+    match cli.command {
+        Command::Check { config, bind } => check(config, bind),
+        Command::Run { config, workers } => run(config, workers),
+    }
+}
+
+fn check(config: PathBuf, bind: bool) -> ExitCode {
+    match portico::server::check(&config) {
+        Ok(snapshot) => {
+            if bind {
+                let mut failed = false;
+                for l in &snapshot.listeners {
+                    if let Err(e) = portico::listener::bind(l.addr) {
+                        eprintln!("listener \"{}\" cannot bind {}: {e}", l.name, l.addr);
+                        failed = true;
+                    }
+                }
+                if failed {
+                    return ExitCode::FAILURE;
+                }
+            }
+            println!(
+                "{}: OK ({} listeners, {} routes, hash {})",
+                config.display(),
+                snapshot.listeners.len(),
+                snapshot.routes.len(),
+                snapshot.hash
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{}: {} error(s)", config.display(), errors.0.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: PathBuf, workers: Option<usize>) -> ExitCode {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all().thread_name("portico-worker");
+    if let Some(n) = workers.filter(|n| *n > 0) {
+        builder.worker_threads(n);
+    }
+    let runtime = match builder.build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let options = Options {
+            config,
+            watch: true,
+            sighup: true,
+        };
+        let server = match Server::start(options).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        wait_for_stop_signal().await;
+        server.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

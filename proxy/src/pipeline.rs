@@ -1,0 +1,229 @@
+//! A request's whole life, one line per phase. Each phase lives in its own module; this file
+//! only calls them, so it reads top-down like the access log it ends with.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+
+use crate::body::{self, Body, Tracked};
+use crate::error::{ProxyError, Side};
+use crate::listener::ConnInfo;
+use crate::route::RouteRequest;
+use crate::route::path;
+use crate::server::Shared;
+use crate::snapshot::{Action, Snapshot, Target};
+use crate::telemetry::metrics::{method_label, status_class};
+use crate::{actions, forward};
+
+static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// What the access log and metrics record about one request.
+#[derive(Debug)]
+pub struct Exchange {
+    pub id: HeaderValue,
+    pub started: Instant,
+    pub method: http::Method,
+    pub host: String,
+    pub path: String,
+    pub route: Option<Arc<str>>,
+    pub upstream: Option<String>,
+    pub error: Option<(Side, String)>,
+}
+
+/// hyper's service entry point: never fails, every error becomes a response.
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let snapshot = shared.current.load_full();
+    let mut ex = Exchange {
+        id: request_id(&req),
+        started: Instant::now(),
+        method: req.method().clone(),
+        host: String::new(),
+        path: String::new(),
+        route: None,
+        upstream: None,
+        error: None,
+    };
+    conn.activity.begin();
+    let inflight = shared.inflight.fetch_add(1, Ordering::AcqRel) + 1;
+    shared.metrics.inflight.inc();
+
+    let result = if inflight > snapshot.settings.limits.max_inflight {
+        shared
+            .metrics
+            .requests_rejected
+            .with_label_values(&["max_inflight"])
+            .inc();
+        Err(ProxyError::Overloaded)
+    } else {
+        proxy(&shared, &snapshot, &conn, req, &mut ex).await
+    };
+
+    let (mut resp, closing) = match result {
+        Ok((resp, closing)) => (resp, closing),
+        Err(e) => {
+            ex.error = Some((e.side(), e.to_string()));
+            (e.to_response(), None)
+        }
+    };
+    resp.headers_mut()
+        .insert(X_REQUEST_ID.clone(), ex.id.clone());
+    Ok(finish(shared, conn, snapshot, resp, ex, closing))
+}
+
+/// The phases between "request received" and "response headers ready".
+async fn proxy(
+    shared: &Arc<Shared>,
+    snapshot: &Arc<Snapshot>,
+    conn: &Arc<ConnInfo>,
+    mut req: Request<Incoming>,
+    ex: &mut Exchange,
+) -> Result<(Response<Body>, Option<tokio_util::sync::CancellationToken>), ProxyError> {
+    let limits = &snapshot.settings.limits;
+    actions::check_request(&req, limits)?;
+    ex.host = actions::request_host(&req)?.to_string();
+    ex.path = req.uri().path().to_string();
+    actions::check_misdirected(conn, &ex.host)?;
+    if let Some(port) = conn.listener.redirect_https {
+        return Ok((actions::https_redirect(&req, &ex.host, port), None));
+    }
+    let normalised = path::normalize(req.uri().path())
+        .map_err(|e| ProxyError::BadRequest(e.to_string()))?
+        .into_owned();
+    let target = route(snapshot, &req, &ex.host, &normalised)?;
+    ex.route = Some(Arc::from(target.route.name.as_str()));
+    match &target.route.action {
+        Action::Direct(d) => Ok((actions::direct(d), None)),
+        Action::Redirect(r) => Ok((
+            actions::redirect(
+                r,
+                &req,
+                conn,
+                &ex.host,
+                &normalised,
+                target.prefix.as_deref(),
+            ),
+            None,
+        )),
+        Action::Forward(backends) => {
+            let upstream = backends.pick().clone();
+            ex.upstream = Some(upstream.name.clone());
+            actions::check_body_size(&req, target.route.max_body)?;
+            forward::prepare(&mut req, conn, snapshot, &ex.host, &normalised, &target)?;
+            let started = Instant::now();
+            let resp = forward::send(shared, conn, &upstream, req, &target).await;
+            shared
+                .metrics
+                .upstream_duration
+                .with_label_values(&[upstream.name.as_str()])
+                .observe(started.elapsed().as_secs_f64());
+            Ok((resp?, Some(target.route.closing.clone())))
+        }
+    }
+}
+
+/// Route lookup on the normalised path.
+fn route(
+    snapshot: &Snapshot,
+    req: &Request<Incoming>,
+    host: &str,
+    normalised: &str,
+) -> Result<Target, ProxyError> {
+    let rr = RouteRequest {
+        host,
+        path: normalised,
+        query: req.uri().query(),
+        method: req.method(),
+        headers: req.headers(),
+    };
+    snapshot
+        .router
+        .find(&rr)
+        .cloned()
+        .ok_or(ProxyError::NoRoute)
+}
+
+/// Wraps the response body so that, when it ends, the access log and metrics are written and
+/// the connection's idle clock restarts; long-lived bodies also end when their route closes.
+fn finish(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    snapshot: Arc<Snapshot>,
+    resp: Response<Body>,
+    ex: Exchange,
+    closing: Option<tokio_util::sync::CancellationToken>,
+) -> Response<Body> {
+    let status = resp.status();
+    let access_log = snapshot.settings.access_log;
+    drop(snapshot);
+    let (parts, body) = resp.into_parts();
+    let mut tracked = Tracked::new(body);
+    if let Some(token) = &closing {
+        tracked = tracked.closing(token);
+    }
+    let tracked = tracked.on_end(move |bytes| {
+        let route = ex.route.as_deref().unwrap_or("");
+        let elapsed = ex.started.elapsed();
+        shared
+            .metrics
+            .requests
+            .with_label_values(&[
+                route,
+                method_label(&ex.method),
+                status_class(status.as_u16()),
+            ])
+            .inc();
+        shared
+            .metrics
+            .request_duration
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
+        shared.inflight.fetch_sub(1, Ordering::AcqRel);
+        shared.metrics.inflight.dec();
+        conn.activity.end();
+        if access_log {
+            tracing::info!(
+                target: "portico::access",
+                id = ex.id.to_str().unwrap_or(""),
+                listener = conn.listener.name.as_str(),
+                client = %conn.peer.ip(),
+                method = ex.method.as_str(),
+                host = ex.host.as_str(),
+                path = ex.path.as_str(),
+                route,
+                status = status.as_u16(),
+                upstream = ex.upstream.as_deref().unwrap_or(""),
+                bytes,
+                duration_us = elapsed.as_micros() as u64,
+                error_side = ex.error.as_ref().map(|e| e.0.as_str()).unwrap_or(""),
+                error = ex.error.as_ref().map(|e| e.1.as_str()).unwrap_or(""),
+            );
+        }
+    });
+    let mut resp = Response::from_parts(parts, body::boxed(tracked));
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        // The tunnel outlives this response; nothing else to do.
+        resp.headers_mut().remove(header::CONTENT_LENGTH);
+    }
+    resp
+}
+
+/// Keeps a well-formed incoming `x-request-id`, or makes a new one.
+fn request_id<B>(req: &Request<B>) -> HeaderValue {
+    if let Some(v) = req.headers().get(&X_REQUEST_ID) {
+        let ok =
+            !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|b| b.is_ascii_graphic());
+        if ok {
+            return v.clone();
+        }
+    }
+    let id = format!("{:032x}", fastrand::u128(..));
+    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}

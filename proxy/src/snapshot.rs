@@ -1,0 +1,156 @@
+//! The compiled, immutable configuration that serves traffic.
+//!
+//! One [`Snapshot`] lives behind the server's single `ArcSwap`; a request loads it once and
+//! keeps it until it ends, so a reload never changes the rules under a request in flight.
+//! Nothing here is a serde type: [`crate::config::compile`] is the only way to build one.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::StatusCode;
+use tokio_util::sync::CancellationToken;
+
+use crate::route::Router;
+use crate::tls::TlsSettings;
+use crate::upstream::Upstream;
+
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Content hash of the configuration and every file it references (hex).
+    pub hash: String,
+    pub loaded_at: SystemTime,
+    pub listeners: Vec<Arc<ListenerConfig>>,
+    pub admin: Option<SocketAddr>,
+    pub router: Router<Target>,
+    pub routes: Vec<Arc<Route>>,
+    pub settings: Settings,
+    /// The YAML files the configuration was read from.
+    pub files: Vec<PathBuf>,
+    /// Every other file it references (certificates, keys, CA bundles); part of the hash.
+    pub referenced: Vec<PathBuf>,
+}
+
+impl Snapshot {
+    pub fn listener(&self, key: &str) -> Option<&Arc<ListenerConfig>> {
+        self.listeners.iter().find(|l| l.key == key)
+    }
+}
+
+/// What the router returns: the route and, for a Prefix rule, the prefix that matched
+/// (path rewrites and prefix redirects replace it).
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub route: Arc<Route>,
+    pub prefix: Option<Arc<str>>,
+}
+
+#[derive(Debug)]
+pub struct ListenerConfig {
+    pub name: String,
+    /// The address as configured; the identity of the listening socket across reloads.
+    pub key: String,
+    pub addr: SocketAddr,
+    pub tls: Option<Arc<TlsSettings>>,
+    /// `Some(port)`: answer everything with a 308 to HTTPS on that port (`None` = 443).
+    pub redirect_https: Option<Option<u16>>,
+    pub h2c: bool,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    pub action: Action,
+    pub rewrite: Option<Rewrite>,
+    pub max_body: Option<u64>,
+    /// Cancelled `stream_grace` after the route is removed or changed by a reload: closes the
+    /// long-lived streams (WebSockets, streaming responses) that still use it.
+    pub closing: CancellationToken,
+    /// Hash of the route's definition; a reload that keeps it keeps the route's streams.
+    pub fingerprint: u64,
+}
+
+#[derive(Debug)]
+pub enum Action {
+    Forward(Backends),
+    Redirect(Redirect),
+    Direct(DirectResponse),
+}
+
+#[derive(Debug)]
+pub struct Backends {
+    pub backends: Vec<(Arc<Upstream>, u32)>,
+    pub total_weight: u32,
+}
+
+impl Backends {
+    /// Weighted pick (a single backend costs nothing).
+    pub fn pick(&self) -> &Arc<Upstream> {
+        if self.backends.len() == 1 {
+            return &self.backends[0].0;
+        }
+        let mut n = fastrand::u32(0..self.total_weight);
+        for (upstream, weight) in &self.backends {
+            if n < *weight {
+                return upstream;
+            }
+            n -= weight;
+        }
+        &self.backends[self.backends.len() - 1].0
+    }
+}
+
+#[derive(Debug)]
+pub struct Redirect {
+    pub scheme: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<PathReplace>,
+    pub status: StatusCode,
+}
+
+#[derive(Debug, Clone)]
+pub enum PathReplace {
+    Full(String),
+    Prefix(String),
+}
+
+#[derive(Debug)]
+pub struct DirectResponse {
+    pub status: StatusCode,
+    pub body: Bytes,
+    pub content_type: Option<http::HeaderValue>,
+}
+
+#[derive(Debug)]
+pub struct Rewrite {
+    pub path: Option<PathReplace>,
+    pub host: Option<http::HeaderValue>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub access_log: bool,
+    pub limits: Limits,
+    pub drain_delay: Duration,
+    pub shutdown_timeout: Duration,
+    pub reload_debounce: Duration,
+    pub reload_poll_interval: Duration,
+    pub stream_grace: Duration,
+    pub trust_forwarded: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_uri_length: usize,
+    pub max_body: Option<u64>,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    pub max_connections: usize,
+    pub max_inflight: usize,
+}

@@ -1,0 +1,224 @@
+//! Prometheus metrics. Every name is a constant here, so docs and dashboards have one source.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+pub const REQUESTS_TOTAL: &str = "portico_requests_total";
+pub const REQUEST_DURATION: &str = "portico_request_duration_seconds";
+pub const UPSTREAM_DURATION: &str = "portico_upstream_request_duration_seconds";
+pub const ACTIVE_CONNECTIONS: &str = "portico_active_connections";
+pub const CONNECTIONS_TOTAL: &str = "portico_connections_total";
+pub const CONNECTIONS_REJECTED: &str = "portico_connections_rejected_total";
+pub const REQUESTS_REJECTED: &str = "portico_requests_rejected_total";
+pub const INFLIGHT: &str = "portico_inflight_requests";
+pub const TLS_HANDSHAKE_FAILURES: &str = "portico_tls_handshake_failures_total";
+pub const CONFIG_RELOADS: &str = "portico_config_reload_total";
+pub const CONFIG_INFO: &str = "portico_config_info";
+pub const CONFIG_LOAD_TIME: &str = "portico_config_load_timestamp_seconds";
+pub const STREAMS_CLOSED_BY_RELOAD: &str = "portico_streams_closed_by_reload_total";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// All of Portico's metrics, registered in their own registry.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub active_connections: IntGaugeVec,
+    pub connections: IntCounterVec,
+    pub connections_rejected: IntCounterVec,
+    pub requests_rejected: IntCounterVec,
+    pub inflight: IntGauge,
+    pub tls_handshake_failures: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub config_info: IntGaugeVec,
+    pub config_load_time: IntGauge,
+    pub streams_closed_by_reload: IntCounter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                REQUESTS_TOTAL,
+                "Requests answered, by route, method and status class.",
+            ),
+            &["route", "method", "status"],
+        )
+        .expect("valid metric");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                REQUEST_DURATION,
+                "Time from request start to response end, by route.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )
+        .expect("valid metric");
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                UPSTREAM_DURATION,
+                "Time until the upstream's response headers, by upstream.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["upstream"],
+        )
+        .expect("valid metric");
+        let active_connections = IntGaugeVec::new(
+            Opts::new(
+                ACTIVE_CONNECTIONS,
+                "Open downstream connections, by listener.",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
+        let connections = IntCounterVec::new(
+            Opts::new(
+                CONNECTIONS_TOTAL,
+                "Downstream connections accepted, by listener.",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
+        let connections_rejected = IntCounterVec::new(
+            Opts::new(
+                CONNECTIONS_REJECTED,
+                "Connections refused with 503 because max_connections was reached.",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
+        let requests_rejected = IntCounterVec::new(
+            Opts::new(
+                REQUESTS_REJECTED,
+                "Requests refused before routing, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let inflight = IntGauge::new(INFLIGHT, "Requests in flight.").expect("valid metric");
+        let tls_handshake_failures = IntCounterVec::new(
+            Opts::new(
+                TLS_HANDSHAKE_FAILURES,
+                "Failed or timed out TLS handshakes, by listener.",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                CONFIG_RELOADS,
+                "Configuration reloads by result (success, failure, unchanged).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let config_info = IntGaugeVec::new(
+            Opts::new(
+                CONFIG_INFO,
+                "The configuration serving traffic (value 1), by hash.",
+            ),
+            &["hash"],
+        )
+        .expect("valid metric");
+        let config_load_time = IntGauge::new(
+            CONFIG_LOAD_TIME,
+            "Unix time the serving configuration was loaded.",
+        )
+        .expect("valid metric");
+        let streams_closed_by_reload = IntCounter::new(
+            STREAMS_CLOSED_BY_RELOAD,
+            "Long-lived streams closed after their route was removed or changed.",
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_duration.clone()),
+            Box::new(upstream_duration.clone()),
+            Box::new(active_connections.clone()),
+            Box::new(connections.clone()),
+            Box::new(connections_rejected.clone()),
+            Box::new(requests_rejected.clone()),
+            Box::new(inflight.clone()),
+            Box::new(tls_handshake_failures.clone()),
+            Box::new(config_reloads.clone()),
+            Box::new(config_info.clone()),
+            Box::new(config_load_time.clone()),
+            Box::new(streams_closed_by_reload.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        for r in ["success", "failure", "unchanged"] {
+            config_reloads.with_label_values(&[r]);
+        }
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            active_connections,
+            connections,
+            connections_rejected,
+            requests_rejected,
+            inflight,
+            tls_handshake_failures,
+            config_reloads,
+            config_info,
+            config_load_time,
+            streams_closed_by_reload,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// The status label: `2xx`, `4xx`, ...
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// The method label, bounded: unknown methods are `OTHER`.
+pub fn method_label(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::PATCH => "PATCH",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
