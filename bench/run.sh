@@ -65,7 +65,7 @@ log()  { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die()  { log "ERROR: $*"; exit 1; }
 note() { NOTES[$1]="${NOTES[$1]:-}${NOTES[$1]:+; }$2"; log "$1: $2"; }
 want() { [[ " $SCENARIOS " == *" $1 "* ]]; }
-calc() { awk "BEGIN { printf \"$1\", $2 }"; }         # calc FORMAT EXPR
+calc() { awk "BEGIN { printf \"$1\", ($2) }"; }         # calc FORMAT EXPR
 now_ns() { date +%s%N; }
 secs_of() {                                           # 10s / 2m / 500ms / 7 -> seconds (int, >=1)
     local d=$1
@@ -79,6 +79,7 @@ secs_of() {                                           # 10s / 2m / 500ms / 7 -> 
 
 trap 'log "failed at line $LINENO: $BASH_COMMAND"' ERR
 trap cleanup EXIT
+trap 'exit 130' INT TERM HUP   # go through cleanup
 
 # A process and all its descendants (nginx: master + workers).
 tree_pids() {
@@ -149,13 +150,14 @@ cpu_end() {   # sets R[KEY.cpu_ticks], R[KEY.wall_s], R[KEY.cpu_pct]
         R[$key.cpu_ticks]=$ticks
         R[$key.cpu_pct]=$(calc %.0f "$ticks / $CLK_TCK / $wall * 100")
     fi
-    # Sanity of the layout: how busy the load core was, and how much *other* work (not the
-    # proxy, not interrupts) ran on the proxy core, e.g. a build running next to the benchmark.
+    # Sanity of the layout: how busy the load core was, and how much *other* work ran on the
+    # proxy core, e.g. a build running next to the benchmark. Softirq time (loopback packet
+    # processing) counts as busy: without IRQ time accounting it is charged to the proxy too.
     local p0 p1 l0 l1
     read -ra p0 <<<"$CORE_P0"; read -ra l0 <<<"$CORE_L0"
     read -ra p1 < <(core_ticks "$PROXY_CPU"); read -ra l1 < <(core_ticks "$LOAD_CPU")
     R[$key.load_core_pct]=$(calc %.0f "100 * (${l1[0]} + ${l1[1]} - ${l0[0]} - ${l0[1]}) / (${l1[2]} - ${l0[2]} + 0.001)")
-    R[$key.foreign_pct]=$(calc %.0f "100 * (${p1[0]} - ${p0[0]} - ${R[$key.cpu_ticks]:-0}) / (${p1[2]} - ${p0[2]} + 0.001)")
+    R[$key.foreign_pct]=$(calc %.0f "(f = 100 * (${p1[0]} + ${p1[1]} - ${p0[0]} - ${p0[1]} - ${R[$key.cpu_ticks]:-0}) / (${p1[2]} - ${p0[2]} + 0.001)) > 0 ? f : 0")
     if (( ${R[$key.foreign_pct]} > 5 )); then
         note "$t" "${key%%.*}: ${R[$key.foreign_pct]}% of CPU $PROXY_CPU went to other processes during the run (numbers are noisy)"
     fi
@@ -249,6 +251,23 @@ resolve_portico() {
         (cd "$ROOT" && cargo build --release -p portico)
     fi
     [[ -x $PORTICO_BIN ]] || die "$PORTICO_BIN not found (build failed or SKIP_BUILD=1 without a build)"
+}
+
+# Is anything listening on 127.0.0.1:PORT (or 0.0.0.0:PORT)? Reads /proc, needs no ss/netstat.
+port_busy() {
+    local hex
+    hex=$(printf '%04X' "$1")
+    awk -v p=":$hex" '$4 == "0A" && ($2 == "0100007F" p || $2 == "00000000" p) { found = 1 }
+        END { exit !found }' /proc/net/tcp
+}
+
+check_ports() {
+    local p busy=()
+    for p in $BACKEND_PORT $BACKEND_TLS_PORT $BACKEND_STATUS_PORT $PORTICO_ADMIN \
+             "${PLAIN_PORT[@]}" "${TLS_PORT[@]}"; do
+        if port_busy "$p"; then busy+=("$p"); fi
+    done
+    ((${#busy[@]} == 0)) || die "ports already in use on 127.0.0.1: ${busy[*]} (a previous run still going?)"
 }
 
 raise_fd_limit() {
@@ -813,6 +832,7 @@ main() {
     install_deps
     resolve_portico
     raise_fd_limit
+    check_ports
     TMP=$(mktemp -d -t portico-bench.XXXXXX)
     printf '%s\n' "$WRK_LUA" >"$TMP/bench.lua"
     make_certs

@@ -1,1 +1,7 @@
+//! Portico's end-to-end suite: the real proxy (in-process, or the `portico` binary where
+//! signals are involved), real upstream servers, real rustls and HTTP/2 clients, all on
+//! `127.0.0.1:0`. One test binary, a module per feature.
 
+mod support;
+
+mod smoke;
