@@ -144,7 +144,7 @@ cpu_end() {   # sets R[KEY.cpu_ticks], R[KEY.wall_s], R[KEY.cpu_pct]
     local -a pids
     mapfile -t pids < <(target_pids "$t")
     ticks=$(( $(cpu_ticks "${pids[@]}") - CPU0 ))
-    wall=$(calc %.3f "($(now_ns) - $WALL0) / 1e9")
+    wall=$(calc %.3f "$(( $(now_ns) - WALL0 )) / 1e9")
     R[$key.wall_s]=$wall
     if [[ $t != direct ]]; then   # direct has no proxy: no CPU columns
         R[$key.cpu_ticks]=$ticks
@@ -248,7 +248,8 @@ resolve_portico() {
     PORTICO_BIN=$ROOT/target/release/portico
     if [[ $SKIP_BUILD != 1 ]]; then
         log "building portico (cargo build --release -p portico)"
-        (cd "$ROOT" && cargo build --release -p portico)
+        (cd "$ROOT" && cargo build --release -p portico) ||
+            die "cargo build failed (PROXIES=\"nginx haproxy\" runs without Portico)"
     fi
     [[ -x $PORTICO_BIN ]] || die "$PORTICO_BIN not found (build failed or SKIP_BUILD=1 without a build)"
 }
@@ -305,7 +306,9 @@ collect_versions() {
 # ---------------------------------------------------------------------------------------------
 # The backend: nginx on CPU 1, "hello\n" with long keep-alive, stub_status for accept counts
 # ---------------------------------------------------------------------------------------------
-nginx_common() {   # nginx_common DIR: main-context lines shared by both nginx instances
+# Main-context lines shared by both nginx instances. nginx allocates and touches its connection
+# table up front, so worker_connections (sized for scenario 5) is part of its idle RSS.
+nginx_common() {   # nginx_common DIR
     local dir=$1
     mkdir -p "$dir/tmp"
     cat <<EOF
@@ -314,7 +317,7 @@ daemon off;
 pid $dir/nginx.pid;
 error_log $dir/error.log warn;
 worker_rlimit_nofile $NOFILE;
-events { worker_connections $(( NOFILE - 100 )); }
+events { worker_connections $(( IDLE_CONNS + 1000 )); }
 EOF
 }
 nginx_http_common() {
@@ -516,22 +519,26 @@ WRK_LUA='done = function(summary, latency, requests)
     latency:percentile(50), latency:percentile(99)))
 end'
 
-run_wrk() {   # run_wrk PORT DURATION LOGFILE
-    "${LOAD[@]}" wrk -t1 -c"$CONNECTIONS" -d"$2" --latency -s "$TMP/bench.lua" \
-        "http://127.0.0.1:$1/" >"$3" 2>&1
+run_wrk() {   # run_wrk TARGET PORT DURATION LOGFILE
+    "${LOAD[@]}" wrk -t1 -c"$CONNECTIONS" -d"$3" --latency -s "$TMP/bench.lua" \
+        "http://127.0.0.1:$2/" >"$4" 2>&1 || note "$1" "wrk exited with status $?: $(tail -n1 "$4")"
 }
-wrk_field() { sed -n "s/^BENCH.* $2=\([0-9]*\).*/\1/p" "$1" | head -n1; }
+wrk_field() {   # wrk_field LOGFILE NAME -> the number from the BENCH line (0 if absent)
+    local x
+    x=$(sed -n "s/^BENCH.* $2=\([0-9]*\).*/\1/p" "$1" | head -n1)
+    echo "${x:-0}"
+}
 
 # 1. HTTP/1.1 keep-alive, small bodies.
 s1_http1() {
     local t=$1 port=${PLAIN_PORT[$1]} out=$TMP/s1.$1.txt n
-    run_wrk "$port" "$WARMUP" "$out.warmup"
+    run_wrk "$t" "$port" "$WARMUP" "$out.warmup"
     cpu_begin "$t"
-    run_wrk "$port" "$DURATION" "$out"
+    run_wrk "$t" "$port" "$DURATION" "$out"
     cpu_end "$t" "s1.$t"
     n=$(wrk_field "$out" requests)
     R[s1.$t.requests]=$n
-    R[s1.$t.rps]=$(calc %.0f "$n / $(wrk_field "$out" duration_us) * 1e6")
+    R[s1.$t.rps]=$(calc %.0f "$n / ($(wrk_field "$out" duration_us) + 0.001) * 1e6")
     R[s1.$t.p50_ms]=$(calc %.3f "$(wrk_field "$out" p50_us) / 1000")
     R[s1.$t.p99_ms]=$(calc %.3f "$(wrk_field "$out" p99_us) / 1000")
     R[s1.$t.errors]=$(( $(wrk_field "$out" errors) + $(wrk_field "$out" non2xx) ))
@@ -541,9 +548,12 @@ s1_http1() {
 # 2. HTTP/2 over TLS: h2load, 10 connections x 10 streams.
 s2_h2() {
     local t=$1 url="https://127.0.0.1:${TLS_PORT[$1]}/" out=$TMP/s2.$1.txt n
-    "${LOAD[@]}" h2load -c10 -m10 -D "$WARMUP" "$url" >"$out.warmup" 2>&1
+    "${LOAD[@]}" h2load -c10 -m10 -D "$WARMUP" "$url" >"$out.warmup" 2>&1 ||
+        note "$t" "h2load (warm-up) exited with status $?"
     cpu_begin "$t"
-    "${LOAD[@]}" h2load -c10 -m10 -D "$DURATION" --log-file="$out.log" "$url" >"$out" 2>&1
+    "${LOAD[@]}" h2load -c10 -m10 -D "$DURATION" --log-file="$out.log" "$url" >"$out" 2>&1 ||
+        note "$t" "h2load exited with status $?"
+    touch "$out.log"
     cpu_end "$t" "s2.$t"
     n=$(awk '/^requests:/ { for (i = 1; i <= NF; i++) if ($(i + 1) ~ /^succeeded/) print $i }' "$out")
     R[s2.$t.requests]=$n
@@ -592,7 +602,7 @@ s4_upstream() {
     local t=$1 out=$TMP/s4.$1.txt a0 q0 a1 q1 opened reqs
     read -r a0 q0 < <(backend_counters)
     cpu_begin "$t"
-    run_wrk "${PLAIN_PORT[$t]}" "$UPSTREAM_DURATION" "$out"
+    run_wrk "$t" "${PLAIN_PORT[$t]}" "$UPSTREAM_DURATION" "$out"
     cpu_end "$t" "s4.$t"
     read -r a1 q1 < <(backend_counters)
     opened=$(( a1 - a0 - 1 ))   # minus the second stub_status query itself

@@ -268,7 +268,7 @@ fn parse_file(source: &Source) -> Result<RawFile, ConfigError> {
         let path = if path == "." { String::new() } else { path };
         let inner = err.into_inner();
         let location = inner.location();
-        let mut e = source.error(&path, clean_serde_message(&inner.to_string()));
+        let mut e = source.error(&path, clean_serde_message(&inner.to_string(), &path));
         if let Some(loc) = location {
             e.line = Some(loc.line());
             e.column = Some(loc.column());
@@ -277,10 +277,16 @@ fn parse_file(source: &Source) -> Result<RawFile, ConfigError> {
     })
 }
 
-/// serde_yaml appends " at line X column Y" to its messages; the location is printed in front.
-fn clean_serde_message(msg: &str) -> String {
-    match msg.find(" at line ") {
-        Some(i) => msg[..i].to_string(),
-        None => msg.to_string(),
-    }
+/// serde_yaml puts the path before its messages and " at line X column Y" after; both are
+/// printed in front of the message already.
+fn clean_serde_message(msg: &str, path: &str) -> String {
+    let msg = match msg.find(" at line ") {
+        Some(i) => &msg[..i],
+        None => msg,
+    };
+    let msg = match msg.split_once(": ") {
+        Some((head, rest)) if !path.is_empty() && path.starts_with(head) => rest,
+        _ => msg,
+    };
+    msg.to_string()
 }
