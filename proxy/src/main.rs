@@ -94,9 +94,13 @@ fn check(config: PathBuf, bind: bool) -> ExitCode {
 }
 
 fn run(config: PathBuf, workers: Option<usize>) -> ExitCode {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // One worker: a current-thread runtime has no work-stealing overhead at all.
+    let mut builder = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
     builder.enable_all().thread_name("portico-worker");
-    if let Some(n) = workers.filter(|n| *n > 0) {
+    if let Some(n) = workers.filter(|n| *n > 1) {
         builder.worker_threads(n);
     }
     let runtime = match builder.build() {
