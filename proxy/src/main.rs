@@ -41,6 +41,8 @@ enum Command {
         #[arg(long, env = "PORTICO_WORKERS")]
         workers: Option<usize>,
     },
+    /// Print the configuration's JSON Schema (for editors: yaml-language-server).
+    Schema,
     /// Validate a configuration and print every error with file, line and YAML path.
     Check {
         #[arg(long, short, env = "PORTICO_CONFIG")]
@@ -58,6 +60,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config, bind } => check(config, bind),
         Command::Run { config, workers } => run(config, workers),
+        Command::Schema => {
+            print!("{}", portico::config::schema());
+            ExitCode::SUCCESS
+        }
     }
 }
 

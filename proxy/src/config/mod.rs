@@ -22,6 +22,14 @@ use raw::RawFile;
 
 pub use compile::compile;
 
+/// The JSON Schema of the configuration file (`portico schema`), for editors and linters.
+pub fn schema() -> String {
+    let schema = schemars::schema_for!(raw::RawFile);
+    let mut s = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
 /// One configuration error with where it was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -289,4 +297,17 @@ fn clean_serde_message(msg: &str, path: &str) -> String {
         _ => msg,
     };
     msg.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    /// The committed schema must be what the code generates: `portico schema > config/portico.schema.json`.
+    #[test]
+    fn committed_schema_is_current() {
+        let committed = include_str!("../../../config/portico.schema.json");
+        assert!(
+            committed == super::schema(),
+            "config/portico.schema.json is stale: run `cargo run -p portico -- schema > config/portico.schema.json`"
+        );
+    }
 }

@@ -6,12 +6,14 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::units::{ByteSize, Duration};
 
 /// One YAML file. A configuration directory holds several, merged in name order.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[schemars(title = "Portico configuration")]
 #[serde(deny_unknown_fields)]
 pub struct RawFile {
     #[serde(default)]
@@ -28,7 +30,7 @@ pub struct RawFile {
     pub forwarding: Option<RawForwarding>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawListener {
     pub name: String,
@@ -40,14 +42,14 @@ pub struct RawListener {
     pub h2c: Option<bool>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRedirectHttps {
     /// Port of the HTTPS listener; omitted means the scheme's default (443).
     pub port: Option<u16>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
     pub certificates: Vec<RawCertificate>,
@@ -56,7 +58,7 @@ pub struct RawTls {
     pub http2: Option<bool>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawCertificate {
     pub cert: String,
@@ -66,7 +68,7 @@ pub struct RawCertificate {
     pub default: bool,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawClientAuth {
     pub ca: String,
@@ -74,7 +76,7 @@ pub struct RawClientAuth {
     pub mode: RawClientAuthMode,
 }
 
-#[derive(Debug, Default, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RawClientAuthMode {
     #[default]
@@ -82,13 +84,13 @@ pub enum RawClientAuthMode {
     Optional,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub address: String,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     pub endpoints: Vec<String>,
@@ -100,14 +102,14 @@ pub struct RawUpstream {
     pub idle_timeout: Option<Duration>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RawUpstreamProtocol {
     Http1,
     H2c,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     pub name: String,
@@ -133,7 +135,7 @@ pub struct RawRoute {
     pub max_body: Option<ByteSize>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPath {
     #[serde(rename = "type")]
@@ -141,7 +143,7 @@ pub struct RawPath {
     pub value: String,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 pub enum RawPathKind {
     Exact,
     Prefix,
@@ -149,7 +151,7 @@ pub enum RawPathKind {
 }
 
 /// A header or query-parameter condition: `value` (exact), `regex`, or neither (present).
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawValueMatch {
     pub name: String,
@@ -157,7 +159,7 @@ pub struct RawValueMatch {
     pub regex: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawBackend {
     pub upstream: String,
@@ -169,7 +171,7 @@ fn default_weight() -> u32 {
     1
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRedirect {
     pub scheme: Option<String>,
@@ -183,7 +185,7 @@ pub struct RawRedirect {
     pub status: Option<u16>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawDirectResponse {
     pub status: u16,
@@ -192,7 +194,7 @@ pub struct RawDirectResponse {
     pub content_type: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRewrite {
     /// Replace the matched prefix with this value (Prefix rules only).
@@ -203,14 +205,14 @@ pub struct RawRewrite {
     pub host: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRouteTimeouts {
     pub connect: Option<Duration>,
     pub request: Option<Duration>,
 }
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
     pub max_header_bytes: Option<ByteSize>,
@@ -224,14 +226,14 @@ pub struct RawLimits {
     pub max_inflight: Option<usize>,
 }
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawShutdown {
     pub drain_delay: Option<Duration>,
     pub timeout: Option<Duration>,
 }
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawReload {
     pub debounce: Option<Duration>,
@@ -240,7 +242,7 @@ pub struct RawReload {
     pub stream_grace: Option<Duration>,
 }
 
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawForwarding {
     /// Append to an incoming `x-forwarded-for` instead of replacing it. Default false: Portico
