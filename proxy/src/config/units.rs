@@ -392,6 +392,38 @@ impl serde::Serialize for ByteSize {
     }
 }
 
+impl schemars::JsonSchema for Duration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A duration: 250ms, 30s, 10m, 1h, 1h30m, 1.5s (units largest first), or 0.",
+            "anyOf": [
+                { "type": "string", "pattern": "^\\s*(0|([0-9]+(\\.[0-9]+)?(ms|s|m|h))+)\\s*$" },
+                { "const": 0 }
+            ]
+        })
+    }
+}
+
+impl schemars::JsonSchema for ByteSize {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ByteSize".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A size: a number of bytes, or 512B, 64KiB, 16MiB, 1GiB, 1TiB (KB/MB/GB/TB are powers of 1000).",
+            "anyOf": [
+                { "type": "integer", "minimum": 0 },
+                { "type": "string", "pattern": "^\\s*[0-9]+\\s*([kKmMgGtT][iI]?)?[bB]?\\s*$" }
+            ]
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -688,37 +720,5 @@ mod tests {
         })
         .unwrap();
         assert_eq!(yaml, "s: 64MiB\n");
-    }
-}
-
-impl schemars::JsonSchema for Duration {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "Duration".into()
-    }
-
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "description": "A duration: 250ms, 30s, 10m, 1h, 1h30m, 1.5s (units largest first), or 0.",
-            "anyOf": [
-                { "type": "string", "pattern": "^\\s*(0|([0-9]+(\\.[0-9]+)?(ms|s|m|h))+)\\s*$" },
-                { "const": 0 }
-            ]
-        })
-    }
-}
-
-impl schemars::JsonSchema for ByteSize {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "ByteSize".into()
-    }
-
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "description": "A size: a number of bytes, or 512B, 64KiB, 16MiB, 1GiB, 1TiB (KB/MB/GB/TB are powers of 1000).",
-            "anyOf": [
-                { "type": "integer", "minimum": 0 },
-                { "type": "string", "pattern": "^\\s*[0-9]+\\s*([kKmMgGtT][iI]?)?[bB]?\\s*$" }
-            ]
-        })
     }
 }
