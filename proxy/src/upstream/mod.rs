@@ -4,19 +4,24 @@
 //! survive reloads: a reload that keeps an upstream keeps its warm connections.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
+use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::Instant;
 
 pub mod headers;
 
-use crate::body::Body;
+use crate::body::{self, Body, BoxError};
 use crate::error::ProxyError;
 
 pub type HttpClient = Client<HttpConnector, Body>;
@@ -124,6 +129,10 @@ impl Upstream {
 
     /// Sends `req` (whose URI holds only path and query) to one endpoint, applying the
     /// request timeout to the wait for response headers.
+    ///
+    /// The timeout counts from the request body's last progress, not from the start: a slow
+    /// but steady upload may take longer than the timeout, while a body that stops moving
+    /// (or an upstream that stops reading it) still times out.
     pub async fn send(
         &self,
         mut req: Request<Body>,
@@ -145,13 +154,88 @@ impl Upstream {
         } else {
             http::Version::HTTP_11
         };
-        match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
-            Err(_) => Err(ProxyError::UpstreamTimeout {
-                upstream: self.name.clone(),
-                after: self.request_timeout,
-            }),
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(ProxyError::from_client_error(&self.name, e)),
+        let timeout = self.request_timeout;
+        let progress = (!req.body().is_end_stream()).then(|| Arc::new(Progress::new()));
+        if let Some(progress) = &progress {
+            let progress = progress.clone();
+            req = req.map(|inner| body::boxed(Watched { inner, progress }));
         }
+        let response = self.client.request(req);
+        tokio::pin!(response);
+        let start = Instant::now();
+        loop {
+            let last = progress.as_ref().map_or(start, |p| p.last());
+            match tokio::time::timeout_at(last + timeout, response.as_mut()).await {
+                Ok(Ok(resp)) => return Ok(resp),
+                Ok(Err(e)) => return Err(ProxyError::from_client_error(&self.name, e)),
+                // The body moved since the deadline was set: wait from its last progress.
+                Err(_) if progress.as_ref().is_some_and(|p| p.last() > last) => continue,
+                Err(_) => {
+                    return Err(ProxyError::UpstreamTimeout {
+                        upstream: self.name.clone(),
+                        after: timeout,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// When a request body last produced a frame (or ended).
+struct Progress {
+    origin: Instant,
+    /// Milliseconds from `origin`.
+    last_ms: AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Progress {
+            origin: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.origin.elapsed().as_millis() as u64;
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.origin + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that records its progress for the request timeout.
+    struct Watched {
+        #[pin]
+        inner: Body,
+        progress: Arc<Progress>,
+    }
+}
+
+impl HttpBody for Watched {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if matches!(polled, Poll::Ready(None | Some(Ok(_)))) {
+            this.progress.touch();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
