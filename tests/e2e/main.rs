@@ -4,5 +4,6 @@
 
 mod support;
 
+mod forwarding;
 mod routing;
 mod smoke;
