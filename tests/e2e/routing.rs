@@ -504,6 +504,7 @@ routes:
   - {{ name: strip, paths: [{{ type: Prefix, value: /strip/ }}], upstream: svc, rewrite: {{ prefix: / }} }}
   - {{ name: full, paths: [{{ type: Exact, value: /legacy }}], upstream: svc, rewrite: {{ path: /modern/endpoint }} }}
   - {{ name: host, paths: [{{ type: Prefix, value: /internal }}], upstream: svc, rewrite: {{ host: internal.svc.cluster.local }} }}
+  - {{ name: both, paths: [{{ type: Prefix, value: /one }}, {{ type: Prefix, value: /two/deep }}], upstream: svc, rewrite: {{ prefix: /merged, host: merged.svc }} }}
   - {{ name: plain, paths: [{{ type: Prefix, value: / }}], upstream: svc }}
 "#,
         up.endpoint()
@@ -520,6 +521,9 @@ routes:
         ("/strip", "/", "shop.test"),
         ("/legacy?x=1", "/modern/endpoint?x=1", "shop.test"),
         ("/internal/a", "/internal/a", "internal.svc.cluster.local"),
+        // Each path of a route replaces the prefix that matched.
+        ("/one/a", "/merged/a", "merged.svc"),
+        ("/two/deep/b?c", "/merged/b?c", "merged.svc"),
         ("/other", "/other", "shop.test"),
         // Not string prefixes: `/apix` is not under `/api`.
         ("/apix", "/apix", "shop.test"),
