@@ -846,25 +846,73 @@ async fn http2_client_to_http1_upstream_and_back() {
     assert_eq!(up.hits(), 20);
 }
 
+/// An echo upstream that also reports the request URI's authority (HTTP/2 `:authority`).
+async fn authority_echo(name: &'static str) -> Upstream {
+    Upstream::with_handler(move |req| {
+        let authority = req.uri().authority().map(|a| a.to_string());
+        Box::pin(async move {
+            let mut resp = echo_response(name, req).await;
+            if let Some(a) = authority {
+                resp.headers_mut()
+                    .insert("x-authority", HeaderValue::from_str(&a).unwrap());
+            }
+            resp
+        })
+    })
+    .await
+}
+
+/// HTTP/2 carries the host in `:authority`, which is what an h2c upstream (a gRPC server, an
+/// Envoy sidecar) takes as the request's host, and a `host` header must not contradict it
+/// (RFC 9113 §8.3.1): the client's host, or the rewritten one, must be the `:authority`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_client_to_h2c_upstream() {
-    let up = Upstream::echo("h2").await;
-    let proxy = proxy_to(&[up.endpoint()], ", protocol: h2c", "").await;
-    let got = send(
-        proxy.addr("web"),
-        Request::post("/grpc.Service/Call")
-            .header("host", "g.test")
-            .body(full("payload"))
-            .unwrap(),
-    )
+    let a = authority_echo("a").await;
+    let b = authority_echo("b").await;
+    let proxy = Proxy::start(&format!(
+        r#"
+{LISTENER}
+upstreams: {{ grpc: {{ endpoints: ["{}", "{}"], protocol: h2c }} }}
+routes:
+  - {{ name: internal, paths: [{{ type: Prefix, value: /internal }}], upstream: grpc, rewrite: {{ host: internal.svc:50051 }} }}
+  - {{ name: all, upstream: grpc }}
+"#,
+        a.endpoint(),
+        b.endpoint()
+    ))
     .await;
-    assert_eq!(got.status, 200);
-    assert_eq!(got.version, http::Version::HTTP_11);
-    let seen = got.seen();
-    assert_eq!(seen.version, "HTTP/2.0");
-    assert_eq!(seen.path, "/grpc.Service/Call");
-    assert_eq!(seen.headers["host"], "g.test");
-    assert_eq!(seen.body_len, 7);
+    let mut servers = Vec::new();
+    for (path, host, authority) in [
+        ("/grpc.Service/Call", "g.test", "g.test"),
+        ("/grpc.Service/Call", "g.test:8080", "g.test:8080"),
+        ("/grpc.Service/Call", "other.test", "other.test"),
+        ("/internal/x", "g.test", "internal.svc:50051"),
+    ] {
+        let got = send(
+            proxy.addr("web"),
+            Request::post(path)
+                .header("host", host)
+                .body(full("payload"))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(got.status, 200, "{}", got.text());
+        assert_eq!(got.version, http::Version::HTTP_11);
+        assert_eq!(got.header("x-authority"), Some(authority), "{host}{path}");
+        let seen = got.seen();
+        assert_eq!(seen.version, "HTTP/2.0");
+        assert_eq!(seen.path, path);
+        assert!(
+            seen.headers.get("host").is_none_or(|h| h == authority),
+            "host header {:?} contradicts :authority {authority}",
+            seen.headers.get("host")
+        );
+        assert_eq!(seen.headers["x-forwarded-host"], host);
+        assert_eq!(seen.body_len, 7);
+        servers.push(seen.server);
+    }
+    // Still round robin over the endpoints.
+    assert_eq!(servers, ["a", "b", "a", "b"]);
 }
 
 /// A body of one data frame followed by trailers.
