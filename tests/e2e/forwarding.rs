@@ -1100,10 +1100,11 @@ async fn request_timeout_counts_from_the_last_upload_progress() {
         })
     })
     .await;
-    let proxy = proxy_to(&[up.endpoint()], "", ", timeouts: { request: 300ms }").await;
+    let proxy = proxy_to(&[up.endpoint()], "", ", timeouts: { request: 400ms }").await;
     let addr = proxy.addr("web");
 
-    // A slow client: 6 chunks, 100 ms apart, so the upload outlasts the 300 ms timeout.
+    // A slow client: 6 chunks 100 ms apart, so the upload (500 ms) outlasts the 400 ms
+    // timeout, while each gap stays far below it.
     let slow_body = || {
         let stream = futures_util::stream::unfold(0u8, |i| async move {
             if i == 6 {
