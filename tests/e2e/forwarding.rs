@@ -25,6 +25,8 @@ use crate::support::*;
 
 const LISTENER: &str = r#"listeners: [{ name: web, address: "127.0.0.1:0" }]"#;
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A proxy with one catch-all route to one upstream named `up`.
 async fn proxy_to(endpoints: &[String], upstream_extra: &str, route_extra: &str) -> Proxy {
     let endpoints = endpoints
@@ -628,12 +630,9 @@ async fn bodies_stream_chunk_by_chunk_both_ways() {
     // Upload: the second chunk is only sent once the upstream has the first.
     let (body_tx, body_rx) = mpsc::unbounded_channel::<Bytes>();
     let stream = futures_util::stream::unfold(body_rx, |mut rx| async move {
-        rx.recv().await.map(|b| {
-            (
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(b)),
-                rx,
-            )
-        })
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, BoxError>(Frame::data(b)), rx))
     });
     let upload = tokio::spawn(send(
         addr,
@@ -642,15 +641,26 @@ async fn bodies_stream_chunk_by_chunk_both_ways() {
             .body(BodyExt::boxed(StreamBody::new(stream)))
             .unwrap(),
     ));
+    // What the upstream received of one chunk (a chunk may arrive in pieces).
+    let mut upstream_got = async |len: usize| {
+        let mut got = Vec::new();
+        while got.len() < len {
+            match seen_rx.recv().await {
+                Some(piece) => got.extend_from_slice(&piece),
+                None => break,
+            }
+        }
+        got
+    };
     body_tx.send(Bytes::from_static(b"first chunk")).unwrap();
-    let first = tokio::time::timeout(step, seen_rx.recv()).await;
+    let first = tokio::time::timeout(step, upstream_got(11)).await;
     assert_eq!(
         first.expect("first upload chunk held back by the proxy"),
-        Some(Bytes::from_static(b"first chunk"))
+        b"first chunk"
     );
     body_tx.send(Bytes::from_static(b"second chunk")).unwrap();
-    let second = tokio::time::timeout(step, seen_rx.recv()).await;
-    assert_eq!(second.unwrap(), Some(Bytes::from_static(b"second chunk")));
+    let second = tokio::time::timeout(step, upstream_got(12)).await;
+    assert_eq!(second.unwrap(), b"second chunk");
     drop(body_tx);
     assert_eq!(upload.await.unwrap().text(), "done");
 
@@ -669,27 +679,33 @@ async fn bodies_stream_chunk_by_chunk_both_ways() {
     .expect("response headers held back by the proxy");
     assert_eq!(resp.status(), 200);
     let mut body = resp.into_body();
-    let mut next_data = async || loop {
-        match body.frame().await {
-            Some(Ok(f)) => match f.into_data() {
-                Ok(d) if d.is_empty() => continue,
-                Ok(d) => return Some(d),
-                Err(_) => continue,
-            },
-            _ => return None,
+    // What the client received of one chunk, or `None` at the end of the body.
+    let mut client_got = async |len: usize| {
+        let mut got = Vec::new();
+        while got.len() < len {
+            match body.frame().await {
+                Some(Ok(frame)) => got.extend_from_slice(&frame.into_data().unwrap_or_default()),
+                Some(Err(e)) => panic!("download failed: {e}"),
+                None if got.is_empty() => return None,
+                None => break,
+            }
         }
+        Some(got)
     };
     chunks.send(Bytes::from_static(b"one")).unwrap();
-    let got = tokio::time::timeout(step, next_data()).await;
+    let got = tokio::time::timeout(step, client_got(3)).await;
     assert_eq!(
         got.expect("first download chunk held back by the proxy"),
-        Some(Bytes::from_static(b"one"))
+        Some(b"one".to_vec())
     );
     chunks.send(Bytes::from_static(b"two")).unwrap();
-    let got = tokio::time::timeout(step, next_data()).await.unwrap();
-    assert_eq!(got, Some(Bytes::from_static(b"two")));
+    let got = tokio::time::timeout(step, client_got(3)).await.unwrap();
+    assert_eq!(got, Some(b"two".to_vec()));
     drop(chunks);
-    assert_eq!(tokio::time::timeout(step, next_data()).await.unwrap(), None);
+    assert_eq!(
+        tokio::time::timeout(step, client_got(1)).await.unwrap(),
+        None
+    );
 }
 
 /// `Expect: 100-continue` (curl sends it for uploads over 1 MiB): the client gets its
@@ -917,7 +933,7 @@ routes:
 
 /// A body of one data frame followed by trailers.
 fn with_trailers(data: &'static str, trailers: HeaderMap) -> TestBody {
-    let frames: Vec<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>> = vec![
+    let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![
         Ok(Frame::data(Bytes::from_static(data.as_bytes()))),
         Ok(Frame::trailers(trailers)),
     ];
@@ -935,7 +951,7 @@ async fn trailer_echo() -> Upstream {
             let count = trailers.len();
             trailers.insert("grpc-status", HeaderValue::from_static("0"));
             let body = collected.to_bytes();
-            let frames: Vec<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>> =
+            let frames: Vec<Result<Frame<Bytes>, BoxError>> =
                 vec![Ok(Frame::data(body)), Ok(Frame::trailers(trailers))];
             Response::builder()
                 .header("x-request-trailers", count.to_string())
@@ -1114,10 +1130,7 @@ async fn request_timeout_counts_from_the_last_upload_progress() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             let frame = Frame::data(Bytes::from(vec![i; 1000]));
-            Some((
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(frame),
-                i + 1,
-            ))
+            Some((Ok::<_, BoxError>(frame), i + 1))
         });
         BodyExt::boxed(StreamBody::new(stream))
     };
@@ -1137,12 +1150,9 @@ async fn request_timeout_counts_from_the_last_upload_progress() {
     // A body that stops moving, to an upstream that does not answer.
     let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| {
-            (
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(b)),
-                rx,
-            )
-        })
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, BoxError>(Frame::data(b)), rx))
     });
     tx.send(Bytes::from_static(b"first and last chunk"))
         .unwrap();
