@@ -87,6 +87,9 @@ async fn proxy(
     ex: &mut Exchange,
 ) -> Result<(Response<Body>, Option<tokio_util::sync::CancellationToken>), ProxyError> {
     let limits = &snapshot.settings.limits;
+    // Whatever runs next, upstream included, sees the id the client gets back.
+    req.headers_mut()
+        .insert(X_REQUEST_ID.clone(), ex.id.clone());
     actions::check_request(&req, limits)?;
     ex.host = actions::request_host(&req)?.to_string();
     ex.path = req.uri().path().to_string();
@@ -226,4 +229,30 @@ fn request_id<B>(req: &Request<B>) -> HeaderValue {
     }
     let id = format!("{:032x}", fastrand::u128(..));
     HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id_for(value: Option<&str>) -> HeaderValue {
+        let mut req = Request::new(());
+        if let Some(v) = value {
+            req.headers_mut()
+                .insert(&X_REQUEST_ID, HeaderValue::from_str(v).unwrap());
+        }
+        request_id(&req)
+    }
+
+    #[test]
+    fn request_ids_are_kept_when_well_formed() {
+        assert_eq!(id_for(Some("abc-123_x.y")), "abc-123_x.y");
+        let long = "x".repeat(128);
+        assert_eq!(id_for(Some(&long)), long.as_str());
+        for bad in [None, Some(""), Some("has space"), Some(&*"x".repeat(129))] {
+            let id = id_for(bad);
+            assert_eq!(id.len(), 32, "{bad:?}");
+            assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit), "{bad:?}");
+        }
+    }
 }

@@ -4,4 +4,6 @@
 
 mod support;
 
+mod forwarding;
+mod routing;
 mod smoke;

@@ -249,20 +249,23 @@ pub fn compile(loaded: &Loaded, ctx: &CompileContext) -> Result<Snapshot, Config
             .idle_timeout
             .map(|d| d.0)
             .unwrap_or(Duration::from_secs(90));
-        let client = ctx.clients.get(ClientKey {
+        let client_key = ClientKey {
             protocol,
             connect_timeout,
             idle_timeout: idle,
-        });
+        };
         let endpoints = raw
             .endpoints
             .iter()
             .filter_map(|e| e.parse().ok())
             .collect();
-        let u = Arc::new(
-            Upstream::new(name.to_string(), endpoints, client, request_timeout)
-                .with_h2(protocol == UpstreamProtocol::H2c),
-        );
+        let u = Arc::new(Upstream::new(
+            name.to_string(),
+            endpoints,
+            &ctx.clients,
+            client_key,
+            request_timeout,
+        ));
         built.insert(key, u.clone());
         Some(u)
     };

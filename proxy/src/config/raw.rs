@@ -97,6 +97,8 @@ pub struct RawUpstream {
     /// `http1` (default) or `h2c` (HTTP/2 with prior knowledge, for gRPC).
     pub protocol: Option<RawUpstreamProtocol>,
     pub connect_timeout: Option<Duration>,
+    /// How long to wait for the response headers, counted from the request body's last
+    /// progress (so a slow but steady upload is not cut). Default 60s.
     pub request_timeout: Option<Duration>,
     /// How long an idle pooled connection is kept. Default 90s.
     pub idle_timeout: Option<Duration>,
@@ -208,7 +210,9 @@ pub struct RawRewrite {
 #[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRouteTimeouts {
+    /// Overrides the upstream's `connect_timeout` for this route.
     pub connect: Option<Duration>,
+    /// Overrides the upstream's `request_timeout` for this route.
     pub request: Option<Duration>,
 }
 
