@@ -50,6 +50,26 @@ pub fn check_request<B>(req: &Request<B>, limits: &Limits) -> Result<(), ProxyEr
     Ok(())
 }
 
+/// Refuses an HTTP/1 request that came with both `Content-Length` and `Transfer-Encoding`.
+/// hyper has already removed the `Content-Length` (RFC 9112 §6.3 lets a server do that or
+/// refuse), so the connection's copy of the raw head tells. A head it did not keep whole (a
+/// pipelined request) is let through as hyper framed it: by `Transfer-Encoding` alone, the
+/// connection closed after the response.
+pub fn check_framing<B>(req: &Request<B>, conn: &ConnInfo) -> Result<(), ProxyError> {
+    if req.version() > http::Version::HTTP_11
+        || !req.headers().contains_key(header::TRANSFER_ENCODING)
+    {
+        return Ok(());
+    }
+    let request_line = format!("{} {} {:?}", req.method(), req.uri(), req.version());
+    match conn.activity.head_has_content_length(&request_line) {
+        Some(true) => Err(ProxyError::BadRequest(
+            "both Content-Length and Transfer-Encoding are present".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Refuses a body whose declared length is over the route's limit, before any upstream work.
 pub fn check_body_size<B>(req: &Request<B>, max: Option<u64>) -> Result<(), ProxyError> {
     let Some(limit) = max else { return Ok(()) };

@@ -88,6 +88,7 @@ async fn proxy(
 ) -> Result<(Response<Body>, Option<tokio_util::sync::CancellationToken>), ProxyError> {
     let limits = &snapshot.settings.limits;
     actions::check_request(&req, limits)?;
+    actions::check_framing(&req, conn)?;
     ex.host = actions::request_host(&req)?.to_string();
     ex.path = req.uri().path().to_string();
     actions::check_misdirected(conn, &ex.host)?;

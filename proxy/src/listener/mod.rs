@@ -13,8 +13,8 @@
 //! which would make `header_read_timeout` the idle timeout of every HTTP/1 connection.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
@@ -34,7 +34,7 @@ use crate::tls::{self, TlsSettings};
 
 mod watched;
 
-use watched::Watched;
+use watched::{HeadBytes, Watched};
 
 /// What the pipeline knows about the connection a request came on.
 #[derive(Debug)]
@@ -70,6 +70,8 @@ pub struct Activity {
     h2: AtomicBool,
     /// Wakes the connection's timer when a head starts to arrive.
     head_started: tokio::sync::Notify,
+    /// The raw bytes of the head that arrived since `head_start_ms`, up to a cap.
+    head: Mutex<Vec<u8>>,
 }
 
 const NO_HEAD: u64 = u64::MAX;
@@ -95,6 +97,7 @@ impl Activity {
             head_start_ms: AtomicU64::new(NO_HEAD),
             h2: AtomicBool::new(false),
             head_started: tokio::sync::Notify::new(),
+            head: Mutex::new(Vec::new()),
         }
     }
 
@@ -114,10 +117,10 @@ impl Activity {
     }
 
     /// Bytes arrived on an HTTP/1 connection (or one not yet known to be HTTP/2): with no
-    /// request in progress they start a request head, and its clock.
-    fn head_bytes(&self) {
+    /// request in progress they start a request head, and its clock, or continue it.
+    fn head_bytes(&self) -> HeadBytes {
         if self.active.load(Ordering::Acquire) > 0 {
-            return;
+            return HeadBytes::Ignore;
         }
         let started = self
             .head_start_ms
@@ -125,7 +128,27 @@ impl Activity {
             .is_ok();
         if started {
             self.head_started.notify_one();
+            HeadBytes::First
+        } else {
+            HeadBytes::More
         }
+    }
+
+    /// Keeps raw bytes of the head being received; `first` starts a new one.
+    fn keep_head(&self, bytes: &[u8], first: bool) {
+        let mut head = self.head.lock().unwrap_or_else(PoisonError::into_inner);
+        if first {
+            head.clear();
+        }
+        head.extend_from_slice(bytes);
+    }
+
+    /// Did the raw head of the HTTP/1 request whose request line is `request_line` have a
+    /// `Content-Length` field? `None` when that head was not kept whole (a pipelined request
+    /// read while another was in progress, or a head longer than the cap).
+    pub fn head_has_content_length(&self, request_line: &str) -> Option<bool> {
+        let head = self.head.lock().unwrap_or_else(PoisonError::into_inner);
+        watched::head_has_content_length(&head, request_line)
     }
 
     fn set_h2(&self) {
@@ -355,13 +378,14 @@ async fn serve_http<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let max_buf_size = limits.max_header_bytes.max(8192);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         // The header clock below replaces hyper's (see the module docs).
         .header_read_timeout(None)
-        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_buf_size(max_buf_size)
         .max_headers(limits.max_headers)
         .keep_alive(!reject);
     builder
@@ -388,7 +412,7 @@ async fn serve_http<IO>(
             crate::pipeline::handle(shared, conn, req).await
         }
     });
-    let io = Watched::new(io, activity_conn.clone());
+    let io = Watched::new(io, activity_conn.clone(), max_buf_size);
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
 
