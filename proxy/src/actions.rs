@@ -86,8 +86,15 @@ pub fn check_body_size<B>(req: &Request<B>, max: Option<u64>) -> Result<(), Prox
 
 /// The request's host: `Host` (HTTP/1.1) or the URI authority (HTTP/2 `:authority`), with
 /// any port, as sent.
+/// A host never carries userinfo (RFC 9110 §4.2.4, RFC 9113 §8.3.1), so `user@host` is refused
+/// rather than routed or forwarded.
 pub fn request_host<B>(req: &Request<B>) -> Result<&str, ProxyError> {
     if let Some(a) = req.uri().authority() {
+        if a.as_str().contains('@') {
+            return Err(ProxyError::BadRequest(
+                "the request target's authority has userinfo".into(),
+            ));
+        }
         return Ok(a.as_str());
     }
     let mut hosts = req.headers().get_all(header::HOST).iter();
@@ -96,7 +103,7 @@ pub fn request_host<B>(req: &Request<B>) -> Result<&str, ProxyError> {
             let s = h
                 .to_str()
                 .map_err(|_| ProxyError::BadRequest("Host is not valid ASCII".into()))?;
-            if s.is_empty() || s.parse::<http::uri::Authority>().is_err() {
+            if s.is_empty() || s.contains('@') || s.parse::<http::uri::Authority>().is_err() {
                 return Err(ProxyError::BadRequest("Host is not a valid host".into()));
             }
             Ok(s)
@@ -238,6 +245,30 @@ mod tests {
         assert_eq!(strip_port("[::1]"), "[::1]");
         assert_eq!(port_of("a.example:8080"), Some("8080"));
         assert_eq!(port_of("a.example"), None);
+    }
+
+    #[test]
+    fn hosts_come_from_the_target_or_the_host_header() {
+        let host = |target: &str, hosts: &[&str]| {
+            let mut req = Request::get(target);
+            for h in hosts {
+                req = req.header(header::HOST, *h);
+            }
+            request_host(&req.body(()).unwrap())
+                .map(str::to_string)
+                .map_err(|e| e.status().as_u16())
+        };
+        assert_eq!(host("/", &["a.example:8080"]), Ok("a.example:8080".into()));
+        assert_eq!(
+            host("http://b.example/", &["a.example"]),
+            Ok("b.example".into())
+        );
+        assert_eq!(host("/", &[]), Err(400));
+        assert_eq!(host("/", &[""]), Err(400));
+        assert_eq!(host("/", &["a.example", "b.example"]), Err(400));
+        assert_eq!(host("/", &["a b"]), Err(400));
+        assert_eq!(host("/", &["user@a.example"]), Err(400));
+        assert_eq!(host("http://user:pw@a.example/", &["a.example"]), Err(400));
     }
 
     #[test]
