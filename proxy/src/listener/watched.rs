@@ -28,6 +28,8 @@ pub struct Watched<IO> {
     h2: bool,
     /// Bytes kept of the head being received.
     captured: usize,
+    /// Where that head ends; nothing is kept after it.
+    end: HeadEnd,
 }
 
 impl<IO> Watched<IO> {
@@ -39,6 +41,7 @@ impl<IO> Watched<IO> {
             preface: Some(0),
             h2: false,
             captured: 0,
+            end: HeadEnd::default(),
         }
     }
 
@@ -63,20 +66,60 @@ impl<IO> Watched<IO> {
             HeadBytes::Ignore => {}
             HeadBytes::First => {
                 self.captured = 0;
+                self.end = HeadEnd::default();
                 self.keep(bytes);
             }
             HeadBytes::More => self.keep(bytes),
         }
     }
 
+    /// Keeps bytes of the head, up to its blank line and at most `cap` in all, so a
+    /// connection holds no more than one head.
     fn keep(&mut self, bytes: &[u8]) {
-        let take = bytes.len().min(self.cap.saturating_sub(self.captured));
+        if self.end.found {
+            return;
+        }
+        let mut take = bytes.len().min(self.cap.saturating_sub(self.captured));
+        if let Some(end) = self.end.scan(&bytes[..take]) {
+            take = end;
+        }
         if take > 0 {
             self.conn
                 .activity
                 .keep_head(&bytes[..take], self.captured == 0);
             self.captured += take;
         }
+    }
+}
+
+/// Finds the blank line that ends a head, across reads.
+#[derive(Debug, Default)]
+struct HeadEnd {
+    /// A non-empty line was seen (empty lines before the request line do not end a head).
+    text: bool,
+    /// At the start of a line (only a CR seen on it, if anything).
+    line_start: bool,
+    found: bool,
+}
+
+impl HeadEnd {
+    /// How much of `bytes` belongs to the head, if the head ends in them.
+    fn scan(&mut self, bytes: &[u8]) -> Option<usize> {
+        for (i, b) in bytes.iter().enumerate() {
+            match b {
+                b'\n' if self.text && self.line_start => {
+                    self.found = true;
+                    return Some(i + 1);
+                }
+                b'\n' => self.line_start = true,
+                b'\r' => {}
+                _ => {
+                    self.text = true;
+                    self.line_start = false;
+                }
+            }
+        }
+        None
     }
 }
 
@@ -167,6 +210,17 @@ pub(super) fn head_has_content_length(raw: &[u8], request_line: &str) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_end_of_a_head_across_reads() {
+        let mut end = HeadEnd::default();
+        assert_eq!(end.scan(b"\r\nGET / HTTP/1.1\r\nHost: a\r"), None);
+        assert_eq!(end.scan(b"\n"), None);
+        assert_eq!(end.scan(b"\r\nbody"), Some(2));
+        assert!(end.found);
+        let mut end = HeadEnd::default();
+        assert_eq!(end.scan(b"GET / HTTP/1.1\nHost: a\n\nbody"), Some(24));
+    }
 
     #[test]
     fn finds_content_length_in_a_complete_head() {
