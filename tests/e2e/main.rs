@@ -4,5 +4,6 @@
 
 mod support;
 
+mod limits;
 mod smoke;
 mod tls;
