@@ -899,3 +899,48 @@ limits: {{ tls_handshake_timeout: 300ms }}
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_leads_to_the_tls_listener_of_the_same_proxy() {
+    let pki = Pki::new();
+    let dir = TempDir::new();
+    pki.write(&dir, "site", &["shop.example"]);
+    let yaml = |port: u16| {
+        format!(
+            r#"
+listeners:
+  - {{ name: web, address: "127.0.0.1:0", redirect_https: {{ port: {port} }} }}
+  - name: websecure
+    address: "127.0.0.1:0"
+    tls: {{ certificates: [{{ cert: site.crt, key: site.key }}] }}
+{HELLO_ROUTE}"#
+        )
+    };
+    let proxy = Proxy::start_in(dir, &yaml(1)).await;
+    let (web, websecure) = (proxy.addr("web"), proxy.addr("websecure"));
+    assert_ne!(web, websecure, "two listeners on port 0 get two sockets");
+    // Now that the TLS port is known, point the redirect at it.
+    let status = proxy.rewrite(&yaml(websecure.port())).await;
+    assert!(status.last_error.is_none(), "{status:?}");
+    assert_eq!(
+        (proxy.addr("web"), proxy.addr("websecure")),
+        (web, websecure)
+    );
+
+    let got = get(web, "shop.example", "/cart?id=1").await;
+    assert_eq!(got.status, StatusCode::PERMANENT_REDIRECT);
+    let location = got.header("location").expect("location").to_string();
+    assert_eq!(
+        location,
+        format!("https://shop.example:{}/cart?id=1", websecure.port())
+    );
+    let got = try_tls_get(
+        websecure,
+        "shop.example",
+        client(Some(&pki.ca_pem), BOTH, &[], None),
+        "shop.example",
+    )
+    .await
+    .expect("the redirect target answers over TLS");
+    assert_eq!(got.status, 200);
+}
