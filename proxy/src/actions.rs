@@ -50,6 +50,26 @@ pub fn check_request<B>(req: &Request<B>, limits: &Limits) -> Result<(), ProxyEr
     Ok(())
 }
 
+/// Refuses an HTTP/1 request that came with both `Content-Length` and `Transfer-Encoding`.
+/// hyper has already removed the `Content-Length` (RFC 9112 §6.3 lets a server do that or
+/// refuse), so the connection's copy of the raw head tells. A head it did not keep whole (a
+/// pipelined request) is let through as hyper framed it: by `Transfer-Encoding` alone, the
+/// connection closed after the response.
+pub fn check_framing<B>(req: &Request<B>, conn: &ConnInfo) -> Result<(), ProxyError> {
+    if req.version() > http::Version::HTTP_11
+        || !req.headers().contains_key(header::TRANSFER_ENCODING)
+    {
+        return Ok(());
+    }
+    let request_line = format!("{} {} {:?}", req.method(), req.uri(), req.version());
+    match conn.activity.head_has_content_length(&request_line) {
+        Some(true) => Err(ProxyError::BadRequest(
+            "both Content-Length and Transfer-Encoding are present".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Refuses a body whose declared length is over the route's limit, before any upstream work.
 pub fn check_body_size<B>(req: &Request<B>, max: Option<u64>) -> Result<(), ProxyError> {
     let Some(limit) = max else { return Ok(()) };
@@ -66,8 +86,15 @@ pub fn check_body_size<B>(req: &Request<B>, max: Option<u64>) -> Result<(), Prox
 
 /// The request's host: `Host` (HTTP/1.1) or the URI authority (HTTP/2 `:authority`), with
 /// any port, as sent.
+/// A host never carries userinfo (RFC 9110 §4.2.4, RFC 9113 §8.3.1), so `user@host` is refused
+/// rather than routed or forwarded.
 pub fn request_host<B>(req: &Request<B>) -> Result<&str, ProxyError> {
     if let Some(a) = req.uri().authority() {
+        if a.as_str().contains('@') {
+            return Err(ProxyError::BadRequest(
+                "the request target's authority has userinfo".into(),
+            ));
+        }
         return Ok(a.as_str());
     }
     let mut hosts = req.headers().get_all(header::HOST).iter();
@@ -76,7 +103,7 @@ pub fn request_host<B>(req: &Request<B>) -> Result<&str, ProxyError> {
             let s = h
                 .to_str()
                 .map_err(|_| ProxyError::BadRequest("Host is not valid ASCII".into()))?;
-            if s.is_empty() || s.parse::<http::uri::Authority>().is_err() {
+            if s.is_empty() || s.contains('@') || s.parse::<http::uri::Authority>().is_err() {
                 return Err(ProxyError::BadRequest("Host is not a valid host".into()));
             }
             Ok(s)
@@ -218,6 +245,30 @@ mod tests {
         assert_eq!(strip_port("[::1]"), "[::1]");
         assert_eq!(port_of("a.example:8080"), Some("8080"));
         assert_eq!(port_of("a.example"), None);
+    }
+
+    #[test]
+    fn hosts_come_from_the_target_or_the_host_header() {
+        let host = |target: &str, hosts: &[&str]| {
+            let mut req = Request::get(target);
+            for h in hosts {
+                req = req.header(header::HOST, *h);
+            }
+            request_host(&req.body(()).unwrap())
+                .map(str::to_string)
+                .map_err(|e| e.status().as_u16())
+        };
+        assert_eq!(host("/", &["a.example:8080"]), Ok("a.example:8080".into()));
+        assert_eq!(
+            host("http://b.example/", &["a.example"]),
+            Ok("b.example".into())
+        );
+        assert_eq!(host("/", &[]), Err(400));
+        assert_eq!(host("/", &[""]), Err(400));
+        assert_eq!(host("/", &["a.example", "b.example"]), Err(400));
+        assert_eq!(host("/", &["a b"]), Err(400));
+        assert_eq!(host("/", &["user@a.example"]), Err(400));
+        assert_eq!(host("http://user:pw@a.example/", &["a.example"]), Err(400));
     }
 
     #[test]

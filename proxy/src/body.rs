@@ -1,8 +1,10 @@
 //! The one body type the proxy passes around, and the wrappers it puts on bodies.
 
+use std::collections::VecDeque;
 use std::future::Future as _;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -42,6 +44,117 @@ where
 #[error("request body exceeds the limit of {limit} bytes")]
 pub struct BodyTooLarge {
     pub limit: u64,
+}
+
+/// Limits up to this size are enforced before the upstream is contacted, also for a body of
+/// undeclared length: see [`prefetch`].
+pub const PREFETCH_MAX: u64 = 64 * 1024;
+
+/// Reads the start of a request body of undeclared length (HTTP/1.1 chunked, or HTTP/2
+/// without `content-length`) before anything is sent upstream, so that a body over a small
+/// `limit` is refused like a declared length over it is: before the upstream sees a byte.
+///
+/// Only when `limit` is at most [`PREFETCH_MAX`]: then at most `limit + 1` bytes are held.
+/// Larger limits, declared lengths (already checked) and gRPC (whose streams may be
+/// full-duplex, with the client waiting for the server) stream from the start, and a body is
+/// cut off by [`Tracked`] when it crosses the limit. The wait is bounded by `wait` (the
+/// upstream's request timeout); what has not arrived by then streams behind what has.
+pub async fn prefetch(
+    mut body: Body,
+    headers: &http::HeaderMap,
+    limit: Option<u64>,
+    wait: Duration,
+) -> Result<Body, BodyTooLarge> {
+    let Some(limit) = limit.filter(|l| *l <= PREFETCH_MAX) else {
+        return Ok(body);
+    };
+    let grpc = headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if body.is_end_stream() || headers.contains_key(http::header::CONTENT_LENGTH) || grpc {
+        return Ok(body);
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut held = Prefetched {
+        frames: VecDeque::new(),
+        error: None,
+        rest: None,
+    };
+    let mut bytes = 0u64;
+    loop {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                held.rest = Some(body);
+                break;
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                held.error = Some(e);
+                break;
+            }
+            Ok(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    bytes += data.len() as u64;
+                    if bytes > limit {
+                        return Err(BodyTooLarge { limit });
+                    }
+                }
+                held.frames.push_back(frame);
+            }
+        }
+    }
+    Ok(boxed(held))
+}
+
+/// The frames [`prefetch`] read, then an error it met or the rest of the body.
+struct Prefetched {
+    frames: VecDeque<Frame<Bytes>>,
+    error: Option<BoxError>,
+    rest: Option<Body>,
+}
+
+impl HttpBody for Prefetched {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(frame) = self.frames.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if let Some(e) = self.error.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        match self.rest.as_mut() {
+            Some(rest) => Pin::new(rest).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_empty()
+            && self.error.is_none()
+            && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let held: u64 = self
+            .frames
+            .iter()
+            .filter_map(|f| f.data_ref())
+            .map(|d| d.len() as u64)
+            .sum();
+        match &self.rest {
+            None if self.error.is_none() => SizeHint::with_exact(held),
+            _ => {
+                let mut hint = SizeHint::new();
+                hint.set_lower(held);
+                hint
+            }
+        }
+    }
 }
 
 /// The stream was closed because its route was removed by a reload (after `stream_grace`).
@@ -138,5 +251,80 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunked(chunks: &[usize]) -> Body {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = chunks
+            .iter()
+            .map(|n| Ok(Frame::data(Bytes::from(vec![b'x'; *n]))))
+            .collect();
+        boxed(http_body_util::StreamBody::new(futures_util::stream::iter(
+            frames,
+        )))
+    }
+
+    async fn length(body: Body) -> usize {
+        body.collect().await.expect("body").to_bytes().len()
+    }
+
+    #[tokio::test]
+    async fn prefetch_refuses_a_body_over_a_small_limit() {
+        let none = http::HeaderMap::new();
+        let wait = Duration::from_secs(5);
+        let over = prefetch(chunked(&[600, 600]), &none, Some(1024), wait).await;
+        assert!(over.is_err());
+        let at = prefetch(chunked(&[600, 424]), &none, Some(1024), wait).await;
+        assert_eq!(length(at.expect("at the limit")).await, 1024);
+
+        // Larger limits, declared lengths and gRPC stream (Tracked enforces the limit later).
+        let big = PREFETCH_MAX + 1;
+        let streamed = prefetch(chunked(&[70_000]), &none, Some(big), wait).await;
+        assert_eq!(length(streamed.expect("streamed")).await, 70_000);
+        let mut declared = http::HeaderMap::new();
+        declared.insert(http::header::CONTENT_LENGTH, "1200".parse().unwrap());
+        assert!(
+            prefetch(chunked(&[1200]), &declared, Some(1024), wait)
+                .await
+                .is_ok()
+        );
+        let mut grpc = http::HeaderMap::new();
+        grpc.insert(
+            http::header::CONTENT_TYPE,
+            "application/grpc".parse().unwrap(),
+        );
+        assert!(
+            prefetch(chunked(&[1200]), &grpc, Some(1024), wait)
+                .await
+                .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn prefetch_stops_waiting_and_streams_the_rest() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+        let body = boxed(http_body_util::StreamBody::new(tokio_stream_from(rx)));
+        tx.send(Ok(Frame::data(Bytes::from_static(b"abc"))))
+            .await
+            .unwrap();
+        let none = http::HeaderMap::new();
+        let body = prefetch(body, &none, Some(1024), Duration::from_millis(20))
+            .await
+            .expect("under the limit so far");
+        tx.send(Ok(Frame::data(Bytes::from_static(b"def"))))
+            .await
+            .unwrap();
+        drop(tx);
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "abcdef");
+    }
+
+    fn tokio_stream_from<T: Send + 'static>(
+        mut rx: tokio::sync::mpsc::Receiver<T>,
+    ) -> impl futures_util::Stream<Item = T> + Send {
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
     }
 }

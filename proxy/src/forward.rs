@@ -73,7 +73,15 @@ pub async fn send(
     let upgrade = is_upgrade(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, incoming) = req.into_parts();
-    let body = body::boxed(Tracked::new(body::incoming(incoming)).limit(target.route.max_body));
+    let limit = target.route.max_body;
+    let body = body::prefetch(
+        body::incoming(incoming),
+        &parts.headers,
+        limit,
+        upstream.request_timeout,
+    )
+    .await?;
+    let body = body::boxed(Tracked::new(body).limit(limit));
     let mut resp = upstream.send(Request::from_parts(parts, body)).await?;
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

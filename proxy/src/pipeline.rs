@@ -91,6 +91,7 @@ async fn proxy(
     req.headers_mut()
         .insert(X_REQUEST_ID.clone(), ex.id.clone());
     actions::check_request(&req, limits)?;
+    actions::check_framing(&req, conn)?;
     ex.host = actions::request_host(&req)?.to_string();
     ex.path = req.uri().path().to_string();
     actions::check_misdirected(conn, &ex.host)?;

@@ -5,5 +5,7 @@
 mod support;
 
 mod forwarding;
+mod limits;
 mod routing;
 mod smoke;
+mod tls;

@@ -186,7 +186,13 @@ pub fn compile(loaded: &Loaded, ctx: &CompileContext) -> Result<Snapshot, Config
             }
             listeners.push(Arc::new(ListenerConfig {
                 name: l.name.clone(),
-                key: l.address.clone(),
+                // Port 0 asks for a fresh port per listener, so there the address does not
+                // identify the socket: two such listeners are two sockets, told apart by name.
+                key: if addr.port() == 0 {
+                    format!("{}#{}", l.address, l.name)
+                } else {
+                    l.address.clone()
+                },
                 addr,
                 tls,
                 redirect_https: l.redirect_https.as_ref().map(|r| r.port),

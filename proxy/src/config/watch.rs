@@ -13,43 +13,74 @@ use tokio::time::Instant;
 
 use crate::server::Server;
 
-/// Starts the trigger task for `server`.
+/// Starts the trigger task for `server`. The directories are watched and SIGHUP is handled
+/// before this returns, so a change made right after start-up is not missed.
 pub fn spawn(server: Arc<Server>, watch_files: bool, sighup: bool) {
-    tokio::spawn(async move {
-        if let Err(e) = run(server, watch_files, sighup).await {
+    let triggers = match Triggers::new(&server, watch_files, sighup) {
+        Ok(t) => t,
+        Err(e) => {
             tracing::error!("configuration watcher stopped: {e}");
+            return;
         }
-    });
+    };
+    tokio::spawn(run(server, triggers));
 }
 
-async fn run(
-    server: Arc<Server>,
-    watch_files: bool,
-    sighup: bool,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let (tx, mut events) = mpsc::unbounded_channel::<()>();
-    let mut watcher = if watch_files {
-        let tx = tx.clone();
-        Some(notify::recommended_watcher(
-            move |res: notify::Result<notify::Event>| {
-                if let Ok(ev) = res
-                    && !matches!(ev.kind, notify::EventKind::Access(_))
-                {
-                    let _ = tx.send(());
-                }
-            },
-        )?)
-    } else {
-        None
-    };
-    let mut watched: BTreeSet<PathBuf> = BTreeSet::new();
-    let mut hup = if sighup {
-        Some(tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::hangup(),
-        )?)
-    } else {
-        None
-    };
+/// What starts a reload.
+struct Triggers {
+    watcher: Option<notify::RecommendedWatcher>,
+    watched: BTreeSet<PathBuf>,
+    events: mpsc::UnboundedReceiver<()>,
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Triggers {
+    fn new(
+        server: &Server,
+        watch_files: bool,
+        sighup: bool,
+    ) -> Result<Triggers, Box<dyn std::error::Error + Send + Sync>> {
+        let (tx, events) = mpsc::unbounded_channel::<()>();
+        let mut watcher = if watch_files {
+            Some(notify::recommended_watcher(
+                move |res: notify::Result<notify::Event>| {
+                    if let Ok(ev) = res
+                        && !matches!(ev.kind, notify::EventKind::Access(_))
+                    {
+                        let _ = tx.send(());
+                    }
+                },
+            )?)
+        } else {
+            None
+        };
+        let mut watched: BTreeSet<PathBuf> = BTreeSet::new();
+        if let Some(w) = watcher.as_mut() {
+            rewatch(w, &mut watched, server);
+        }
+        let hup = if sighup {
+            Some(tokio::signal::unix::signal(
+                tokio::signal::unix::SignalKind::hangup(),
+            )?)
+        } else {
+            None
+        };
+        Ok(Triggers {
+            watcher,
+            watched,
+            events,
+            hup,
+        })
+    }
+}
+
+async fn run(server: Arc<Server>, triggers: Triggers) {
+    let Triggers {
+        mut watcher,
+        mut watched,
+        mut events,
+        mut hup,
+    } = triggers;
     let stop = server.watch_stopped().clone();
 
     loop {
@@ -59,7 +90,7 @@ async fn run(
         let settings = server.shared().current.load().settings.clone();
         let poll = tokio::time::sleep(settings.reload_poll_interval);
         tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
+            _ = stop.cancelled() => return,
             Some(()) = events.recv() => {
                 // Debounce: wait for a quiet period, but never longer than 5 debounce periods.
                 let deadline = Instant::now() + settings.reload_debounce * 5;

@@ -4,10 +4,17 @@
 //! keeps that address. Each accepted connection reads its listener's settings (TLS
 //! certificates included) from the snapshot current at accept time, so a certificate change
 //! applies to new handshakes while open connections continue.
+//!
+//! Two clocks close a connection that is not working ([`Activity::expiry`]): the header
+//! clock (`header_read_timeout`) runs from accept until the first request head is complete,
+//! and on a kept-alive HTTP/1 connection from the first byte of each later head; the idle
+//! clock (`idle_timeout`) runs whenever no request is in progress and no head is arriving.
+//! hyper's own header timer is off, since it also runs while a kept-alive connection waits,
+//! which would make `header_read_timeout` the idle timeout of every HTTP/1 connection.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
@@ -24,6 +31,10 @@ use crate::body::{self, Body};
 use crate::server::Shared;
 use crate::snapshot::{Limits, ListenerConfig};
 use crate::tls::{self, TlsSettings};
+
+mod watched;
+
+use watched::{HeadBytes, Watched};
 
 /// What the pipeline knows about the connection a request came on.
 #[derive(Debug)]
@@ -43,12 +54,37 @@ pub struct TlsInfo {
     pub client_cert: bool,
 }
 
-/// Requests in progress on a connection and when the last one ended: the idle clock.
+/// A connection's clocks: requests in progress and when the last one ended (the idle clock),
+/// and when the bytes of the next request head began to arrive (the header clock).
 #[derive(Debug)]
 pub struct Activity {
     born: Instant,
     active: AtomicUsize,
+    /// Requests begun on this connection.
+    requests: AtomicU64,
     last_end_ms: AtomicU64,
+    /// When the first byte of a request head arrived while no request was in progress
+    /// ([`NO_HEAD`]: none since the last request began).
+    head_start_ms: AtomicU64,
+    /// The connection began with the HTTP/2 preface.
+    h2: AtomicBool,
+    /// Wakes the connection's timer when a head starts to arrive.
+    head_started: tokio::sync::Notify,
+    /// The raw bytes of the head that arrived since `head_start_ms`, up to a cap.
+    head: Mutex<Vec<u8>>,
+}
+
+const NO_HEAD: u64 = u64::MAX;
+
+/// When a connection that is not working must close, as a time since it was accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// A request is in progress: no clock runs.
+    Busy,
+    /// A request head must be complete by then (`header_read_timeout`).
+    Header(Duration),
+    /// Idle until then (`idle_timeout`).
+    Idle(Duration),
 }
 
 impl Activity {
@@ -56,27 +92,91 @@ impl Activity {
         Activity {
             born: Instant::now(),
             active: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
             last_end_ms: AtomicU64::new(0),
+            head_start_ms: AtomicU64::new(NO_HEAD),
+            h2: AtomicBool::new(false),
+            head_started: tokio::sync::Notify::new(),
+            head: Mutex::new(Vec::new()),
         }
     }
 
     pub fn begin(&self) {
         self.active.fetch_add(1, Ordering::AcqRel);
+        self.requests.fetch_add(1, Ordering::AcqRel);
+        self.head_start_ms.store(NO_HEAD, Ordering::Release);
     }
 
     pub fn end(&self) {
-        self.last_end_ms
-            .store(self.born.elapsed().as_millis() as u64, Ordering::Release);
+        self.last_end_ms.store(self.age_ms(), Ordering::Release);
         self.active.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// How long the connection has had no request in progress (`None` while one is).
-    fn idle_for(&self) -> Option<Duration> {
+    fn age_ms(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64
+    }
+
+    /// Bytes arrived on an HTTP/1 connection (or one not yet known to be HTTP/2): with no
+    /// request in progress they start a request head, and its clock, or continue it.
+    fn head_bytes(&self) -> HeadBytes {
         if self.active.load(Ordering::Acquire) > 0 {
-            return None;
+            return HeadBytes::Ignore;
         }
-        let last = Duration::from_millis(self.last_end_ms.load(Ordering::Acquire));
-        Some(self.born.elapsed().saturating_sub(last))
+        let started = self
+            .head_start_ms
+            .compare_exchange(NO_HEAD, self.age_ms(), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if started {
+            self.head_started.notify_one();
+            HeadBytes::First
+        } else {
+            HeadBytes::More
+        }
+    }
+
+    /// Keeps raw bytes of the head being received; `first` starts a new one.
+    fn keep_head(&self, bytes: &[u8], first: bool) {
+        let mut head = self.head.lock().unwrap_or_else(PoisonError::into_inner);
+        if first {
+            head.clear();
+        }
+        head.extend_from_slice(bytes);
+    }
+
+    /// Did the raw head of the HTTP/1 request whose request line is `request_line` have a
+    /// `Content-Length` field? `None` when that head was not kept whole (a pipelined request
+    /// read while another was in progress, or a head longer than the cap).
+    pub fn head_has_content_length(&self, request_line: &str) -> Option<bool> {
+        let head = self.head.lock().unwrap_or_else(PoisonError::into_inner);
+        watched::head_has_content_length(&head, request_line)
+    }
+
+    fn set_h2(&self) {
+        self.h2.store(true, Ordering::Release);
+    }
+
+    /// Which clock runs, and when it expires. The first request's head is timed from accept
+    /// (which also bounds an HTTP/2 client's preface); on HTTP/2 streams carry their own
+    /// heads, so only the idle clock runs.
+    pub fn expiry(&self, idle: Duration, header: Duration) -> Expiry {
+        if self.active.load(Ordering::Acquire) > 0 {
+            return Expiry::Busy;
+        }
+        if !self.h2.load(Ordering::Acquire) {
+            if self.requests.load(Ordering::Acquire) == 0 {
+                return Expiry::Header(header);
+            }
+            let head = self.head_start_ms.load(Ordering::Acquire);
+            if head != NO_HEAD {
+                return Expiry::Header(Duration::from_millis(head) + header);
+            }
+        }
+        Expiry::Idle(Duration::from_millis(self.last_end_ms.load(Ordering::Acquire)) + idle)
+    }
+
+    /// The instant `expiry` names.
+    fn at(&self, since_accept: Duration) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.born + since_accept)
     }
 }
 
@@ -278,12 +378,14 @@ async fn serve_http<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let max_buf_size = limits.max_header_bytes.max(8192);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
+        // The header clock below replaces hyper's (see the module docs).
+        .header_read_timeout(None)
+        .max_buf_size(max_buf_size)
         .max_headers(limits.max_headers)
         .keep_alive(!reject);
     builder
@@ -310,11 +412,13 @@ async fn serve_http<IO>(
             crate::pipeline::handle(shared, conn, req).await
         }
     });
+    let io = Watched::new(io, activity_conn.clone(), max_buf_size);
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
 
-    let idle = limits.idle_timeout;
-    let mut next_check = tokio::time::Instant::now() + idle;
+    let activity = &activity_conn.activity;
+    let (idle, header) = (limits.idle_timeout, limits.header_read_timeout);
+    let mut next_check = tokio::time::Instant::now();
     let mut stopping = false;
     loop {
         tokio::select! {
@@ -328,14 +432,24 @@ async fn serve_http<IO>(
                 stopping = true;
                 connection.as_mut().graceful_shutdown();
             }
-            _ = tokio::time::sleep_until(next_check), if !stopping => {
-                match activity_conn.activity.idle_for() {
-                    Some(for_) if for_ >= idle => {
-                        stopping = true;
-                        connection.as_mut().graceful_shutdown();
+            _ = activity.head_started.notified() => next_check = tokio::time::Instant::now(),
+            _ = tokio::time::sleep_until(next_check) => {
+                let age = activity.born.elapsed();
+                match activity.expiry(idle, header) {
+                    Expiry::Busy => next_check = tokio::time::Instant::now() + idle.min(header),
+                    Expiry::Header(at) if age >= at => {
+                        // Mid-head there is nothing to finish gracefully: drop the connection.
+                        tracing::debug!(listener = %activity_conn.listener.name, peer = %activity_conn.peer, "request head not received within {header:?}; closing");
+                        break;
                     }
-                    Some(for_) => next_check = tokio::time::Instant::now() + (idle - for_),
-                    None => next_check = tokio::time::Instant::now() + idle,
+                    Expiry::Idle(at) if age >= at => {
+                        if !stopping {
+                            stopping = true;
+                            connection.as_mut().graceful_shutdown();
+                        }
+                        next_check = tokio::time::Instant::now() + header;
+                    }
+                    Expiry::Header(at) | Expiry::Idle(at) => next_check = activity.at(at),
                 }
             }
         }
@@ -356,4 +470,41 @@ fn overloaded() -> Response<Body> {
         http::HeaderValue::from_static("close"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clocks_follow_the_connection() {
+        let (idle, header) = (Duration::from_secs(60), Duration::from_secs(10));
+        let a = Activity::new();
+        // From accept until the first request: the header clock, bytes or not.
+        assert_eq!(a.expiry(idle, header), Expiry::Header(header));
+        a.head_bytes();
+        assert_eq!(a.expiry(idle, header), Expiry::Header(header));
+        a.begin();
+        assert_eq!(a.expiry(idle, header), Expiry::Busy);
+        // Bytes during a request (its body) start no clock.
+        a.head_bytes();
+        a.end();
+        let ended = Duration::from_millis(a.last_end_ms.load(Ordering::Acquire));
+        assert_eq!(a.expiry(idle, header), Expiry::Idle(ended + idle));
+        // The next head's first byte starts the header clock.
+        a.head_bytes();
+        let started = Duration::from_millis(a.head_start_ms.load(Ordering::Acquire));
+        assert_eq!(a.expiry(idle, header), Expiry::Header(started + header));
+        a.begin();
+        a.end();
+        assert!(matches!(a.expiry(idle, header), Expiry::Idle(_)));
+    }
+
+    #[test]
+    fn http2_connections_only_idle_after_the_preface() {
+        let (idle, header) = (Duration::from_secs(60), Duration::from_secs(10));
+        let a = Activity::new();
+        a.set_h2();
+        assert_eq!(a.expiry(idle, header), Expiry::Idle(idle));
+    }
 }

@@ -1,0 +1,643 @@
+//! Limits and malformed requests end to end: the exact bytes go over raw TCP, every refusal
+//! must happen before the upstream sees anything, and the proxy must keep serving afterwards.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Request, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// Generous bound for reads the server must answer or close; only reached when a test fails.
+const GUARD: Duration = Duration::from_secs(5);
+
+/// A proxy in front of an echo upstream, with `limits` (a YAML flow mapping).
+async fn proxy_with(limits: &str) -> (Proxy, Upstream) {
+    let up = Upstream::echo("app").await;
+    let proxy = Proxy::start(&format!(
+        r#"
+listeners: [{{ name: web, address: "127.0.0.1:0" }}]
+admin: {{ address: "127.0.0.1:0" }}
+limits: {limits}
+upstreams: {{ app: {{ endpoints: ["{}"] }} }}
+routes:
+  - {{ name: small, paths: [{{ type: Prefix, value: /small }}], upstream: app, max_body: 100 }}
+  - {{ name: app, upstream: app }}
+"#,
+        up.endpoint()
+    ))
+    .await;
+    (proxy, up)
+}
+
+/// Sends raw bytes and returns the status of the answer (0: the connection closed without one).
+async fn raw_code(addr: SocketAddr, bytes: impl AsRef<[u8]>) -> u16 {
+    raw_status(&raw(addr, bytes.as_ref(), GUARD).await)
+}
+
+/// A well-formed request still goes through (the proxy keeps serving).
+async fn still_serving(addr: SocketAddr) {
+    let got = get(addr, "app.example", "/after").await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.seen().path, "/after");
+}
+
+/// A raw request that closes the connection after its answer.
+fn req(head: &str) -> String {
+    format!("{head}\r\nConnection: close\r\n\r\n")
+}
+
+/// Polls an async condition every 10 ms until it holds (panics after 10 s with `what`).
+async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until the server closes `stream` (EOF or reset); returns what it sent before.
+async fn until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(GUARD, stream.read(&mut buf)).await {
+            Err(_) => panic!("the server did not close the connection"),
+            Ok(Ok(0)) | Ok(Err(_)) => return out,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// A request body of these chunk sizes, with no length known in advance.
+fn streamed(chunks: &[usize]) -> TestBody {
+    let frames: Vec<
+        Result<http_body::Frame<bytes::Bytes>, Box<dyn std::error::Error + Send + Sync>>,
+    > = chunks
+        .iter()
+        .map(|n| Ok(http_body::Frame::data(bytes::Bytes::from(vec![b'b'; *n]))))
+        .collect();
+    http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(futures_util::stream::iter(
+        frames,
+    )))
+}
+
+/// Reads one HTTP/1.1 response with a `Content-Length` body, leaving the connection open.
+async fn read_response(stream: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&out).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>())
+                })
+                .expect("a Content-Length")
+                .expect("a number");
+            if out.len() >= end + 4 + length {
+                return text;
+            }
+        }
+        let n = tokio::time::timeout(GUARD, stream.read(&mut buf))
+            .await
+            .expect("a response")
+            .expect("read");
+        assert!(n > 0, "closed mid-response: {text}");
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// An HTTP/1.1 keep-alive connection: its sender and the task driving it.
+async fn h1_connection(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http1::SendRequest<TestBody>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("h1 handshake");
+    (sender, tokio::spawn(conn))
+}
+
+async fn h1_get(sender: &mut hyper::client::conn::http1::SendRequest<TestBody>) -> StatusCode {
+    sender.ready().await.expect("connection ready");
+    let resp = sender
+        .send_request(
+            Request::get("/")
+                .header("host", "app.example")
+                .body(empty())
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    let status = resp.status();
+    http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .expect("body");
+    status
+}
+
+// ---------------------------------------------------------------------------------------------
+// Size limits
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_get_431() {
+    let (proxy, up) = proxy_with("{ max_header_bytes: 8KiB, max_headers: 20 }").await;
+    let addr = proxy.addr("web");
+
+    let big = "x".repeat(9 * 1024);
+    let code = raw_code(
+        addr,
+        req(&format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {big}")),
+    )
+    .await;
+    assert_eq!(code, 431, "one header over max_header_bytes");
+
+    let many: String = (0..30).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let code = raw_code(
+        addr,
+        req(&format!("GET / HTTP/1.1\r\nHost: a\r\n{many}X-Last: v")),
+    )
+    .await;
+    assert_eq!(code, 431, "more than max_headers headers");
+
+    // Just under both limits.
+    let some: String = (0..15).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let fits = "x".repeat(6 * 1024);
+    let code = raw_code(
+        addr,
+        req(&format!(
+            "GET / HTTP/1.1\r\nHost: a\r\n{some}X-Fits: {fits}"
+        )),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(up.hits(), 1);
+    still_serving(addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uri_longer_than_max_uri_length_gets_414() {
+    let (proxy, up) = proxy_with("{ max_uri_length: 256 }").await;
+    let addr = proxy.addr("web");
+
+    // The limit counts path and query.
+    let at_limit = format!("/{}", "a".repeat(255));
+    let code = raw_code(addr, req(&format!("GET {at_limit} HTTP/1.1\r\nHost: a"))).await;
+    assert_eq!(code, 200, "exactly max_uri_length");
+    let over = format!("/a?{}", "q".repeat(254));
+    let code = raw_code(addr, req(&format!("GET {over} HTTP/1.1\r\nHost: a"))).await;
+    assert_eq!(code, 414, "one byte over, in the query");
+    let far_over = format!("/{}", "a".repeat(4000));
+    let code = raw_code(addr, req(&format!("GET {far_over} HTTP/1.1\r\nHost: a"))).await;
+    assert_eq!(code, 414);
+
+    // HTTP/2 too.
+    let mut h2 = h2c_sender(addr).await;
+    let got = send_h2(
+        &mut h2,
+        Request::get(format!("http://a{far_over}"))
+            .body(empty())
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(got.status, 414);
+
+    assert_eq!(up.hits(), 1, "only the request at the limit was forwarded");
+    still_serving(addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_over_max_body_gets_413_and_never_reaches_the_upstream() {
+    let (proxy, up) = proxy_with("{ max_body: 1KiB }").await;
+    let addr = proxy.addr("web");
+    let body = |n: usize| "b".repeat(n);
+    let chunked = |chunks: &[usize]| {
+        let mut s = String::new();
+        for n in chunks {
+            s.push_str(&format!("{n:x}\r\n{}\r\n", body(*n)));
+        }
+        s.push_str("0\r\n\r\n");
+        s
+    };
+
+    // Declared length over the limit: refused before the body is read.
+    let over = format!(
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2048\r\n\r\n{}",
+        body(2048)
+    );
+    assert_eq!(raw_code(addr, over).await, 413, "declared length");
+    let head_only = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n";
+    assert_eq!(raw_code(addr, head_only).await, 413, "declared, not sent");
+    // No declared length: chunked, the limit crossed in a later chunk.
+    let over = format!(
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n{}",
+        chunked(&[600, 600, 600])
+    );
+    assert_eq!(raw_code(addr, over).await, 413, "chunked");
+    // A route's own, smaller limit.
+    let over = format!(
+        "POST /small HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n{}",
+        chunked(&[60, 60])
+    );
+    assert_eq!(raw_code(addr, over).await, 413, "chunked, route limit");
+    // HTTP/2 without content-length.
+    let mut h2 = h2c_sender(addr).await;
+    let got = send_h2(
+        &mut h2,
+        Request::post("http://a/")
+            .body(streamed(&[600, 600, 600]))
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(got.status, 413, "HTTP/2, undeclared length");
+    assert_eq!(up.hits(), 0, "no refused request reached the upstream");
+
+    // At the limit, each way.
+    let got = send_h2(
+        &mut h2,
+        Request::post("http://a/")
+            .body(streamed(&[600, 424]))
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.seen().body_len, 1024);
+    let at = format!(
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1024\r\nConnection: close\r\n\r\n{}",
+        body(1024)
+    );
+    let answer = raw(addr, at.as_bytes(), GUARD).await;
+    assert_eq!(raw_status(&answer), 200, "{answer}");
+    assert!(answer.contains(r#""body_len":1024"#), "{answer}");
+    let at = format!(
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{}",
+        chunked(&[500, 524])
+    );
+    let answer = raw(addr, at.as_bytes(), GUARD).await;
+    assert_eq!(raw_status(&answer), 200, "{answer}");
+    assert!(answer.contains(r#""body_len":1024"#), "{answer}");
+    assert_eq!(up.hits(), 3);
+    still_serving(addr).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Malformed requests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_with_transfer_encoding_gets_400() {
+    let (proxy, up) = proxy_with("{}").await;
+    let addr = proxy.addr("web");
+    for (name, request) in [
+        (
+            "CL then TE",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "TE then CL",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "smuggled second request",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+        ),
+        (
+            "TE not chunked",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\nhello",
+        ),
+    ] {
+        let answer = raw(addr, request.as_bytes(), GUARD).await;
+        assert_eq!(raw_status(&answer), 400, "{name}: {answer}");
+        assert!(
+            !answer.contains("HTTP/1.1 200"),
+            "{name}: a second response: {answer}"
+        );
+    }
+    assert_eq!(up.hits(), 0, "nothing reached the upstream");
+
+    // The same on a kept-alive connection, after a good request.
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let first = read_response(&mut stream).await;
+    assert_eq!(raw_status(&first), 200, "{first}");
+    stream
+        .write_all(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        .await
+        .expect("write");
+    let second = String::from_utf8_lossy(&until_closed(&mut stream).await).into_owned();
+    assert_eq!(raw_status(&second), 400, "{second}");
+    assert_eq!(up.hits(), 1, "only the good request reached the upstream");
+    still_serving(addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_or_conflicting_content_length_gets_400() {
+    let (proxy, up) = proxy_with("{}").await;
+    let addr = proxy.addr("web");
+    for (name, lengths) in [
+        ("two different", "Content-Length: 5\r\nContent-Length: 6"),
+        ("a list of different", "Content-Length: 5, 6"),
+        ("not a number", "Content-Length: five"),
+        ("negative", "Content-Length: -5"),
+        ("signed", "Content-Length: +5"),
+        ("hex", "Content-Length: 0x5"),
+    ] {
+        let request = format!("POST / HTTP/1.1\r\nHost: a\r\n{lengths}\r\n\r\nhello!");
+        assert_eq!(raw_code(addr, request).await, 400, "{name}");
+    }
+    assert_eq!(up.hits(), 0, "nothing reached the upstream");
+
+    // The same length twice is one length (RFC 9110 §8.6).
+    let request = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
+    let answer = raw(addr, request.as_bytes(), GUARD).await;
+    assert_eq!(raw_status(&answer), 200, "{answer}");
+    assert!(answer.contains(r#""body_len":5"#), "{answer}");
+    still_serving(addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_header_bytes_get_400() {
+    let (proxy, up) = proxy_with("{}").await;
+    let addr = proxy.addr("web");
+    for (name, head) in [
+        (
+            "NUL in a header value",
+            "GET / HTTP/1.1\r\nHost: a\r\nX-A: a\0b",
+        ),
+        (
+            "NUL in a header name",
+            "GET / HTTP/1.1\r\nHost: a\r\nX-\0A: b",
+        ),
+        (
+            "space in a header name",
+            "GET / HTTP/1.1\r\nHost: a\r\nX A: b",
+        ),
+        ("space before the colon", "GET / HTTP/1.1\r\nHost : a"),
+        ("obs-fold", "GET / HTTP/1.1\r\nHost: a\r\nX-A: one\r\n two"),
+        ("no colon", "GET / HTTP/1.1\r\nHost: a\r\nX-A"),
+        (
+            "separator in a header name",
+            "GET / HTTP/1.1\r\nHost: a\r\nX(A): b",
+        ),
+        (
+            "control character in a value",
+            "GET / HTTP/1.1\r\nHost: a\r\nX-A: a\x01b",
+        ),
+        ("DEL in a value", "GET / HTTP/1.1\r\nHost: a\r\nX-A: a\x7fb"),
+        ("bare CR", "GET / HTTP/1.1\r\nHost: a\rX-A: b"),
+        ("space in the target", "GET /a b HTTP/1.1\r\nHost: a"),
+        ("unknown version", "GET / HTTP/7.1\r\nHost: a"),
+        ("bad Host", "GET / HTTP/1.1\r\nHost: a b"),
+        ("Host with userinfo", "GET / HTTP/1.1\r\nHost: user@a"),
+        (
+            "target with userinfo",
+            "GET http://user@a/ HTTP/1.1\r\nHost: a",
+        ),
+        ("two Hosts", "GET / HTTP/1.1\r\nHost: a\r\nHost: b"),
+    ] {
+        let code = raw_code(addr, req(head)).await;
+        assert_eq!(code, 400, "{name}");
+    }
+    assert_eq!(up.hits(), 0, "nothing reached the upstream");
+    still_serving(addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_host_on_http11_gets_400() {
+    let (proxy, up) = proxy_with("{}").await;
+    let addr = proxy.addr("web");
+    assert_eq!(raw_code(addr, req("GET / HTTP/1.1")).await, 400);
+    assert_eq!(raw_code(addr, req("GET / HTTP/1.1\r\nHost:")).await, 400);
+    assert_eq!(up.hits(), 0);
+    // An absolute-form target names the host itself.
+    let code = raw_code(
+        addr,
+        req("GET http://a.example/x HTTP/1.1\r\nHost: a.example"),
+    )
+    .await;
+    assert_eq!(code, 200);
+    still_serving(addr).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timeouts
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_are_cut_off_after_header_read_timeout() {
+    let (proxy, up) = proxy_with("{ header_read_timeout: 300ms, idle_timeout: 30s }").await;
+    let addr = proxy.addr("web");
+
+    // A slowloris: one byte every 100 ms, from the first byte of the request line, and after a
+    // request line sent at once.
+    for prefix in ["", "GET / HTTP/1.1\r\nHost: a\r\n"] {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let started = Instant::now();
+        stream.write_all(prefix.as_bytes()).await.expect("write");
+        let (mut read, mut write) = stream.into_split();
+        let trickle = tokio::spawn(async move {
+            for b in b"GET / HTTP/1.1\r\nX-Slow: "
+                .iter()
+                .chain(b"x".repeat(1000).iter())
+            {
+                if write.write_all(&[*b]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        let mut sink = Vec::new();
+        let closed = tokio::time::timeout(GUARD, read.read_to_end(&mut sink)).await;
+        let waited = started.elapsed();
+        trickle.abort();
+        assert!(
+            closed.is_ok(),
+            "prefix {prefix:?}: still open after {waited:?}"
+        );
+        assert!(
+            waited >= Duration::from_millis(250) && waited < Duration::from_millis(1500),
+            "prefix {prefix:?}: closed after {waited:?}, expected about 300ms"
+        );
+    }
+
+    // Silence after connecting is cut off the same way.
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let started = Instant::now();
+    until_closed(&mut stream).await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_millis(1500),
+        "silent connection closed after {waited:?}, expected about 300ms"
+    );
+
+    assert_eq!(up.hits(), 0);
+    still_serving(addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keepalive_connections_are_closed_after_idle_timeout() {
+    // The idle timeout is longer than the header read timeout: an idle keep-alive connection
+    // is not "reading headers" and must live for the whole idle timeout.
+    let (proxy, _up) = proxy_with("{ idle_timeout: 600ms, header_read_timeout: 200ms }").await;
+    let addr = proxy.addr("web");
+
+    // HTTP/1.1
+    let (mut sender, conn) = h1_connection(addr).await;
+    assert_eq!(h1_get(&mut sender).await, 200);
+    let idle_since = Instant::now();
+    let closed = tokio::time::timeout(GUARD, conn).await;
+    let waited = idle_since.elapsed();
+    assert!(closed.is_ok(), "HTTP/1.1 connection still open");
+    assert!(
+        waited >= Duration::from_millis(550) && waited < Duration::from_secs(3),
+        "HTTP/1.1 closed after {waited:?} idle, expected about 600ms"
+    );
+
+    // A connection that keeps working is not idle: requests every 150 ms for 900 ms.
+    let (mut sender, conn) = h1_connection(addr).await;
+    for _ in 0..6 {
+        assert_eq!(h1_get(&mut sender).await, 200);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert!(!conn.is_finished(), "a busy connection was closed");
+
+    // HTTP/2 (h2c): GOAWAY and close.
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    let got = send_h2(
+        &mut h2,
+        Request::get("http://a/").body(empty()).expect("request"),
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    let idle_since = Instant::now();
+    let closed = tokio::time::timeout(GUARD, conn).await;
+    let waited = idle_since.elapsed();
+    assert!(closed.is_ok(), "HTTP/2 connection still open");
+    assert!(
+        waited >= Duration::from_millis(550) && waited < Duration::from_secs(3),
+        "HTTP/2 closed after {waited:?} idle, expected about 600ms"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load shedding
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_exceeded_gets_503_with_retry_after() {
+    let (proxy, up) = proxy_with("{ max_connections: 2 }").await;
+    let addr = proxy.addr("web");
+
+    // Two keep-alive connections, each proven accepted by a completed request.
+    let (mut first, first_conn) = h1_connection(addr).await;
+    assert_eq!(h1_get(&mut first).await, 200);
+    let (mut second, _second_conn) = h1_connection(addr).await;
+    assert_eq!(h1_get(&mut second).await, 200);
+    let hits = up.hits();
+
+    let got = get(addr, "app.example", "/third").await;
+    assert_eq!(got.status, 503);
+    assert_eq!(got.header("retry-after"), Some("1"));
+    assert_eq!(got.header("connection"), Some("close"));
+    assert_eq!(
+        up.hits(),
+        hits,
+        "the refused request did not reach the upstream"
+    );
+
+    let (_, metrics) = admin_get(&proxy.admin(), "/metrics").await;
+    assert!(
+        metrics.contains(r#"portico_connections_rejected_total{listener="web"} 1"#),
+        "{metrics}"
+    );
+
+    // Closing one makes room again.
+    drop(first);
+    first_conn.abort();
+    eventually("a free connection slot", || async {
+        get(addr, "app.example", "/again").await.status == 200
+    })
+    .await;
+    assert_eq!(h1_get(&mut second).await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_inflight_exceeded_gets_503_with_retry_after() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    let up = Upstream::with_handler(move |req| {
+        let gate = g.clone();
+        Box::pin(async move {
+            if req.uri().path() == "/slow" {
+                let _permit = gate.acquire().await.expect("gate");
+            }
+            echo_response("slow", req).await
+        })
+    })
+    .await;
+    let proxy = Proxy::start(&format!(
+        r#"
+listeners: [{{ name: web, address: "127.0.0.1:0" }}]
+limits: {{ max_inflight: 2 }}
+upstreams: {{ app: {{ endpoints: ["{}"] }} }}
+routes:
+  - {{ name: app, upstream: app }}
+"#,
+        up.endpoint()
+    ))
+    .await;
+    let addr = proxy.addr("web");
+
+    let held: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(async move { get(addr, "app.example", "/slow").await }))
+        .collect();
+    wait_for("two requests held at the upstream", || up.hits() == 2).await;
+
+    let got = get(addr, "app.example", "/fast").await;
+    assert_eq!(got.status, 503);
+    assert_eq!(got.header("retry-after"), Some("1"));
+    let mut h2 = h2c_sender(addr).await;
+    let got = send_h2(
+        &mut h2,
+        Request::get("http://app.example/fast")
+            .body(empty())
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(got.status, 503, "HTTP/2 streams count too");
+    assert_eq!(got.header("retry-after"), Some("1"));
+    assert_eq!(up.hits(), 2, "refused requests did not reach the upstream");
+
+    gate.add_permits(2);
+    for h in held {
+        assert_eq!(h.await.expect("held request").status, 200);
+    }
+    eventually("room for new requests", || async {
+        get(addr, "app.example", "/fast").await.status == 200
+    })
+    .await;
+}
