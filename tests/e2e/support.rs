@@ -182,10 +182,41 @@ pub fn with_test_settings(yaml: &str) -> String {
     }
 }
 
+impl Proxy {
+    /// Rewrites the configuration and waits until a reload attempt ends with `result`
+    /// ("success", "failure" or "unchanged"). Unlike [`Proxy::rewrite`], a reload still
+    /// triggered by an earlier write (which may have read the old text) does not count.
+    pub async fn rewrite_until(&self, yaml: &str, result: &str) -> portico::server::Status {
+        let before = self.reloads();
+        self.dir.write("portico.yaml", with_test_settings(yaml));
+        let status = || self.server.shared().status.lock().unwrap().clone();
+        wait_for(&format!("a reload ending with {result:?}"), || {
+            self.reloads() > before && status().last_result == Some(result)
+        })
+        .await;
+        status()
+    }
+}
+
 /// Polls `cond` every 10 ms until it holds (panics after 10 s with `what`).
 pub async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !cond() {
+        if Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// [`wait_for`] with an async condition (a request, say).
+pub async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond().await {
         if Instant::now() > deadline {
             panic!("timed out waiting for {what}");
         }
@@ -591,7 +622,17 @@ impl Binary {
     /// Starts `portico run --config PATH --log-format json` and waits until every listener
     /// named in `expect_listeners` (and the admin endpoint, if configured) is bound.
     pub async fn start(config: &Path, expect_listeners: &[&str]) -> Binary {
+        Self::start_with_env(config, expect_listeners, &[]).await
+    }
+
+    /// [`Binary::start`] with extra environment variables.
+    pub async fn start_with_env(
+        config: &Path,
+        expect_listeners: &[&str],
+        env: &[(&str, &str)],
+    ) -> Binary {
         let mut child = tokio::process::Command::new(Self::path())
+            .envs(env.iter().copied())
             .args(["run", "--config"])
             .arg(config)
             .args(["--log-format", "json", "--log", "info"])
