@@ -116,6 +116,18 @@ pub fn check(root: &Path) -> Result<Snapshot, ConfigErrors> {
 impl Server {
     /// Loads the configuration, binds every listener and the admin endpoint, and starts serving.
     pub async fn start(options: Options) -> Result<Arc<Server>, StartError> {
+        // SIGHUP ends a process by default: catch it before anyone can know we are running.
+        let hup = if options.sighup {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::error!("cannot handle SIGHUP: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let root = options.config.clone();
         let ctx = CompileContext::default();
         let snapshot = {
@@ -166,8 +178,8 @@ impl Server {
             admin_addr,
             stop_watch: CancellationToken::new(),
         });
-        if options.watch || options.sighup {
-            config::watch::spawn(server.clone(), options.watch, options.sighup);
+        if options.watch || hup.is_some() {
+            config::watch::spawn(server.clone(), options.watch, hup);
         }
         Ok(server)
     }

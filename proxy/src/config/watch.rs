@@ -8,50 +8,47 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use notify::{RecursiveMode, Watcher};
+use tokio::signal::unix::Signal;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::server::Server;
 
-/// Starts the trigger task for `server`.
-pub fn spawn(server: Arc<Server>, watch_files: bool, sighup: bool) {
-    tokio::spawn(async move {
-        if let Err(e) = run(server, watch_files, sighup).await {
-            tracing::error!("configuration watcher stopped: {e}");
+/// Starts the trigger task for `server`. The file watches are in place when this returns, so
+/// a change made right after start is seen; `hup` is the SIGHUP stream, registered by the
+/// caller before anything could send the signal (its default action ends the process).
+pub fn spawn(server: Arc<Server>, watch_files: bool, hup: Option<Signal>) {
+    let (tx, events) = mpsc::unbounded_channel::<()>();
+    let mut watcher = None;
+    if watch_files {
+        match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(ev) = res
+                && !matches!(ev.kind, notify::EventKind::Access(_))
+            {
+                let _ = tx.send(());
+            }
+        }) {
+            Ok(w) => watcher = Some(w),
+            Err(e) => tracing::error!(
+                "cannot watch the configuration files; reloads come from SIGHUP and polling: {e}"
+            ),
         }
-    });
+    }
+    let mut watched: BTreeSet<PathBuf> = BTreeSet::new();
+    if let Some(w) = watcher.as_mut() {
+        rewatch(w, &mut watched, &server);
+    }
+    tokio::spawn(run(server, watcher, watched, events, hup));
 }
 
 async fn run(
     server: Arc<Server>,
-    watch_files: bool,
-    sighup: bool,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let (tx, mut events) = mpsc::unbounded_channel::<()>();
-    let mut watcher = if watch_files {
-        let tx = tx.clone();
-        Some(notify::recommended_watcher(
-            move |res: notify::Result<notify::Event>| {
-                if let Ok(ev) = res
-                    && !matches!(ev.kind, notify::EventKind::Access(_))
-                {
-                    let _ = tx.send(());
-                }
-            },
-        )?)
-    } else {
-        None
-    };
-    let mut watched: BTreeSet<PathBuf> = BTreeSet::new();
-    let mut hup = if sighup {
-        Some(tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::hangup(),
-        )?)
-    } else {
-        None
-    };
+    mut watcher: Option<notify::RecommendedWatcher>,
+    mut watched: BTreeSet<PathBuf>,
+    mut events: mpsc::UnboundedReceiver<()>,
+    mut hup: Option<Signal>,
+) {
     let stop = server.watch_stopped().clone();
-
     loop {
         if let Some(w) = watcher.as_mut() {
             rewatch(w, &mut watched, &server);
@@ -59,7 +56,7 @@ async fn run(
         let settings = server.shared().current.load().settings.clone();
         let poll = tokio::time::sleep(settings.reload_poll_interval);
         tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
+            _ = stop.cancelled() => return,
             Some(()) = events.recv() => {
                 // Debounce: wait for a quiet period, but never longer than 5 debounce periods.
                 let deadline = Instant::now() + settings.reload_debounce * 5;
@@ -87,7 +84,7 @@ async fn run(
     }
 }
 
-async fn recv_hup(hup: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+async fn recv_hup(hup: &mut Option<Signal>) -> Option<()> {
     match hup {
         Some(s) => s.recv().await,
         None => std::future::pending().await,
