@@ -62,20 +62,14 @@ fn main() -> ExitCode {
 }
 
 fn check(config: PathBuf, bind: bool) -> ExitCode {
-    match portico::server::check(&config) {
+    let checked = portico::server::check(&config).and_then(|snapshot| {
+        if bind {
+            portico::server::check_bind(&snapshot)?;
+        }
+        Ok(snapshot)
+    });
+    match checked {
         Ok(snapshot) => {
-            if bind {
-                let mut failed = false;
-                for l in &snapshot.listeners {
-                    if let Err(e) = portico::listener::bind(l.addr) {
-                        eprintln!("listener \"{}\" cannot bind {}: {e}", l.name, l.addr);
-                        failed = true;
-                    }
-                }
-                if failed {
-                    return ExitCode::FAILURE;
-                }
-            }
             println!(
                 "{}: OK ({} listeners, {} routes, hash {})",
                 config.display(),
@@ -134,10 +128,7 @@ fn run(config: PathBuf, workers: Option<usize>) -> ExitCode {
     })
 }
 
-type StopSignals = (
-    tokio::signal::unix::Signal,
-    tokio::signal::unix::Signal,
-);
+type StopSignals = (tokio::signal::unix::Signal, tokio::signal::unix::Signal);
 
 fn stop_signals() -> std::io::Result<StopSignals> {
     use tokio::signal::unix::{SignalKind, signal};

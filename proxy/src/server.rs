@@ -107,6 +107,11 @@ impl std::fmt::Debug for Server {
     }
 }
 
+/// Binds every listener of `snapshot` and lets go of the sockets: `portico check --bind`.
+pub fn check_bind(snapshot: &Snapshot) -> Result<(), ConfigErrors> {
+    bind_new(snapshot, &HashMap::new()).map(drop)
+}
+
 /// Loads and compiles without binding anything: `portico check`.
 pub fn check(root: &Path) -> Result<Snapshot, ConfigErrors> {
     let loaded = config::load(root)?;
@@ -417,19 +422,16 @@ fn bind_new(
 ) -> Result<Vec<(String, std::net::TcpListener)>, ConfigErrors> {
     let mut sockets = Vec::new();
     let mut errors = Vec::new();
-    for (i, l) in snapshot.listeners.iter().enumerate() {
+    for l in snapshot.listeners.iter() {
         if running.contains_key(&l.key) {
             continue;
         }
         match listener::bind(l.addr) {
             Ok(s) => sockets.push((l.key.clone(), s)),
-            Err(e) => errors.push(ConfigError {
-                path: format!("listeners[{i}].address"),
-                ..ConfigError::global(format!(
-                    "listener \"{}\" cannot bind {}: {e}",
-                    l.name, l.addr
-                ))
-            }),
+            Err(e) => errors.push(l.origin.error(format!(
+                "listener \"{}\" cannot bind {}: {e}",
+                l.name, l.addr
+            ))),
         }
     }
     if errors.is_empty() {

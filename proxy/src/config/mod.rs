@@ -64,6 +64,29 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// Where a value was written. Kept in the snapshot for errors found after compiling, such as
+/// a listener address that cannot be bound.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Location {
+    pub file: Option<PathBuf>,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    /// YAML path such as `listeners[1].address`.
+    pub path: String,
+}
+
+impl Location {
+    pub fn error(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            line: self.line,
+            column: self.column,
+            path: self.path.clone(),
+            message: message.into(),
+        }
+    }
+}
+
 /// Every error found in one attempt to load or compile a configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
@@ -99,13 +122,17 @@ pub struct Source {
 impl Source {
     /// An error at `path` (a YAML path inside this file).
     pub fn error(&self, path: &str, message: impl Into<String>) -> ConfigError {
+        self.location(path).error(message)
+    }
+
+    /// Where `path` (a YAML path inside this file) was written.
+    pub fn location(&self, path: &str) -> Location {
         let pos = self.index.locate(path);
-        ConfigError {
+        Location {
             file: Some(self.path.clone()),
             line: pos.map(|p| p.0),
             column: pos.map(|p| p.1),
             path: path.to_string(),
-            message: message.into(),
         }
     }
 
