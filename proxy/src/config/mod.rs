@@ -295,7 +295,7 @@ fn parse_file(source: &Source) -> Result<RawFile, ConfigError> {
         let path = if path == "." { String::new() } else { path };
         let inner = err.into_inner();
         let location = inner.location();
-        let mut e = source.error(&path, clean_serde_message(&inner.to_string()));
+        let mut e = source.error(&path, clean_serde_message(&inner.to_string(), &path));
         if let Some(loc) = location {
             e.line = Some(loc.line());
             e.column = Some(loc.column());
@@ -304,10 +304,82 @@ fn parse_file(source: &Source) -> Result<RawFile, ConfigError> {
     })
 }
 
-/// serde_yaml appends " at line X column Y" to its messages; the location is printed in front.
-fn clean_serde_message(msg: &str) -> String {
-    match msg.find(" at line ") {
-        Some(i) => msg[..i].to_string(),
-        None => msg.to_string(),
+/// serde_yaml writes `PATH: MESSAGE at line X column Y`, where the YAML path and location are
+/// printed in front already (from `serde_path_to_error`, which for an unknown field names the
+/// field rather than the mapping that holds it). Keeps MESSAGE, and for syntax errors the
+/// context after the location (`..., while parsing a flow sequence at line 1 column 12`).
+fn clean_serde_message(msg: &str, path: &str) -> String {
+    let mut out = msg.to_string();
+    if let Some(i) = msg.find(" at line ") {
+        let after = &msg[i + " at line ".len()..];
+        let digits = |s: &str| s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        if let Some(col) = after[digits(after)..].strip_prefix(" column ")
+            && digits(after) > 0
+            && digits(col) > 0
+        {
+            out = format!("{}{}", &msg[..i], &col[digits(col)..]);
+        }
+    }
+    if let Some((head, message)) = out.split_once(": ")
+        && let Some(after) = path.strip_prefix(head)
+        && (after.is_empty() || after.starts_with(['.', '[']))
+    {
+        return message.to_string();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_messages_lose_the_path_and_location_printed_in_front() {
+        let cases = [
+            (
+                "limits.max_connections: invalid type: string \"lots\", expected usize at line 3 column 20",
+                "limits.max_connections",
+                "invalid type: string \"lots\", expected usize",
+            ),
+            (
+                "routes[0]: unknown field `x`, expected `name` at line 4 column 5",
+                "routes[0].x",
+                "unknown field `x`, expected `name`",
+            ),
+            (
+                "did not find expected ',' or ']' at line 2 column 1, while parsing a flow sequence at line 1 column 12",
+                "",
+                "did not find expected ',' or ']', while parsing a flow sequence at line 1 column 12",
+            ),
+            (
+                "invalid type: map at line 1",
+                "",
+                "invalid type: map at line 1",
+            ),
+            ("routesx: oops", "routes", "routesx: oops"),
+        ];
+        for (msg, path, want) in cases {
+            assert_eq!(clean_serde_message(msg, path), want, "{msg}");
+        }
+    }
+
+    #[test]
+    fn an_error_names_the_file_line_and_path_once() {
+        let dir = std::env::temp_dir().join(format!("portico-mod-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("typo.yaml");
+        std::fs::write(
+            &file,
+            "listeners: []\nroutes:\n  - name: a\n    upstrem: b\n",
+        )
+        .unwrap();
+        let errors = load_with_env(&file, |_| None).unwrap_err();
+        let _ = std::fs::remove_dir_all(&dir);
+        let text = errors.to_string();
+        let head = format!(
+            "{}:4:5: routes[0].upstrem: unknown field `upstrem`, expected one of",
+            file.display()
+        );
+        assert!(text.starts_with(&head), "{text}");
     }
 }
