@@ -231,13 +231,15 @@ impl Server {
             let mut status = self.shared.status.lock().unwrap_or_else(|e| e.into_inner());
             status.last_attempt = Some(SystemTime::now());
             status.last_result = Some(result);
+            // The error belongs to the last attempt: once the files are back to what serves
+            // ("unchanged"), there is nothing wrong to report any more.
             match &outcome {
                 ReloadOutcome::Failed(e) => status.last_error = Some(e.to_string()),
                 ReloadOutcome::Applied { .. } => {
                     status.last_error = None;
                     status.version += 1;
                 }
-                ReloadOutcome::Unchanged => {}
+                ReloadOutcome::Unchanged => status.last_error = None,
             }
         }
         match &outcome {
