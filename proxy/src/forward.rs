@@ -104,6 +104,7 @@ fn spawn_tunnel(
 ) {
     let closing = target.route.closing.clone();
     let hard_stop = shared.hard_stop.clone();
+    let listener_removed = conn.kill.clone();
     let metrics = shared.metrics.clone();
     let route = target.route.name.clone();
     let listener = conn.listener.name.clone();
@@ -126,6 +127,10 @@ fn spawn_tunnel(
             _ = closing.cancelled() => {
                 metrics.streams_closed_by_reload.inc();
                 tracing::info!(%route, %listener, "closing tunnel: its route was removed or changed");
+            }
+            _ = listener_removed.cancelled() => {
+                metrics.streams_closed_by_reload.inc();
+                tracing::info!(%route, %listener, "closing tunnel: its listener was removed");
             }
             _ = hard_stop.cancelled() => {
                 tracing::info!(%route, %listener, "closing tunnel: shutdown timeout reached");

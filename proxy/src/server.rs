@@ -349,8 +349,17 @@ impl Server {
                 }
             }
         }
+        // Removed listeners drain; what is still open after the grace period is closed, so a
+        // deleted listener never keeps serving a long-lived stream forever.
+        let grace = snapshot.settings.stream_grace;
         for l in removed {
-            tokio::spawn(async move { l.drained().await });
+            tokio::spawn(async move {
+                if tokio::time::timeout(grace, l.drained()).await.is_err() {
+                    tracing::info!(address = %l.local_addr, "grace period over; closing the removed listener's connections");
+                    l.kill();
+                    l.drained().await;
+                }
+            });
         }
 
         // Routes that are gone or changed: close their long-lived streams after the grace period.
@@ -359,7 +368,6 @@ impl Server {
             .iter()
             .map(|r| (r.name.as_str(), r.fingerprint))
             .collect();
-        let grace = snapshot.settings.stream_grace;
         for route in current.routes.iter() {
             if !kept.contains(&(route.name.as_str(), route.fingerprint)) {
                 let token = route.closing.clone();
@@ -404,6 +412,9 @@ impl Server {
         {
             tracing::warn!(timeout = ?settings.shutdown_timeout, "shutdown timeout reached; closing remaining connections");
             self.shared.hard_stop.cancel();
+            for l in &listeners {
+                l.kill();
+            }
             let _ = tokio::time::timeout(Duration::from_secs(1), self.shared.tunnels.wait()).await;
         }
         tracing::info!("shutdown complete");
