@@ -118,7 +118,9 @@ fn spawn_tunnel(
         };
         let mut down = TokioIo::new(down);
         let mut up = TokioIo::new(up);
+        // Biased: when shutdown's hard stop also kills the listeners, say it was the shutdown.
         tokio::select! {
+            biased;
             r = tokio::io::copy_bidirectional(&mut down, &mut up) => {
                 if let Err(e) = r {
                     tracing::debug!(%route, %listener, "tunnel ended: {e}");
@@ -128,12 +130,12 @@ fn spawn_tunnel(
                 metrics.streams_closed_by_reload.inc();
                 tracing::info!(%route, %listener, "closing tunnel: its route was removed or changed");
             }
+            _ = hard_stop.cancelled() => {
+                tracing::info!(%route, %listener, "closing tunnel: shutdown timeout reached");
+            }
             _ = listener_removed.cancelled() => {
                 metrics.streams_closed_by_reload.inc();
                 tracing::info!(%route, %listener, "closing tunnel: its listener was removed");
-            }
-            _ = hard_stop.cancelled() => {
-                tracing::info!(%route, %listener, "closing tunnel: shutdown timeout reached");
             }
         }
     });
