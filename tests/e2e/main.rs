@@ -4,4 +4,7 @@
 
 mod support;
 
+mod config_errors;
+mod reload;
+mod shutdown;
 mod smoke;
