@@ -112,6 +112,7 @@ fn spawn_tunnel(
 ) {
     let closing = target.route.closing.clone();
     let hard_stop = shared.hard_stop.clone();
+    let listener_removed = conn.kill.clone();
     let metrics = shared.metrics.clone();
     let route = target.route.name.clone();
     let listener = conn.listener.name.clone();
@@ -125,7 +126,9 @@ fn spawn_tunnel(
         };
         let mut down = TokioIo::new(down);
         let mut up = TokioIo::new(up);
+        // Biased: when shutdown's hard stop also kills the listeners, say it was the shutdown.
         tokio::select! {
+            biased;
             r = tokio::io::copy_bidirectional(&mut down, &mut up) => {
                 if let Err(e) = r {
                     tracing::debug!(%route, %listener, "tunnel ended: {e}");
@@ -137,6 +140,10 @@ fn spawn_tunnel(
             }
             _ = hard_stop.cancelled() => {
                 tracing::info!(%route, %listener, "closing tunnel: shutdown timeout reached");
+            }
+            _ = listener_removed.cancelled() => {
+                metrics.streams_closed_by_reload.inc();
+                tracing::info!(%route, %listener, "closing tunnel: its listener was removed");
             }
         }
     });

@@ -68,20 +68,14 @@ fn main() -> ExitCode {
 }
 
 fn check(config: PathBuf, bind: bool) -> ExitCode {
-    match portico::server::check(&config) {
+    let checked = portico::server::check(&config).and_then(|snapshot| {
+        if bind {
+            portico::server::check_bind(&snapshot)?;
+        }
+        Ok(snapshot)
+    });
+    match checked {
         Ok(snapshot) => {
-            if bind {
-                let mut failed = false;
-                for l in &snapshot.listeners {
-                    if let Err(e) = portico::listener::bind(l.addr) {
-                        eprintln!("listener \"{}\" cannot bind {}: {e}", l.name, l.addr);
-                        failed = true;
-                    }
-                }
-                if failed {
-                    return ExitCode::FAILURE;
-                }
-            }
             println!(
                 "{}: OK ({} listeners, {} routes, hash {})",
                 config.display(),
@@ -117,6 +111,15 @@ fn run(config: PathBuf, workers: Option<usize>) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Catch the stop signals before the listeners bind: a SIGTERM that arrives while
+        // starting must shut down gracefully, not kill the process.
+        let stop = match stop_signals() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("cannot handle SIGTERM/SIGINT: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let options = Options {
             config,
             watch: true,
@@ -129,20 +132,25 @@ fn run(config: PathBuf, workers: Option<usize>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        wait_for_stop_signal().await;
+        wait_for_stop_signal(stop).await;
         server.shutdown().await;
         ExitCode::SUCCESS
     })
 }
 
-async fn wait_for_stop_signal() {
+type StopSignals = (tokio::signal::unix::Signal, tokio::signal::unix::Signal);
+
+fn stop_signals() -> std::io::Result<StopSignals> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
+    Ok((
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+    ))
+}
+
+async fn wait_for_stop_signal((mut term, mut int): StopSignals) {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
     }
 }

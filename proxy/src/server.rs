@@ -107,6 +107,11 @@ impl std::fmt::Debug for Server {
     }
 }
 
+/// Binds every listener of `snapshot` and lets go of the sockets: `portico check --bind`.
+pub fn check_bind(snapshot: &Snapshot) -> Result<(), ConfigErrors> {
+    bind_new(snapshot, &HashMap::new()).map(drop)
+}
+
 /// Loads and compiles without binding anything: `portico check`.
 pub fn check(root: &Path) -> Result<Snapshot, ConfigErrors> {
     let loaded = config::load(root)?;
@@ -116,6 +121,18 @@ pub fn check(root: &Path) -> Result<Snapshot, ConfigErrors> {
 impl Server {
     /// Loads the configuration, binds every listener and the admin endpoint, and starts serving.
     pub async fn start(options: Options) -> Result<Arc<Server>, StartError> {
+        // SIGHUP ends a process by default: catch it before anyone can know we are running.
+        let hup = if options.sighup {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::error!("cannot handle SIGHUP: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let root = options.config.clone();
         let ctx = CompileContext::default();
         let snapshot = {
@@ -166,8 +183,8 @@ impl Server {
             admin_addr,
             stop_watch: CancellationToken::new(),
         });
-        if options.watch || options.sighup {
-            config::watch::spawn(server.clone(), options.watch, options.sighup);
+        if options.watch || hup.is_some() {
+            config::watch::spawn(server.clone(), options.watch, hup);
         }
         Ok(server)
     }
@@ -214,13 +231,15 @@ impl Server {
             let mut status = self.shared.status.lock().unwrap_or_else(|e| e.into_inner());
             status.last_attempt = Some(SystemTime::now());
             status.last_result = Some(result);
+            // The error belongs to the last attempt: once the files are back to what serves
+            // ("unchanged"), there is nothing wrong to report any more.
             match &outcome {
                 ReloadOutcome::Failed(e) => status.last_error = Some(e.to_string()),
                 ReloadOutcome::Applied { .. } => {
                     status.last_error = None;
                     status.version += 1;
                 }
-                ReloadOutcome::Unchanged => {}
+                ReloadOutcome::Unchanged => status.last_error = None,
             }
         }
         match &outcome {
@@ -330,8 +349,17 @@ impl Server {
                 }
             }
         }
+        // Removed listeners drain; what is still open after the grace period is closed, so a
+        // deleted listener never keeps serving a long-lived stream forever.
+        let grace = snapshot.settings.stream_grace;
         for l in removed {
-            tokio::spawn(async move { l.drained().await });
+            tokio::spawn(async move {
+                if tokio::time::timeout(grace, l.drained()).await.is_err() {
+                    tracing::info!(address = %l.local_addr, "grace period over; closing the removed listener's connections");
+                    l.kill();
+                    l.drained().await;
+                }
+            });
         }
 
         // Routes that are gone or changed: close their long-lived streams after the grace period.
@@ -340,7 +368,6 @@ impl Server {
             .iter()
             .map(|r| (r.name.as_str(), r.fingerprint))
             .collect();
-        let grace = snapshot.settings.stream_grace;
         for route in current.routes.iter() {
             if !kept.contains(&(route.name.as_str(), route.fingerprint)) {
                 let token = route.closing.clone();
@@ -385,6 +412,9 @@ impl Server {
         {
             tracing::warn!(timeout = ?settings.shutdown_timeout, "shutdown timeout reached; closing remaining connections");
             self.shared.hard_stop.cancel();
+            for l in &listeners {
+                l.kill();
+            }
             let _ = tokio::time::timeout(Duration::from_secs(1), self.shared.tunnels.wait()).await;
         }
         tracing::info!("shutdown complete");
@@ -405,19 +435,16 @@ fn bind_new(
 ) -> Result<Vec<(String, std::net::TcpListener)>, ConfigErrors> {
     let mut sockets = Vec::new();
     let mut errors = Vec::new();
-    for (i, l) in snapshot.listeners.iter().enumerate() {
+    for l in snapshot.listeners.iter() {
         if running.contains_key(&l.key) {
             continue;
         }
         match listener::bind(l.addr) {
             Ok(s) => sockets.push((l.key.clone(), s)),
-            Err(e) => errors.push(ConfigError {
-                path: format!("listeners[{i}].address"),
-                ..ConfigError::global(format!(
-                    "listener \"{}\" cannot bind {}: {e}",
-                    l.name, l.addr
-                ))
-            }),
+            Err(e) => errors.push(l.origin.error(format!(
+                "listener \"{}\" cannot bind {}: {e}",
+                l.name, l.addr
+            ))),
         }
     }
     if errors.is_empty() {

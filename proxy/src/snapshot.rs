@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Location;
 use crate::route::Router;
 use crate::tls::TlsSettings;
 use crate::upstream::Upstream;
@@ -50,8 +51,11 @@ pub struct Target {
 #[derive(Debug)]
 pub struct ListenerConfig {
     pub name: String,
-    /// The address as configured; the identity of the listening socket across reloads.
+    /// The identity of the listening socket across reloads: the address as configured (and
+    /// the name, for port 0).
     pub key: String,
+    /// Where the address was written, for errors found when binding it.
+    pub origin: Location,
     pub addr: SocketAddr,
     pub tls: Option<Arc<TlsSettings>>,
     /// `Some(port)`: answer everything with a 308 to HTTPS on that port (`None` = 443).

@@ -4,8 +4,11 @@
 
 mod support;
 
+mod config_errors;
 mod forwarding;
 mod limits;
+mod reload;
 mod routing;
+mod shutdown;
 mod smoke;
 mod tls;

@@ -182,10 +182,59 @@ pub fn with_test_settings(yaml: &str) -> String {
     }
 }
 
+impl Proxy {
+    /// Starts Portico on a configuration path of any shape (a file or a directory, symbolic
+    /// links included) that lives in `dir`; nothing is written.
+    pub async fn start_at(dir: TempDir, config: PathBuf) -> Proxy {
+        init_logs();
+        let server = Server::start(Options {
+            config: config.clone(),
+            watch: true,
+            sighup: false,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("proxy did not start: {e}"));
+        Proxy {
+            server,
+            dir,
+            config,
+        }
+    }
+
+    /// Rewrites the configuration and waits until a reload attempt ends with `result`
+    /// ("success", "failure" or "unchanged"). Unlike [`Proxy::rewrite`], a reload still
+    /// triggered by an earlier write (which may have read the old text) does not count.
+    pub async fn rewrite_until(&self, yaml: &str, result: &str) -> portico::server::Status {
+        let before = self.reloads();
+        self.dir.write("portico.yaml", with_test_settings(yaml));
+        let status = || self.server.shared().status.lock().unwrap().clone();
+        wait_for(&format!("a reload ending with {result:?}"), || {
+            self.reloads() > before && status().last_result == Some(result)
+        })
+        .await;
+        status()
+    }
+}
+
 /// Polls `cond` every 10 ms until it holds (panics after 10 s with `what`).
 pub async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !cond() {
+        if Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// [`wait_for`] with an async condition (a request, say).
+pub async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond().await {
         if Instant::now() > deadline {
             panic!("timed out waiting for {what}");
         }
@@ -328,6 +377,66 @@ pub async fn dead_endpoint() -> String {
     addr.to_string()
 }
 
+impl Upstream {
+    /// Answers "done", each request once the test adds a permit to `gate`.
+    pub async fn gated(gate: Arc<tokio::sync::Semaphore>) -> Upstream {
+        Self::with_handler(move |_req| {
+            let gate = gate.clone();
+            Box::pin(async move {
+                gate.acquire().await.expect("gate").forget();
+                Response::new(full("done"))
+            })
+        })
+        .await
+    }
+
+    /// A WebSocket server echoing text messages.
+    pub async fn websocket_echo() -> Upstream {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+        use tokio_tungstenite::tungstenite::protocol::Role;
+        Self::with_handler(|mut req| {
+            Box::pin(async move {
+                let Some(accept) = req
+                    .headers()
+                    .get("sec-websocket-key")
+                    .map(|k| derive_accept_key(k.as_bytes()))
+                else {
+                    return Response::builder()
+                        .status(400)
+                        .body(full("not a websocket"))
+                        .expect("response");
+                };
+                let on_upgrade = hyper::upgrade::on(&mut req);
+                tokio::spawn(async move {
+                    let Ok(upgraded) = on_upgrade.await else {
+                        return;
+                    };
+                    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        Role::Server,
+                        None,
+                    )
+                    .await;
+                    while let Some(Ok(msg)) = ws.next().await {
+                        if msg.is_text() && ws.send(msg).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                Response::builder()
+                    .status(101)
+                    .header("connection", "upgrade")
+                    .header("upgrade", "websocket")
+                    .header("sec-websocket-accept", accept)
+                    .body(empty())
+                    .expect("response")
+            })
+        })
+        .await
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Clients
 
@@ -395,6 +504,16 @@ pub fn pooled_client()
     hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
 }
 
+/// HTTP/1.1 over one kept-alive connection.
+pub async fn h1_sender(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<TestBody> {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("h1 handshake");
+    tokio::spawn(conn);
+    sender
+}
+
 /// HTTP/2 with prior knowledge (h2c) over one connection.
 pub async fn h2c_sender(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<TestBody> {
     let stream = TcpStream::connect(addr).await.expect("connect");
@@ -428,6 +547,30 @@ pub fn raw_status(text: &str) -> u16 {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
+}
+
+pub type WebSocket = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+/// A WebSocket handshake to `ws://example.com{path}` at `addr`; the error text on refusal.
+pub async fn ws_connect(addr: SocketAddr, path: &str) -> Result<WebSocket, String> {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    tokio_tungstenite::client_async(format!("ws://example.com{path}"), stream)
+        .await
+        .map(|(ws, _)| ws)
+        .map_err(|e| e.to_string())
+}
+
+/// Sends `text` and expects it back within 5 s.
+pub async fn ws_echo(ws: &mut WebSocket, text: &str) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    ws.send(Message::text(text)).await.expect("send");
+    let got = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("an echo in time")
+        .expect("stream open")
+        .expect("a message");
+    assert_eq!(got.into_text().expect("text").as_str(), text);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -591,7 +734,17 @@ impl Binary {
     /// Starts `portico run --config PATH --log-format json` and waits until every listener
     /// named in `expect_listeners` (and the admin endpoint, if configured) is bound.
     pub async fn start(config: &Path, expect_listeners: &[&str]) -> Binary {
+        Self::start_with_env(config, expect_listeners, &[]).await
+    }
+
+    /// [`Binary::start`] with extra environment variables.
+    pub async fn start_with_env(
+        config: &Path,
+        expect_listeners: &[&str],
+        env: &[(&str, &str)],
+    ) -> Binary {
         let mut child = tokio::process::Command::new(Self::path())
+            .envs(env.iter().copied())
             .args(["run", "--config"])
             .arg(config)
             .args(["--log-format", "json", "--log", "info"])
@@ -692,4 +845,21 @@ pub async fn admin_get(admin: &str, path: &str) -> (u16, String) {
         .expect("admin addr");
     let got = get(addr, "admin", path).await;
     (got.status.as_u16(), got.text())
+}
+
+/// The value of one sample in the admin endpoint's Prometheus text, e.g.
+/// `portico_config_reload_total{result="success"}` (0 if absent).
+pub async fn metric(admin: &str, sample: &str) -> u64 {
+    let (_, text) = admin_get(admin, "/metrics").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or(0)
+}
+
+/// The admin endpoint's `/config`.
+pub async fn config_json(admin: &str) -> serde_json::Value {
+    let (status, text) = admin_get(admin, "/config").await;
+    assert_eq!(status, 200);
+    serde_json::from_str(&text).expect("/config is JSON")
 }

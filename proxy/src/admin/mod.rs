@@ -106,7 +106,7 @@ fn config_json(shared: &Shared) -> String {
         "files": snapshot.files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "referenced_files": snapshot.referenced.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "listeners": snapshot.listeners.iter().map(|l| serde_json::json!({
-            "name": l.name, "address": l.key, "tls": l.tls.is_some(),
+            "name": l.name, "address": l.addr.to_string(), "tls": l.tls.is_some(),
         })).collect::<Vec<_>>(),
         "routes": snapshot.routes.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
         "reloads": shared.reloads.load(Ordering::Acquire),

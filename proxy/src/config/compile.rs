@@ -12,7 +12,7 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 use tokio_util::sync::CancellationToken;
 
 use super::raw::{RawFile, RawPathKind, RawRoute, RawUpstream, RawUpstreamProtocol, RawValueMatch};
-use super::{ConfigError, ConfigErrors, Loaded, Source};
+use super::{ConfigError, ConfigErrors, Loaded, Location, Source};
 use crate::route::{self, HeaderMatch, QueryMatch, RuleSpec, ValueMatch};
 use crate::snapshot::{
     Action, Backends, DirectResponse, Limits, ListenerConfig, PathReplace, Redirect, Rewrite,
@@ -40,6 +40,10 @@ struct Origin<'a> {
 
 impl Origin<'_> {
     fn error(&self, sub: &str, message: impl Into<String>) -> ConfigError {
+        self.location(sub).error(message)
+    }
+
+    fn location(&self, sub: &str) -> Location {
         let path = if sub.is_empty() {
             self.path.clone()
         } else if sub.starts_with('[') {
@@ -47,7 +51,7 @@ impl Origin<'_> {
         } else {
             format!("{}.{sub}", self.path)
         };
-        self.source.error(&path, message)
+        self.source.location(&path)
     }
 }
 
@@ -186,13 +190,8 @@ pub fn compile(loaded: &Loaded, ctx: &CompileContext) -> Result<Snapshot, Config
             }
             listeners.push(Arc::new(ListenerConfig {
                 name: l.name.clone(),
-                // Port 0 asks for a fresh port per listener, so there the address does not
-                // identify the socket: two such listeners are two sockets, told apart by name.
-                key: if addr.port() == 0 {
-                    format!("{}#{}", l.address, l.name)
-                } else {
-                    l.address.clone()
-                },
+                key: listener_key(&l.name, &l.address, addr),
+                origin: origin.location("address"),
                 addr,
                 tls,
                 redirect_https: l.redirect_https.as_ref().map(|r| r.port),
@@ -392,6 +391,17 @@ fn resolve(base: &Path, p: &str) -> PathBuf {
         p.to_path_buf()
     } else {
         base.join(p)
+    }
+}
+
+/// The identity of a listening socket across reloads: its address as written. A listener on
+/// port 0 ("any free port") is also told apart by its name, or two of them would share one
+/// socket (and a second one added by a reload would never be bound).
+fn listener_key(name: &str, address: &str, addr: SocketAddr) -> String {
+    if addr.port() == 0 {
+        format!("{address}#{name}")
+    } else {
+        address.to_string()
     }
 }
 
@@ -907,4 +917,48 @@ fn compile_rewrite(
         },
     };
     Some(Rewrite { path, host })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compile_text(yaml: &str) -> Result<Snapshot, ConfigErrors> {
+        let dir = std::env::temp_dir().join(format!(
+            "portico-compile-test-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("portico.yaml");
+        std::fs::write(&file, yaml).expect("write");
+        let result = super::super::load_with_env(&file, |_| None)
+            .and_then(|loaded| compile(&loaded, &CompileContext::default()));
+        let _ = std::fs::remove_dir_all(&dir);
+        result
+    }
+
+    #[test]
+    fn listeners_are_identified_by_address_and_port_zero_ones_also_by_name() {
+        let snapshot = compile_text(
+            r#"listeners:
+  - { name: web, address: "127.0.0.1:0" }
+  - { name: extra, address: "127.0.0.1:0" }
+  - { name: fixed, address: "127.0.0.1:8080" }
+routes:
+  - { name: r, direct_response: { status: 200 } }
+"#,
+        )
+        .expect("valid");
+        let keys: Vec<&str> = snapshot.listeners.iter().map(|l| l.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["127.0.0.1:0#web", "127.0.0.1:0#extra", "127.0.0.1:8080"]
+        );
+        let origin = &snapshot.listeners[1].origin;
+        assert_eq!(
+            (origin.line, origin.column, origin.path.as_str()),
+            (Some(3), Some(20), "listeners[1].address")
+        );
+    }
 }

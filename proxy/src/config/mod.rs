@@ -72,6 +72,29 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// Where a value was written. Kept in the snapshot for errors found after compiling, such as
+/// a listener address that cannot be bound.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Location {
+    pub file: Option<PathBuf>,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    /// YAML path such as `listeners[1].address`.
+    pub path: String,
+}
+
+impl Location {
+    pub fn error(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            line: self.line,
+            column: self.column,
+            path: self.path.clone(),
+            message: message.into(),
+        }
+    }
+}
+
 /// Every error found in one attempt to load or compile a configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
@@ -107,13 +130,17 @@ pub struct Source {
 impl Source {
     /// An error at `path` (a YAML path inside this file).
     pub fn error(&self, path: &str, message: impl Into<String>) -> ConfigError {
+        self.location(path).error(message)
+    }
+
+    /// Where `path` (a YAML path inside this file) was written.
+    pub fn location(&self, path: &str) -> Location {
         let pos = self.index.locate(path);
-        ConfigError {
+        Location {
             file: Some(self.path.clone()),
             line: pos.map(|p| p.0),
             column: pos.map(|p| p.1),
             path: path.to_string(),
-            message: message.into(),
         }
     }
 
@@ -285,22 +312,85 @@ fn parse_file(source: &Source) -> Result<RawFile, ConfigError> {
     })
 }
 
-/// serde_yaml puts the path before its messages and " at line X column Y" after; both are
-/// printed in front of the message already.
+/// serde_yaml writes `PATH: MESSAGE at line X column Y`, where the YAML path and location are
+/// printed in front already (from `serde_path_to_error`, which for an unknown field names the
+/// field rather than the mapping that holds it). Keeps MESSAGE, and for syntax errors the
+/// context after the location (`..., while parsing a flow sequence at line 1 column 12`).
 fn clean_serde_message(msg: &str, path: &str) -> String {
-    let msg = match msg.find(" at line ") {
-        Some(i) => &msg[..i],
-        None => msg,
-    };
-    let msg = match msg.split_once(": ") {
-        Some((head, rest)) if !path.is_empty() && path.starts_with(head) => rest,
-        _ => msg,
-    };
-    msg.to_string()
+    let mut out = msg.to_string();
+    if let Some(i) = msg.find(" at line ") {
+        let after = &msg[i + " at line ".len()..];
+        let digits = |s: &str| s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        if let Some(col) = after[digits(after)..].strip_prefix(" column ")
+            && digits(after) > 0
+            && digits(col) > 0
+        {
+            out = format!("{}{}", &msg[..i], &col[digits(col)..]);
+        }
+    }
+    if let Some((head, message)) = out.split_once(": ")
+        && let Some(after) = path.strip_prefix(head)
+        && (after.is_empty() || after.starts_with(['.', '[']))
+    {
+        return message.to_string();
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_messages_lose_the_path_and_location_printed_in_front() {
+        let cases = [
+            (
+                "limits.max_connections: invalid type: string \"lots\", expected usize at line 3 column 20",
+                "limits.max_connections",
+                "invalid type: string \"lots\", expected usize",
+            ),
+            (
+                "routes[0]: unknown field `x`, expected `name` at line 4 column 5",
+                "routes[0].x",
+                "unknown field `x`, expected `name`",
+            ),
+            (
+                "did not find expected ',' or ']' at line 2 column 1, while parsing a flow sequence at line 1 column 12",
+                "",
+                "did not find expected ',' or ']', while parsing a flow sequence at line 1 column 12",
+            ),
+            (
+                "invalid type: map at line 1",
+                "",
+                "invalid type: map at line 1",
+            ),
+            ("routesx: oops", "routes", "routesx: oops"),
+        ];
+        for (msg, path, want) in cases {
+            assert_eq!(clean_serde_message(msg, path), want, "{msg}");
+        }
+    }
+
+    #[test]
+    fn an_error_names_the_file_line_and_path_once() {
+        let dir = std::env::temp_dir().join(format!("portico-mod-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("typo.yaml");
+        std::fs::write(
+            &file,
+            "listeners: []\nroutes:\n  - name: a\n    upstrem: b\n",
+        )
+        .unwrap();
+        let errors = load_with_env(&file, |_| None).unwrap_err();
+        let _ = std::fs::remove_dir_all(&dir);
+        let text = errors.to_string();
+        let head = format!(
+            "{}:4:5: routes[0].upstrem: unknown field `upstrem`, expected one of",
+            file.display()
+        );
+        assert!(text.starts_with(&head), "{text}");
+    }
+
     /// The committed schema must be what the code generates: `portico schema > config/portico.schema.json`.
     #[test]
     fn committed_schema_is_current() {

@@ -242,7 +242,8 @@ pub struct RawShutdown {
 pub struct RawReload {
     pub debounce: Option<Duration>,
     pub poll_interval: Option<Duration>,
-    /// How long a long-lived stream (WebSocket, gRPC stream) may outlive the removal of its route.
+    /// How long a long-lived stream (WebSocket, gRPC stream) may outlive the removal of its route,
+    /// and a connection the removal of its listener.
     pub stream_grace: Option<Duration>,
 }
 

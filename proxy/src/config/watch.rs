@@ -8,81 +8,47 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use notify::{RecursiveMode, Watcher};
+use tokio::signal::unix::Signal;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::server::Server;
 
-/// Starts the trigger task for `server`. The directories are watched and SIGHUP is handled
-/// before this returns, so a change made right after start-up is not missed.
-pub fn spawn(server: Arc<Server>, watch_files: bool, sighup: bool) {
-    let triggers = match Triggers::new(&server, watch_files, sighup) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!("configuration watcher stopped: {e}");
-            return;
+/// Starts the trigger task for `server`. The file watches are in place when this returns, so
+/// a change made right after start is seen; `hup` is the SIGHUP stream, registered by the
+/// caller before anything could send the signal (its default action ends the process).
+pub fn spawn(server: Arc<Server>, watch_files: bool, hup: Option<Signal>) {
+    let (tx, events) = mpsc::unbounded_channel::<()>();
+    let mut watcher = None;
+    if watch_files {
+        match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(ev) = res
+                && !matches!(ev.kind, notify::EventKind::Access(_))
+            {
+                let _ = tx.send(());
+            }
+        }) {
+            Ok(w) => watcher = Some(w),
+            Err(e) => tracing::error!(
+                "cannot watch the configuration files; reloads come from SIGHUP and polling: {e}"
+            ),
         }
-    };
-    tokio::spawn(run(server, triggers));
-}
-
-/// What starts a reload.
-struct Triggers {
-    watcher: Option<notify::RecommendedWatcher>,
-    watched: BTreeSet<PathBuf>,
-    events: mpsc::UnboundedReceiver<()>,
-    hup: Option<tokio::signal::unix::Signal>,
-}
-
-impl Triggers {
-    fn new(
-        server: &Server,
-        watch_files: bool,
-        sighup: bool,
-    ) -> Result<Triggers, Box<dyn std::error::Error + Send + Sync>> {
-        let (tx, events) = mpsc::unbounded_channel::<()>();
-        let mut watcher = if watch_files {
-            Some(notify::recommended_watcher(
-                move |res: notify::Result<notify::Event>| {
-                    if let Ok(ev) = res
-                        && !matches!(ev.kind, notify::EventKind::Access(_))
-                    {
-                        let _ = tx.send(());
-                    }
-                },
-            )?)
-        } else {
-            None
-        };
-        let mut watched: BTreeSet<PathBuf> = BTreeSet::new();
-        if let Some(w) = watcher.as_mut() {
-            rewatch(w, &mut watched, server);
-        }
-        let hup = if sighup {
-            Some(tokio::signal::unix::signal(
-                tokio::signal::unix::SignalKind::hangup(),
-            )?)
-        } else {
-            None
-        };
-        Ok(Triggers {
-            watcher,
-            watched,
-            events,
-            hup,
-        })
     }
+    let mut watched: BTreeSet<PathBuf> = BTreeSet::new();
+    if let Some(w) = watcher.as_mut() {
+        rewatch(w, &mut watched, &server);
+    }
+    tokio::spawn(run(server, watcher, watched, events, hup));
 }
 
-async fn run(server: Arc<Server>, triggers: Triggers) {
-    let Triggers {
-        mut watcher,
-        mut watched,
-        mut events,
-        mut hup,
-    } = triggers;
+async fn run(
+    server: Arc<Server>,
+    mut watcher: Option<notify::RecommendedWatcher>,
+    mut watched: BTreeSet<PathBuf>,
+    mut events: mpsc::UnboundedReceiver<()>,
+    mut hup: Option<Signal>,
+) {
     let stop = server.watch_stopped().clone();
-
     loop {
         if let Some(w) = watcher.as_mut() {
             rewatch(w, &mut watched, &server);
@@ -118,7 +84,7 @@ async fn run(server: Arc<Server>, triggers: Triggers) {
     }
 }
 
-async fn recv_hup(hup: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+async fn recv_hup(hup: &mut Option<Signal>) -> Option<()> {
     match hup {
         Some(s) => s.recv().await,
         None => std::future::pending().await,

@@ -43,6 +43,9 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: Option<TlsInfo>,
     pub activity: Activity,
+    /// Fired when the connection must end now, not gracefully: its listener was removed by a
+    /// reload and `reload.stream_grace` has passed. Tunnels started from it end too.
+    pub kill: CancellationToken,
 }
 
 #[derive(Debug)]
@@ -186,6 +189,7 @@ pub struct RunningListener {
     pub key: String,
     pub local_addr: SocketAddr,
     stop: CancellationToken,
+    kill: CancellationToken,
     tracker: TaskTracker,
 }
 
@@ -195,6 +199,11 @@ impl RunningListener {
     pub fn stop(&self) {
         self.stop.cancel();
         self.tracker.close();
+    }
+
+    /// Closes every connection still open, and the tunnels started from them.
+    pub fn kill(&self) {
+        self.kill.cancel();
     }
 
     /// Waits until every connection of this listener has closed.
@@ -226,29 +235,39 @@ pub fn start(
     let listener = TcpListener::from_std(socket)?;
     let local_addr = listener.local_addr()?;
     let stop = CancellationToken::new();
+    let kill = CancellationToken::new();
     let tracker = TaskTracker::new();
     let running = RunningListener {
         key: key.clone(),
         local_addr,
         stop: stop.clone(),
+        kill: kill.clone(),
         tracker: tracker.clone(),
     };
     let open = Arc::new(AtomicUsize::new(0));
-    tokio::spawn(accept_loop(shared, key, listener, stop, tracker, open));
+    let tokens = Tokens { stop, kill };
+    tokio::spawn(accept_loop(shared, key, listener, tokens, tracker, open));
     Ok(running)
+}
+
+/// A listener's graceful stop and its hard one.
+#[derive(Clone)]
+struct Tokens {
+    stop: CancellationToken,
+    kill: CancellationToken,
 }
 
 async fn accept_loop(
     shared: Arc<Shared>,
     key: String,
     listener: TcpListener,
-    stop: CancellationToken,
+    tokens: Tokens,
     tracker: TaskTracker,
     open: Arc<AtomicUsize>,
 ) {
     loop {
         let accepted = tokio::select! {
-            _ = stop.cancelled() => break,
+            _ = tokens.stop.cancelled() => break,
             a = listener.accept() => a,
         };
         let (stream, peer) = match accepted {
@@ -269,7 +288,7 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let over_limit = open.fetch_add(1, Ordering::AcqRel) >= limits.max_connections;
         let shared = shared.clone();
-        let stop = stop.clone();
+        let tokens = tokens.clone();
         let open = open.clone();
         tracker.spawn(async move {
             let gauge = shared
@@ -289,7 +308,7 @@ async fn accept_loop(
                     .with_label_values(&[config.name.as_str()])
                     .inc();
             }
-            serve(shared, config, limits, stream, peer, stop, over_limit).await;
+            serve(shared, config, limits, stream, peer, tokens, over_limit).await;
             gauge.dec();
             open.fetch_sub(1, Ordering::AcqRel);
         });
@@ -302,9 +321,10 @@ async fn serve(
     limits: Limits,
     stream: TcpStream,
     peer: SocketAddr,
-    stop: CancellationToken,
+    tokens: Tokens,
     reject: bool,
 ) {
+    let Tokens { stop, kill } = tokens;
     match config.tls.clone() {
         None => {
             let conn = Arc::new(ConnInfo {
@@ -312,6 +332,7 @@ async fn serve(
                 peer,
                 tls: None,
                 activity: Activity::new(),
+                kill,
             });
             serve_http(
                 shared, conn, &limits, stream, stop, reject, config.h2c, false,
@@ -358,6 +379,7 @@ async fn serve(
                 peer,
                 tls: Some(info),
                 activity: Activity::new(),
+                kill,
             });
             serve_http(shared, conn, &limits, tls_stream, stop, reject, h2, h2).await;
         }
@@ -426,6 +448,10 @@ async fn serve_http<IO>(
                 if let Err(e) = res {
                     tracing::debug!(listener = %activity_conn.listener.name, peer = %activity_conn.peer, "connection error: {e}");
                 }
+                break;
+            }
+            _ = activity_conn.kill.cancelled() => {
+                tracing::debug!(listener = %activity_conn.listener.name, peer = %activity_conn.peer, "connection closed: its listener was removed");
                 break;
             }
             _ = stop.cancelled(), if !stopping => {
