@@ -7,7 +7,7 @@ whole response (so the server has really served a request on it), then stays
 open without sending anything else.
 
 Protocol with the caller (one line each on stdout):
-  READY open=N failed=F [error=...]   all connection attempts have finished
+  READY open=N failed=F closed_by_peer=C [error=...]   all attempts have finished
   FINAL open=N closed_by_peer=C       printed on SIGTERM/SIGINT, then exit 0
 
 Only standard library; talks to one host:port given on the command line.
@@ -97,7 +97,7 @@ async def main():
     while state.open + state.failed + state.closed_by_peer < args.connections and not stop.is_set():
         await asyncio.sleep(0.05)
     error = f" error={state.last_error!r}" if state.failed else ""
-    print(f"READY open={state.open} failed={state.failed}{error}", flush=True)
+    print(f"READY open={state.open} failed={state.failed} closed_by_peer={state.closed_by_peer}{error}", flush=True)
 
     await stop.wait()
     print(f"FINAL open={state.open} closed_by_peer={state.closed_by_peer}", flush=True)

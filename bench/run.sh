@@ -26,7 +26,7 @@ done
 
 DURATION=${DURATION:-10s}             # measured run of scenarios 1, 2, 3
 WARMUP=${WARMUP:-2s}                  # unmeasured run before scenarios 1 and 2
-UPSTREAM_DURATION=${UPSTREAM_DURATION:-5s}  # scenario 4 (cold upstream pool)
+UPSTREAM_DURATION=${UPSTREAM_DURATION:-5s}  # each of scenario 4's runs (cold, warm pool)
 CONNECTIONS=${CONNECTIONS:-50}        # wrk connections (scenarios 1 and 4)
 IDLE_CONNS=${IDLE_CONNS:-10000}       # scenario 5
 HANDSHAKE_CLIENTS=${HANDSHAKE_CLIENTS:-4}   # parallel `openssl s_time` processes (scenario 3)
@@ -52,10 +52,13 @@ PORTICO_ADMIN=19901
 
 declare -A R=()        # results: R[scenario.target.metric]=value
 declare -A NOTES=()    # NOTES[target]="problems seen"
+declare -A NOISY=()    # NOISY[target]="s1 23%, ...": runs where other processes took CPU
+NOISE_PCT=10           # above this share of a core taken by other processes a run is noisy
 declare -A VERSIONS=()
 declare -A TARGET_PID=()
 STARTED_PIDS=()        # every process this script started (killed on exit)
 TMP=""
+POLICY_RC=/usr/sbin/policy-rc.d ADDED_POLICY=0   # see install_deps
 CLK_TCK=$(getconf CLK_TCK)
 
 # ---------------------------------------------------------------------------------------------
@@ -127,39 +130,57 @@ mem_kb() {   # mem_kb FIELD PIDS...: sum of VmRSS (status) or Pss (smaps_rollup)
 target_pids() { [[ -n ${TARGET_PID[$1]:-} ]] && tree_pids "${TARGET_PID[$1]}"; return 0; }
 alive() { [[ -n ${TARGET_PID[$1]:-} ]] && kill -0 "${TARGET_PID[$1]}" 2>/dev/null; }
 
-# Busy ticks of one core from /proc/stat: "task softirq+irq total" (task = user+nice+system+steal).
+# Busy and total ticks of one core (core_ticks 0) or of all (core_ticks "") from /proc/stat.
+# Busy includes irq/softirq (loopback packet processing), which is charged to whatever process
+# was running unless the kernel has IRQ time accounting.
 core_ticks() {
-    awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $9, $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat
+    awk -v c="cpu$1" '$1 == c { b = $2 + $3 + $4 + $7 + $8 + $9; print b, b + $5 + $6 }' /proc/stat
+}
+# utime+stime of this shell's waited-for children: the load generators of a run.
+children_ticks() {
+    local stat
+    local -a f
+    stat=$(cat "/proc/$$/stat")
+    read -ra f <<<"${stat##*) }"
+    echo $(( f[13] + f[14] ))
+}
+backend_ticks() {
+    local -a pids
+    mapfile -t pids < <(tree_pids "$BACKEND_PID")
+    cpu_ticks "${pids[@]}"
 }
 
 # CPU accounting around one load run: cpu_begin T; <load>; cpu_end T KEY
 cpu_begin() {
     local -a pids
     mapfile -t pids < <(target_pids "$1")
-    CORE_P0=$(core_ticks "$PROXY_CPU") CORE_L0=$(core_ticks "$LOAD_CPU")
+    LOAD0=$(core_ticks "$LOAD_CPU") ALL0=$(core_ticks "")
+    KNOWN0=$(( $(backend_ticks) + $(children_ticks) ))
     CPU0=$(cpu_ticks "${pids[@]}") WALL0=$(now_ns)
 }
-cpu_end() {   # sets R[KEY.cpu_ticks], R[KEY.wall_s], R[KEY.cpu_pct]
-    local t=$1 key=$2 ticks wall
-    local -a pids
+cpu_end() {   # sets R[KEY.cpu_ticks], R[KEY.cpu_pct], R[KEY.wall_s], R[KEY.load_core_pct], R[KEY.other_pct]
+    local t=$1 key=$2 ticks wall known
+    local -a pids l0 l1 a0 a1
     mapfile -t pids < <(target_pids "$t")
     ticks=$(( $(cpu_ticks "${pids[@]}") - CPU0 ))
     wall=$(calc %.3f "$(( $(now_ns) - WALL0 )) / 1e9")
+    known=$(( $(backend_ticks) + $(children_ticks) - KNOWN0 + ticks ))
+    read -ra l0 <<<"$LOAD0"; read -ra a0 <<<"$ALL0"
+    read -ra l1 < <(core_ticks "$LOAD_CPU"); read -ra a1 < <(core_ticks "")
     R[$key.wall_s]=$wall
     if [[ $t != direct ]]; then   # direct has no proxy: no CPU columns
         R[$key.cpu_ticks]=$ticks
         R[$key.cpu_pct]=$(calc %.0f "$ticks / $CLK_TCK / $wall * 100")
     fi
-    # Sanity of the layout: how busy the load core was, and how much *other* work ran on the
-    # proxy core, e.g. a build running next to the benchmark. Softirq time (loopback packet
-    # processing) counts as busy: without IRQ time accounting it is charged to the proxy too.
-    local p0 p1 l0 l1
-    read -ra p0 <<<"$CORE_P0"; read -ra l0 <<<"$CORE_L0"
-    read -ra p1 < <(core_ticks "$PROXY_CPU"); read -ra l1 < <(core_ticks "$LOAD_CPU")
-    R[$key.load_core_pct]=$(calc %.0f "100 * (${l1[0]} + ${l1[1]} - ${l0[0]} - ${l0[1]}) / (${l1[2]} - ${l0[2]} + 0.001)")
-    R[$key.foreign_pct]=$(calc %.0f "(f = 100 * (${p1[0]} + ${p1[1]} - ${p0[0]} - ${p0[1]} - ${R[$key.cpu_ticks]:-0}) / (${p1[2]} - ${p0[2]} + 0.001)) > 0 ? f : 0")
-    if (( ${R[$key.foreign_pct]} > 5 )); then
-        note "$t" "${key%%.*}: ${R[$key.foreign_pct]}% of CPU $PROXY_CPU went to other processes during the run (numbers are noisy)"
+    # Is the layout doing what it should? How busy the load core was, and how much CPU went to
+    # anything but the proxy, the backend and the load generator (a build next to the
+    # benchmark, say), in % of one core.
+    R[$key.load_core_pct]=$(calc %.0f "100 * (${l1[0]} - ${l0[0]}) / (${l1[1]} - ${l0[1]} + 0.001)")
+    R[$key.other_pct]=$(calc %.0f "(f = 100 * (${a1[0]} - ${a0[0]} - $known) / $CLK_TCK / $wall) > 0 ? f : 0")
+    local label=${key/.$t/}   # "s1", "s4.cold"
+    if (( R[$key.other_pct] > NOISE_PCT )); then
+        NOISY[$t]="${NOISY[$t]:-}${NOISY[$t]:+, }$label ${R[$key.other_pct]}%"
+        log "$t: $label: other processes took ${R[$key.other_pct]}% of a core: noisy run"
     fi
 }
 cpu_us_per() {   # cpu_us_per KEY COUNT -> µs of proxy CPU per unit
@@ -202,9 +223,12 @@ stop_pid() {   # TERM the process tree, then KILL what is left
     wait "$pid" 2>/dev/null || true
 }
 
+remove_policy() { if [[ $ADDED_POLICY == 1 ]]; then rm -f "$POLICY_RC"; ADDED_POLICY=0; fi; }
+
 cleanup() {
     local rc=$? pid
     trap - ERR
+    remove_policy
     for pid in "${STARTED_PIDS[@]}"; do stop_pid "$pid"; done
     if [[ -n $TMP && -d $TMP ]]; then
         if [[ $KEEP_TMP == 1 || $rc -ne 0 ]]; then
@@ -229,14 +253,13 @@ install_deps() {
     # Debian starts nginx/haproxy on install; a policy-rc.d that says 101 stops that. We never use
     # the system services (our instances have their own config, pid file and ports), so an
     # already running system nginx/haproxy does not matter either.
-    local policy=/usr/sbin/policy-rc.d added_policy=0
-    if [[ ! -e $policy ]]; then
-        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && added_policy=1
+    if [[ ! -e $POLICY_RC ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$POLICY_RC" && chmod +x "$POLICY_RC" && ADDED_POLICY=1
     fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
         nginx haproxy wrk nghttp2-client openssl curl python3 util-linux procps >/dev/null
-    if [[ $added_policy == 1 ]]; then rm -f "$policy"; fi
+    remove_policy
 }
 
 resolve_portico() {
@@ -359,6 +382,7 @@ start_backend() {
 EOF
     } >"$dir/nginx.conf"
     start_bg "$dir/nginx" "${LOAD[@]}" nginx -e stderr -p "$dir" -c "$dir/nginx.conf"
+    BACKEND_PID=$BG_PID
     wait_until 10 "backend nginx" http_ok "http://127.0.0.1:$BACKEND_PORT/" ||
         die "backend nginx did not start: $(tail -n5 "$dir/nginx.log")"
 }
@@ -494,17 +518,17 @@ stop_target() {
     stop_pid "${TARGET_PID[$1]}"
 }
 
-# Every target must answer the route over HTTP/1.1, HTTP/2+TLS and HTTP/1.0+TLS without SNI
-# (what `openssl s_time` sends) before it is measured.
+# Every target must answer the route over HTTP/1.1, HTTP/2+TLS and, over TLS without SNI, the
+# request `openssl s_time` sends in scenario 3, before it is measured.
 sanity_check() {
     local t=$1 plain=${PLAIN_PORT[$1]} tls=${TLS_PORT[$1]} body ver resp
     body=$(curl -sS --max-time 5 "http://127.0.0.1:$plain/" 2>&1) || true
     [[ $body == hello ]] || { note "$t" "GET / over HTTP/1.1 answered '${body:0:80}', not 'hello'"; return 1; }
     ver=$(curl -sS -k --http2 --max-time 5 -o /dev/null -w '%{http_version}' "https://127.0.0.1:$tls/" 2>&1) || true
     [[ $ver == 2 ]] || { note "$t" "HTTPS with ALPN h2 gave HTTP version '$ver', not 2"; return 1; }
-    resp=$(printf 'GET / HTTP/1.0\r\n\r\n' |
+    resp=$(printf "GET %s HTTP/1.0\r\n\r\n" "$S_TIME_PATH" |
         timeout 5 openssl s_client -connect "127.0.0.1:$tls" -brief -ign_eof 2>"$TMP/tls.$t.txt") || true
-    [[ $resp == "HTTP/1."?" 200"* ]] || { note "$t" "HTTP/1.0 GET over TLS without SNI: '${resp:0:60}'"; return 1; }
+    [[ $resp == "HTTP/1."?" 200"* ]] || { note "$t" "s_time's HTTP/1.0 GET over TLS without SNI: '${resp:0:60}'"; return 1; }
     R[tls.$t]=$(awk -F': ' '/^Protocol version/ { p = $2 } /^Ciphersuite/ { c = $2 }
         /^Server Temp Key/ { k = $2 } END { sub(/,.*/, "", k); print p " " c " " k }' "$TMP/tls.$t.txt")
 }
@@ -568,15 +592,20 @@ s2_h2() {
     R[s2.$t.cpu_us]=$(cpu_us_per "s2.$t" "$n")
 }
 
-# 3. Full TLS handshakes: parallel `openssl s_time -new -www /` (no session reuse; each
+# 3. Full TLS handshakes: parallel `openssl s_time -new -www PATH` (no session reuse; each
 #    connection = a full handshake + one HTTP/1.0 GET, then the server closes).
+# s_time writes "GET <PATH> HTTP/1.0\r\n\r\n"; this PATH smuggles in a Host header (and turns
+# the trailing " HTTP/1.0" into a header value), so the request is what a real client sends:
+#   GET / HTTP/1.0 | Host: localhost | User-Agent: portico-bench-s_time HTTP/1.0
+S_TIME_PATH=$'/ HTTP/1.0\r\nHost: localhost\r\nUser-Agent: portico-bench-s_time'
+
 s3_handshakes() {
     local t=$1 port=${TLS_PORT[$1]} secs i n total=0 failed=0
     local -a pids=()
     secs=$(secs_of "$DURATION")
     cpu_begin "$t"
     for i in $(seq "$HANDSHAKE_CLIENTS"); do
-        "${LOAD[@]}" openssl s_time -connect "127.0.0.1:$port" -new -www / -time "$secs" \
+        "${LOAD[@]}" openssl s_time -connect "127.0.0.1:$port" -new -www "$S_TIME_PATH" -time "$secs" \
             >"$TMP/s3.$t.$i.txt" 2>&1 &
         pids+=($!)
         STARTED_PIDS+=($!)
@@ -596,24 +625,27 @@ s3_handshakes() {
     fi
 }
 
-# 4. Upstream connections opened from a cold pool (first traffic after start), counted by the
-#    backend's stub_status "accepts".
+# 4. Upstream connections, counted by the backend's stub_status: "cold" is the first load
+#    after the proxy started (the pool fills), "warm" the same load again right after (steady
+#    state: a working pool opens nothing new). The target is judged on the warm run.
 s4_upstream() {
-    local t=$1 out=$TMP/s4.$1.txt a0 q0 a1 q1 opened reqs
-    read -r a0 q0 < <(backend_counters)
-    cpu_begin "$t"
-    run_wrk "$t" "${PLAIN_PORT[$t]}" "$UPSTREAM_DURATION" "$out"
-    cpu_end "$t" "s4.$t"
-    read -r a1 q1 < <(backend_counters)
-    opened=$(( a1 - a0 - 1 ))   # minus the second stub_status query itself
-    reqs=$(( q1 - q0 - 1 ))
-    R[s4.$t.client_requests]=$(wrk_field "$out" requests)
-    R[s4.$t.upstream_requests]=$reqs
-    R[s4.$t.opened]=$opened
-    if (( reqs > 0 )); then
-        R[s4.$t.per_10k]=$(calc %.2f "$opened * 10000 / $reqs")
-        R[s4.$t.reused_pct]=$(calc %.3f "100 * (1 - $opened / $reqs)")
-    fi
+    local t=$1 phase out a0 q0 a1 q1 opened reqs
+    for phase in cold warm; do
+        out=$TMP/s4.$t.$phase.txt
+        read -r a0 q0 < <(backend_counters)
+        cpu_begin "$t"
+        run_wrk "$t" "${PLAIN_PORT[$t]}" "$UPSTREAM_DURATION" "$out"
+        cpu_end "$t" "s4.$t.$phase"
+        read -r a1 q1 < <(backend_counters)
+        opened=$(( a1 - a0 - 1 ))   # minus the second stub_status query itself
+        reqs=$(( q1 - q0 - 1 ))
+        R[s4.$t.$phase.requests]=$reqs
+        R[s4.$t.$phase.opened]=$opened
+        if (( reqs > 0 )); then
+            R[s4.$t.$phase.per_10k]=$(calc %.2f "$opened * 10000 / $reqs")
+            R[s4.$t.$phase.reused_pct]=$(calc %.3f "100 * (1 - $opened / $reqs)")
+        fi
+    done
 }
 
 # 5a. Idle memory right after start (before any load).
@@ -651,10 +683,10 @@ s5_conns() {
         R[s5.$t.per_conn_kib]=$(calc %.2f "($rss1 - $rss0) / $open")
     fi
     if [[ ${open:-0} -lt $IDLE_CONNS ]]; then
-        note "$t" "only ${open:-0} of $IDLE_CONNS idle connections opened: $(grep -m1 '^READY' "$out" || tail -n1 "$out")"
+        note "$t" "only ${open:-0} of $IDLE_CONNS idle connections were open when all had been tried ($(grep -m1 '^READY' "$out" || tail -n1 "$out"))"
     fi
     if [[ -n $final && $final != "$open" ]]; then
-        note "$t" "$(( open - final )) idle connections were closed by the server before the RSS reading ended"
+        note "$t" "another $(( open - final )) idle connections were closed by the server around the RSS reading"
     fi
 }
 
@@ -670,7 +702,7 @@ run_target() {
     if [[ $t != direct ]]; then
         sleep 1   # settle before the idle reading
         want 5 && s5_idle "$t"
-        want 4 && { log "$t: scenario 4 (upstream connections, cold pool)"; s4_upstream "$t"; }
+        want 4 && { log "$t: scenario 4 (upstream connections, cold then warm pool)"; s4_upstream "$t"; }
     fi
     want 1 && { log "$t: scenario 1 (HTTP/1.1 keep-alive)"; s1_http1 "$t"; }
     want 2 && { log "$t: scenario 2 (HTTP/2 over TLS)"; s2_h2 "$t"; }
@@ -723,7 +755,9 @@ Produced by \`$cmd\` (method: [bench/README.md](../bench/README.md)).
 /proc/PID/stat) during the measured run divided by the requests completed. The load generator
 shares one core with the backend, so requests/s mostly measures that core; CPU per request is
 the number that tells the proxies apart. "× nginx" / "× haproxy" divide a row by nginx's /
-HAProxy's row (lower is better for CPU, latency and memory).
+HAProxy's row (lower is better for CPU, latency and memory). "Other processes %" is the CPU
+(in % of one core) that went to anything but the proxy, the backend and the load generator
+during the run; above $NOISE_PCT % the run is listed as noisy.
 
 ## Targets (issue 2)
 
@@ -733,15 +767,20 @@ EOF
         h1=$( [[ -n ${R[s1.portico.cpu_us]:-} && -n ${R[s1.nginx.cpu_us]:-} ]] && calc %.2f "${R[s1.portico.cpu_us]} / ${R[s1.nginx.cpu_us]}" || true)
         h2=$( [[ -n ${R[s2.portico.cpu_us]:-} && -n ${R[s2.nginx.cpu_us]:-} ]] && calc %.2f "${R[s2.portico.cpu_us]} / ${R[s2.nginx.cpu_us]}" || true)
         hs=$( [[ -n ${R[s3.portico.cpu_us]:-} && -n ${R[s3.nginx.cpu_us]:-} ]] && calc %.2f "${R[s3.nginx.cpu_us]} / ${R[s3.portico.cpu_us]}" || true)
-        reuse=${R[s4.portico.reused_pct]:-}
+        reuse=${R[s4.portico.warm.reused_pct]:-}
         rss=${R[s5.portico.idle_rss_kb]:-}
-        echo "| Portico CPU per request ≤ 1.1× nginx's (HTTP/1.1, scenario 1) | ${h1:+$h1×} | $(verdict "${h1:+$h1 <= 1.1}") |"
-        echo "| Portico CPU per request ≤ 1.1× nginx's (HTTP/2 + TLS, scenario 2) | ${h2:+$h2×} | $(verdict "${h2:+$h2 <= 1.1}") |"
-        echo "| Portico TLS handshakes per core ≥ 1.4× nginx's (scenario 3) | ${hs:+$hs×} | $(verdict "${hs:+$hs >= 1.4}") |"
-        echo "| ≥ 99.9% of Portico's requests on reused upstream connections (scenario 4) | ${reuse:+$reuse%} | $(verdict "${reuse:+$reuse >= 99.9}") |"
-        echo "| Portico idle RSS < 20 MB (scenario 5) | ${rss:+$(calc %.1f "$rss * 1024 / 1e6") MB} | $(verdict "${rss:+$rss * 1024 < 20e6}") |"
+        echo "| Portico CPU per request ≤ 1.1× nginx's (HTTP/1.1, scenario 1) | ${h1:-—}${h1:+×} | $(verdict "${h1:+$h1 <= 1.1}") |"
+        echo "| Portico CPU per request ≤ 1.1× nginx's (HTTP/2 + TLS, scenario 2) | ${h2:-—}${h2:+×} | $(verdict "${h2:+$h2 <= 1.1}") |"
+        echo "| Portico TLS handshakes per core ≥ 1.4× nginx's (scenario 3) | ${hs:-—}${hs:+×} | $(verdict "${hs:+$hs >= 1.4}") |"
+        echo "| ≥ 99.9% of Portico's requests on reused upstream connections (scenario 4, warm) | ${reuse:-—}${reuse:+%} | $(verdict "${reuse:+$reuse >= 99.9}") |"
+        echo "| Portico idle RSS < 20 MB (scenario 5) | $(if [[ -n $rss ]]; then calc '%.1f MB' "$rss * 1024 / 1e6"; else echo —; fi) | $(verdict "${rss:+$rss * 1024 < 20e6}") |"
         echo
         echo "Handshakes per core compares 10⁶ / (proxy CPU µs per handshake); MB = 10⁶ bytes (VmRSS)."
+        if ((${#NOISY[@]})); then
+            echo
+            echo "**Warning: other processes used the CPU during ${#NOISY[@]} of the targets' runs (see the end);" \
+                 "those numbers are noisy. Re-run on a quiet machine before drawing conclusions.**"
+        fi
 
         if want 1; then
             cat <<EOF
@@ -750,11 +789,11 @@ EOF
 
 \`wrk -t1 -c$CONNECTIONS -d$DURATION --latency\` after a $WARMUP warm-up; body \`hello\\n\` (6 bytes).
 
-| target | req/s | p50 ms | p99 ms | errors | proxy CPU % | **proxy CPU µs/req** | × nginx | × haproxy | load core busy % | other load on proxy core % |
+| target | req/s | p50 ms | p99 ms | errors | proxy CPU % | **proxy CPU µs/req** | × nginx | × haproxy | load core busy % | other processes % |
 |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 EOF
             for t in $(targets_for); do
-                echo "| $t | $(v s1.$t.rps) | $(v s1.$t.p50_ms) | $(v s1.$t.p99_ms) | $(v s1.$t.errors) | $(v s1.$t.cpu_pct) | **$(v s1.$t.cpu_us)** | $(ratio s1 cpu_us "$t" nginx) | $(ratio s1 cpu_us "$t" haproxy) | $(v s1.$t.load_core_pct) | $(v s1.$t.foreign_pct) |"
+                echo "| $t | $(v s1.$t.rps) | $(v s1.$t.p50_ms) | $(v s1.$t.p99_ms) | $(v s1.$t.errors) | $(v s1.$t.cpu_pct) | **$(v s1.$t.cpu_us)** | $(ratio s1 cpu_us "$t" nginx) | $(ratio s1 cpu_us "$t" haproxy) | $(v s1.$t.load_core_pct) | $(v s1.$t.other_pct) |"
             done
         fi
         if want 2; then
@@ -764,11 +803,11 @@ EOF
 
 \`h2load -c10 -m10 -D $DURATION\` (ALPN h2, TLS to the proxy, HTTP/1.1 keep-alive to the backend) after a $WARMUP warm-up; latency percentiles from h2load's per-request log.
 
-| target | req/s | mean ms | p50 ms | p99 ms | errors | proxy CPU % | **proxy CPU µs/req** | × nginx | × haproxy | load core busy % | other load on proxy core % |
+| target | req/s | mean ms | p50 ms | p99 ms | errors | proxy CPU % | **proxy CPU µs/req** | × nginx | × haproxy | load core busy % | other processes % |
 |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 EOF
             for t in $(targets_for); do
-                echo "| $t | $(v s2.$t.rps) | $(v s2.$t.mean_ms) | $(v s2.$t.p50_ms) | $(v s2.$t.p99_ms) | $(v s2.$t.errors) | $(v s2.$t.cpu_pct) | **$(v s2.$t.cpu_us)** | $(ratio s2 cpu_us "$t" nginx) | $(ratio s2 cpu_us "$t" haproxy) | $(v s2.$t.load_core_pct) | $(v s2.$t.foreign_pct) |"
+                echo "| $t | $(v s2.$t.rps) | $(v s2.$t.mean_ms) | $(v s2.$t.p50_ms) | $(v s2.$t.p99_ms) | $(v s2.$t.errors) | $(v s2.$t.cpu_pct) | **$(v s2.$t.cpu_us)** | $(ratio s2 cpu_us "$t" nginx) | $(ratio s2 cpu_us "$t" haproxy) | $(v s2.$t.load_core_pct) | $(v s2.$t.other_pct) |"
             done
         fi
         if want 3; then
@@ -776,13 +815,13 @@ EOF
 
 ## 3. TLS full handshakes
 
-$HANDSHAKE_CLIENTS parallel \`openssl s_time -new -www / -time $(secs_of "$DURATION")\`: every connection is a full handshake (no session ID, no ticket offered), one HTTP/1.0 \`GET /\`, then the server closes. Handshakes per core = 10⁶ / CPU µs per handshake (the proxy core's capacity; the client core is the bottleneck for handshakes/s). Certificate: $([[ $TLS_KEY == rsa ]] && echo "RSA 2048" || echo "ECDSA P-256").
+$HANDSHAKE_CLIENTS parallel \`openssl s_time -new -www PATH -time $(secs_of "$DURATION")\` (no SNI): every connection is a full handshake (no session ID, no ticket offered), one HTTP/1.0 \`GET /\` with a \`Host\` header, then the server closes. Handshakes per core = 10⁶ / CPU µs per handshake (the proxy core's capacity; the client core is the bottleneck for handshakes/s). Certificate: $([[ $TLS_KEY == rsa ]] && echo "RSA 2048" || echo "ECDSA P-256").
 
-| proxy | negotiated | handshakes | handshakes/s | proxy CPU % | **proxy CPU µs/handshake** | handshakes per core | × nginx | × haproxy | load core busy % | other load on proxy core % |
+| proxy | negotiated | handshakes | handshakes/s | proxy CPU % | **proxy CPU µs/handshake** | handshakes per core | × nginx | × haproxy | load core busy % | other processes % |
 |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 EOF
             for t in $(targets_for noproxyless); do
-                echo "| $t | $(v tls.$t) | $(v s3.$t.handshakes) | $(v s3.$t.hs_per_s) | $(v s3.$t.cpu_pct) | **$(v s3.$t.cpu_us)** | $(v s3.$t.hs_per_core) | $(ratio s3 hs_per_core "$t" nginx) | $(ratio s3 hs_per_core "$t" haproxy) | $(v s3.$t.load_core_pct) | $(v s3.$t.foreign_pct) |"
+                echo "| $t | $(v tls.$t) | $(v s3.$t.handshakes) | $(v s3.$t.hs_per_s) | $(v s3.$t.cpu_pct) | **$(v s3.$t.cpu_us)** | $(v s3.$t.hs_per_core) | $(ratio s3 hs_per_core "$t" nginx) | $(ratio s3 hs_per_core "$t" haproxy) | $(v s3.$t.load_core_pct) | $(v s3.$t.other_pct) |"
             done
         fi
         if want 4; then
@@ -790,13 +829,13 @@ EOF
 
 ## 4. Upstream connections
 
-First traffic after the proxy starts (cold pool): \`wrk -t1 -c$CONNECTIONS -d$UPSTREAM_DURATION\`; new connections counted by the backend's \`stub_status\` accepts, requests by its request counter.
+\`wrk -t1 -c$CONNECTIONS -d$UPSTREAM_DURATION\` twice: "cold" is the first load after the proxy starts (its upstream pool fills), "warm" the same load right after (steady state). Upstream connections opened are counted by the backend's \`stub_status\` accepts, upstream requests by its request counter.
 
-| proxy | client requests | upstream requests | upstream connections opened | per 10k requests | requests on reused connections |
-|---|---:|---:|---:|---:|---:|
+| proxy | cold: upstream requests | cold: connections opened | cold: per 10k requests | warm: upstream requests | warm: connections opened | warm: per 10k requests | **warm: requests on reused connections** |
+|---|---:|---:|---:|---:|---:|---:|---:|
 EOF
             for t in $(targets_for noproxyless); do
-                echo "| $t | $(v s4.$t.client_requests) | $(v s4.$t.upstream_requests) | $(v s4.$t.opened) | $(v s4.$t.per_10k) | $(v s4.$t.reused_pct)% |"
+                echo "| $t | $(v s4.$t.cold.requests) | $(v s4.$t.cold.opened) | $(v s4.$t.cold.per_10k) | $(v s4.$t.warm.requests) | $(v s4.$t.warm.opened) | $(v s4.$t.warm.per_10k) | **$(v s4.$t.warm.reused_pct)%** |"
             done
         fi
         if want 5; then
@@ -813,11 +852,16 @@ EOF
                 echo "| $t | $(v s5.$t.processes) | $(mib s5.$t.idle_rss_kb) | $(mib s5.$t.idle_pss_kb) | $(ratio s5 idle_rss_kb "$t" nginx) | $(v s5.$t.conns) | $(mib s5.$t.loaded_rss_kb) | **$(v s5.$t.per_conn_kib)** | $(ratio s5 per_conn_kib "$t" nginx) | $(ratio s5 per_conn_kib "$t" haproxy) |"
             done
         fi
-        if ((${#NOTES[@]})); then
+        if ((${#NOTES[@]} + ${#NOISY[@]})); then
             echo
             echo "## Problems seen during the run"
             echo
-            for t in "${!NOTES[@]}"; do echo "- $t: ${NOTES[$t]}"; done
+            for t in $(targets_for); do
+                if [[ -n ${NOTES[$t]:-} ]]; then echo "- $t: ${NOTES[$t]}"; fi
+                if [[ -n ${NOISY[$t]:-} ]]; then
+                    echo "- $t: noisy runs, other processes took this share of a core: ${NOISY[$t]}"
+                fi
+            done
         fi
     } >"$OUTPUT"
     log "wrote $OUTPUT"
@@ -828,7 +872,7 @@ print_summary() {
     for t in $(targets_for); do
         log "$(printf '%-8s s1 %6s rps %6s µs/req | s2 %6s rps %6s µs/req | s3 %6s µs/hs | s4 %5s%% reused | s5 idle %6s kB %6s KiB/conn' \
             "$t" "$(v s1.$t.rps)" "$(v s1.$t.cpu_us)" "$(v s2.$t.rps)" "$(v s2.$t.cpu_us)" \
-            "$(v s3.$t.cpu_us)" "$(v s4.$t.reused_pct)" "$(v s5.$t.idle_rss_kb)" "$(v s5.$t.per_conn_kib)")"
+            "$(v s3.$t.cpu_us)" "$(v s4.$t.warm.reused_pct)" "$(v s5.$t.idle_rss_kb)" "$(v s5.$t.per_conn_kib)")"
     done
 }
 
