@@ -28,6 +28,7 @@ pub fn prepare(
     target: &Target,
 ) -> Result<(), ProxyError> {
     let route = &target.route;
+    let uri_authority = req.uri().authority().is_some();
     let upgrade = req.version() == http::Version::HTTP_11 && is_upgrade(req.headers());
     let headers = req.headers_mut();
     strip_hop_by_hop(headers, upgrade);
@@ -39,15 +40,24 @@ pub fn prepare(
         snapshot.settings.trust_forwarded,
     );
 
-    let host_value = match route.rewrite.as_ref().and_then(|r| r.host.clone()) {
-        Some(h) => h,
-        None => HeaderValue::from_str(host)
-            .map_err(|_| ProxyError::BadRequest("invalid host".into()))?,
-    };
-    headers.insert(header::HOST, host_value);
+    // `Host` stays as the client sent it unless rewritten, or unless the host came from the
+    // request target (HTTP/2 `:authority`, HTTP/1.1 absolute form), which wins over `Host`.
+    match route.rewrite.as_ref().and_then(|r| r.host.clone()) {
+        Some(h) => {
+            headers.insert(header::HOST, h);
+        }
+        None if uri_authority || !headers.contains_key(header::HOST) => {
+            let value = HeaderValue::from_str(host)
+                .map_err(|_| ProxyError::BadRequest("invalid host".into()))?;
+            headers.insert(header::HOST, value);
+        }
+        None => {}
+    }
 
     let path = match route.rewrite.as_ref().and_then(|r| r.path.as_ref()) {
         Some(p) => actions::replace_path(p, normalised, target.prefix.as_deref()),
+        // Unchanged by normalisation: the upstream gets the target as it came.
+        None if normalised == req.uri().path() => return Ok(()),
         None => normalised.to_string(),
     };
     let pq = match req.uri().query() {

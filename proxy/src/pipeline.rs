@@ -29,7 +29,7 @@ pub struct Exchange {
     pub method: http::Method,
     pub host: String,
     pub path: String,
-    pub route: Option<Arc<str>>,
+    pub route: Option<Arc<crate::snapshot::Route>>,
     pub upstream: Option<String>,
     pub error: Option<(Side, String)>,
 }
@@ -98,11 +98,12 @@ async fn proxy(
     if let Some(port) = conn.listener.redirect_https {
         return Ok((actions::https_redirect(&req, &ex.host, port), None));
     }
-    let normalised = path::normalize(req.uri().path())
-        .map_err(|e| ProxyError::BadRequest(e.to_string()))?
-        .into_owned();
+    // A `Uri` clone shares its bytes; the normalised path borrows from it when unchanged.
+    let uri = req.uri().clone();
+    let normalised =
+        path::normalize(uri.path()).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     let target = route(snapshot, &req, &ex.host, &normalised)?;
-    ex.route = Some(Arc::from(target.route.name.as_str()));
+    ex.route = Some(target.route.clone());
     match &target.route.action {
         Action::Direct(d) => Ok((actions::direct(d), None)),
         Action::Redirect(r) => Ok((
@@ -173,7 +174,7 @@ fn finish(
         tracked = tracked.closing(token);
     }
     let tracked = tracked.on_end(move |bytes| {
-        let route = ex.route.as_deref().unwrap_or("");
+        let route = ex.route.as_ref().map(|r| r.name.as_str()).unwrap_or("");
         let elapsed = ex.started.elapsed();
         shared
             .metrics
