@@ -90,6 +90,14 @@ pub fn check_body_size<B>(req: &Request<B>, max: Option<u64>) -> Result<(), Prox
 /// rather than routed or forwarded.
 pub fn request_host<B>(req: &Request<B>) -> Result<&str, ProxyError> {
     if let Some(a) = req.uri().authority() {
+        // HTTP/1.1 still needs exactly one Host next to an absolute-form target (RFC 9112 §3.2).
+        if req.version() == http::Version::HTTP_11
+            && req.headers().get_all(header::HOST).iter().count() != 1
+        {
+            return Err(ProxyError::BadRequest(
+                "an HTTP/1.1 request needs exactly one Host header".into(),
+            ));
+        }
         if a.as_str().contains('@') {
             return Err(ProxyError::BadRequest(
                 "the request target's authority has userinfo".into(),

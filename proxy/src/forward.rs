@@ -30,8 +30,17 @@ pub fn prepare(
     let route = &target.route;
     let uri_authority = req.uri().authority().is_some();
     let upgrade = req.version() == http::Version::HTTP_11 && is_upgrade(req.headers());
+    let h2 = req.version() == http::Version::HTTP_2;
     let headers = req.headers_mut();
+    // The id survives even a `Connection: x-request-id` from the client.
+    let request_id = headers.get(&X_REQUEST_ID).cloned();
     strip_hop_by_hop(headers, upgrade);
+    if let Some(id) = request_id {
+        headers.insert(X_REQUEST_ID.clone(), id);
+    }
+    if h2 {
+        merge_cookies(headers);
+    }
     set_forwarded(
         headers,
         conn.peer.ip(),
@@ -69,6 +78,25 @@ pub fn prepare(
         .map_err(|_| ProxyError::BadRequest("invalid path".into()))?;
     *req.uri_mut() = http::Uri::from(pq);
     Ok(())
+}
+
+static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// HTTP/2 sends each cookie as its own field; an HTTP/1.1 upstream expects one `cookie` line
+/// (RFC 9113 §8.2.3), so they are joined with `"; "`.
+fn merge_cookies(headers: &mut http::HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    let joined = joined.join(&b"; "[..]);
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
 }
 
 /// Sends the prepared request and returns the upstream's response for the client. A `101`

@@ -41,21 +41,9 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let snapshot = shared.current.load_full();
-    let mut ex = Exchange {
-        id: request_id(&req),
-        started: Instant::now(),
-        method: req.method().clone(),
-        host: String::new(),
-        path: String::new(),
-        route: None,
-        upstream: None,
-        error: None,
-    };
-    conn.activity.begin();
-    let inflight = shared.inflight.fetch_add(1, Ordering::AcqRel) + 1;
-    shared.metrics.inflight.inc();
+    let mut pending = Pending::begin(&shared, &conn, &snapshot, &req);
 
-    let result = if inflight > snapshot.settings.limits.max_inflight {
+    let result = if pending.over_limit {
         shared
             .metrics
             .requests_rejected
@@ -63,19 +51,19 @@ pub async fn handle(
             .inc();
         Err(ProxyError::Overloaded)
     } else {
-        proxy(&shared, &snapshot, &conn, req, &mut ex).await
+        proxy(&shared, &snapshot, &conn, req, &mut pending.ex).await
     };
 
     let (mut resp, closing) = match result {
         Ok((resp, closing)) => (resp, closing),
         Err(e) => {
-            ex.error = Some((e.side(), e.to_string()));
+            pending.ex.error = Some((e.side(), e.to_string()));
             (e.to_response(), None)
         }
     };
     resp.headers_mut()
-        .insert(X_REQUEST_ID.clone(), ex.id.clone());
-    Ok(finish(shared, conn, snapshot, resp, ex, closing))
+        .insert(X_REQUEST_ID.clone(), pending.ex.id.clone());
+    Ok(finish(pending, resp, closing))
 }
 
 /// The phases between "request received" and "response headers ready".
@@ -155,45 +143,101 @@ fn route(
         .ok_or(ProxyError::NoRoute)
 }
 
-/// Wraps the response body so that, when it ends, the access log and metrics are written and
-/// the connection's idle clock restarts; long-lived bodies also end when their route closes.
+/// Wraps the response body so that, when it ends, the request's bookkeeping runs; long-lived
+/// bodies (no `Content-Length`) also end when their route closes.
 fn finish(
-    shared: Arc<Shared>,
-    conn: Arc<ConnInfo>,
-    snapshot: Arc<Snapshot>,
+    mut pending: Pending,
     resp: Response<Body>,
-    ex: Exchange,
     closing: Option<tokio_util::sync::CancellationToken>,
 ) -> Response<Body> {
     let status = resp.status();
-    let access_log = snapshot.settings.access_log;
-    drop(snapshot);
+    pending.status = Some(status);
     let (parts, body) = resp.into_parts();
     let mut tracked = Tracked::new(body);
-    if let Some(token) = &closing {
+    // A response of known length ends by itself; only open-ended streams (gRPC, SSE, long
+    // downloads without a length) watch their route, which costs a waker registration.
+    if let Some(token) = &closing
+        && !parts.headers.contains_key(header::CONTENT_LENGTH)
+    {
         tracked = tracked.closing(token);
     }
     let tracked = tracked.on_end(move |bytes| {
+        pending.bytes = bytes;
+        drop(pending);
+    });
+    let mut resp = Response::from_parts(parts, body::boxed(tracked));
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        // The tunnel outlives this response; nothing else to do.
+        resp.headers_mut().remove(header::CONTENT_LENGTH);
+    }
+    resp
+}
+
+/// One request from its head to the end of its response body. Dropping it does the
+/// bookkeeping — in-flight counts, the connection's idle clock, metrics, the access log — so it
+/// also runs when hyper drops a request midway (client gone, stream reset): that is logged and
+/// counted with status 499, as nginx does.
+struct Pending {
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    ex: Exchange,
+    status: Option<StatusCode>,
+    bytes: u64,
+    access_log: bool,
+    over_limit: bool,
+}
+
+impl Pending {
+    fn begin(
+        shared: &Arc<Shared>,
+        conn: &Arc<ConnInfo>,
+        snapshot: &Snapshot,
+        req: &Request<Incoming>,
+    ) -> Pending {
+        conn.activity.begin();
+        let inflight = shared.inflight.fetch_add(1, Ordering::AcqRel) + 1;
+        shared.metrics.inflight.inc();
+        Pending {
+            shared: shared.clone(),
+            conn: conn.clone(),
+            ex: Exchange {
+                id: request_id(req),
+                started: Instant::now(),
+                method: req.method().clone(),
+                host: String::new(),
+                path: String::new(),
+                route: None,
+                upstream: None,
+                error: None,
+            },
+            status: None,
+            bytes: 0,
+            access_log: snapshot.settings.access_log,
+            over_limit: inflight > snapshot.settings.limits.max_inflight,
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let (shared, conn, ex) = (&self.shared, &self.conn, &self.ex);
+        shared.inflight.fetch_sub(1, Ordering::AcqRel);
+        shared.metrics.inflight.dec();
+        conn.activity.end();
+        let status = self.status.map(|s| s.as_u16()).unwrap_or(499);
         let route = ex.route.as_ref().map(|r| r.name.as_str()).unwrap_or("");
         let elapsed = ex.started.elapsed();
         shared
             .metrics
             .requests
-            .with_label_values(&[
-                route,
-                method_label(&ex.method),
-                status_class(status.as_u16()),
-            ])
+            .with_label_values(&[route, method_label(&ex.method), status_class(status)])
             .inc();
         shared
             .metrics
             .request_duration
             .with_label_values(&[route])
             .observe(elapsed.as_secs_f64());
-        shared.inflight.fetch_sub(1, Ordering::AcqRel);
-        shared.metrics.inflight.dec();
-        conn.activity.end();
-        if access_log {
+        if self.access_log {
             tracing::info!(
                 target: "portico::access",
                 id = ex.id.to_str().unwrap_or(""),
@@ -203,21 +247,15 @@ fn finish(
                 host = ex.host.as_str(),
                 path = ex.path.as_str(),
                 route,
-                status = status.as_u16(),
+                status,
                 upstream = ex.upstream.as_deref().unwrap_or(""),
-                bytes,
+                bytes = self.bytes,
                 duration_us = elapsed.as_micros() as u64,
                 error_side = ex.error.as_ref().map(|e| e.0.as_str()).unwrap_or(""),
                 error = ex.error.as_ref().map(|e| e.1.as_str()).unwrap_or(""),
             );
         }
-    });
-    let mut resp = Response::from_parts(parts, body::boxed(tracked));
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        // The tunnel outlives this response; nothing else to do.
-        resp.headers_mut().remove(header::CONTENT_LENGTH);
     }
-    resp
 }
 
 /// Keeps a well-formed incoming `x-request-id`, or makes a new one.

@@ -387,6 +387,8 @@ impl Server {
     /// Graceful shutdown: `/ready` turns 503, wait `drain_delay`, stop accepting, let requests
     /// in flight finish up to `shutdown.timeout`, then close whatever is left.
     pub async fn shutdown(&self) {
+        // No reload may start listeners once shutdown has begun.
+        let _no_more_reloads = self.reload_lock.lock().await;
         let settings = self.shared.current.load().settings.clone();
         self.shared.draining.store(true, Ordering::Release);
         self.stop_watch.cancel();

@@ -24,6 +24,8 @@ pub async fn start(shared: Arc<Shared>, addr: SocketAddr) -> std::io::Result<Soc
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
+                // EMFILE under load: back off instead of spinning a worker.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 continue;
             };
             let shared = shared.clone();

@@ -89,7 +89,26 @@ pub fn compile(loaded: &Loaded, ctx: &CompileContext) -> Result<Snapshot, Config
     let mut listeners = Vec::new();
     let mut addresses: HashMap<SocketAddr, String> = HashMap::new();
     let mut names: HashSet<String> = HashSet::new();
+    // The referenced files are hashed before they are parsed: if one is replaced in between,
+    // the hash is the older content's, so the next reload sees a change and loads the newer
+    // file. (Hashed after parsing, a swap in between would leave an old certificate serving
+    // under the new content's hash, and every later reload would say "unchanged".)
     let mut extra_files = Vec::new();
+    for (source, file) in &files {
+        for l in &file.listeners {
+            if let Some(t) = &l.tls {
+                let base = source.base_dir();
+                for c in &t.certificates {
+                    extra_files.push(resolve(base, &c.cert));
+                    extra_files.push(resolve(base, &c.key));
+                }
+                if let Some(ca) = &t.client_auth {
+                    extra_files.push(resolve(base, &ca.ca));
+                }
+            }
+        }
+    }
+    let hash = content_hash(loaded.text_digest.as_ref(), &extra_files);
     let mut index = 0usize;
     for (source, file) in &files {
         for (i, l) in file.listeners.iter().enumerate() {
@@ -161,14 +180,6 @@ pub fn compile(loaded: &Loaded, ctx: &CompileContext) -> Result<Snapshot, Config
                                 "tls.certificates",
                                 "only one certificate can be the default",
                             ));
-                        }
-                        // Watch the files even if they fail to load, so fixing them reloads.
-                        for c in &spec.certificates {
-                            extra_files.push(c.cert.clone());
-                            extra_files.push(c.key.clone());
-                        }
-                        if let Some(ca) = &spec.client_auth {
-                            extra_files.push(ca.ca.clone());
                         }
                         match TlsSettings::compile(&spec) {
                             Ok(s) => Some(Arc::new(s)),
@@ -338,7 +349,6 @@ pub fn compile(loaded: &Loaded, ctx: &CompileContext) -> Result<Snapshot, Config
     }
 
     // The hash covers the YAML and every file it references.
-    let hash = content_hash(loaded.text_digest.as_ref(), &extra_files);
 
     Ok(Snapshot {
         hash,

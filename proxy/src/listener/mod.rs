@@ -442,6 +442,11 @@ async fn serve_http<IO>(
     let (idle, header) = (limits.idle_timeout, limits.header_read_timeout);
     let mut next_check = tokio::time::Instant::now();
     let mut stopping = false;
+    if reject && h2_only {
+        // HTTP/2 has no `Connection: close`: GOAWAY right away frees the slot.
+        stopping = true;
+        connection.as_mut().graceful_shutdown();
+    }
     loop {
         tokio::select! {
             res = connection.as_mut() => {

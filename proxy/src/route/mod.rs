@@ -407,6 +407,9 @@ pub fn validate_path_value(kind: PathKind, value: &str) -> Result<PathMatch, Rou
         Err(path::PathError::BadByte { byte, offset }) => Err(invalid(format!(
             "control byte 0x{byte:02x} at byte {offset}"
         ))),
+        Err(path::PathError::Ambiguous { offset }) => Err(invalid(format!(
+            "a backslash or a dot segment with ';' parameters at byte {offset} (requests like that are refused)"
+        ))),
     }
 }
 

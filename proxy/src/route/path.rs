@@ -37,6 +37,16 @@ pub enum PathError {
         /// Byte offset of the `%` in the path.
         offset: usize,
     },
+    /// A backslash, or a dot segment with parameters (`..;x`): servers behind the proxy disagree
+    /// on what these mean (IIS reads `\\` as `/`, Tomcat and Spring drop `;x` and then climb), so
+    /// the path the router sees would not be the path the upstream serves.
+    #[error(
+        "request path is ambiguous at byte {offset}: backslashes and dot segments with ';' parameters are refused"
+    )]
+    Ambiguous {
+        /// Byte offset in the normalised path.
+        offset: usize,
+    },
     /// A control byte (below 0x20, or 0x7f) appears unescaped.
     #[error("request path contains the forbidden byte 0x{byte:02x} at byte {offset}")]
     BadByte {
@@ -54,11 +64,33 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     if !path.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
-    if is_normal(path)? {
-        Ok(Cow::Borrowed(path))
+    let normal = if is_normal(path)? {
+        Cow::Borrowed(path)
     } else {
-        rewrite(path).map(Cow::Owned)
+        Cow::Owned(rewrite(path)?)
+    };
+    check_unambiguous(&normal)?;
+    Ok(normal)
+}
+
+/// Refuses what upstream servers would read differently from the router: a backslash, or a
+/// segment that is `.` or `..` followed by `;parameters`.
+fn check_unambiguous(path: &str) -> Result<(), PathError> {
+    if let Some(offset) = path.find('\\') {
+        return Err(PathError::Ambiguous { offset });
     }
+    if path.contains(';') {
+        let mut offset = 0;
+        for segment in path.split('/') {
+            if let Some((head, _)) = segment.split_once(';')
+                && (head == "." || head == "..")
+            {
+                return Err(PathError::Ambiguous { offset });
+            }
+            offset += segment.len() + 1;
+        }
+    }
+    Ok(())
 }
 
 /// Validates every byte and reports whether `path` (starting with `/`) is already normal.
@@ -220,6 +252,16 @@ mod tests {
                 "{path:?} should come back borrowed and unchanged"
             );
         }
+    }
+
+    #[test]
+    fn ambiguous_paths_are_refused() {
+        t!("/public/..\\admin" => err PathError::Ambiguous { offset: 10 });
+        t!("/public/..;/admin" => err PathError::Ambiguous { offset: 8 });
+        t!("/public/%2e%2e;x/admin" => err PathError::Ambiguous { offset: 8 });
+        t!("/public/.;/admin" => err PathError::Ambiguous { offset: 8 });
+        t!("/a;jsessionid=1/b" => "/a;jsessionid=1/b");
+        t!("/a/..b;x" => "/a/..b;x");
     }
 
     #[test]

@@ -8,6 +8,17 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// Headers about earlier hops that an untrusted client must not be able to set.
+const UNTRUSTED: &[&str] = &[
+    "forwarded",
+    "x-real-ip",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-original-url",
+    "x-rewrite-url",
+];
+
 /// Removes the hop-by-hop headers of RFC 9110 §7.6.1 and every header the `Connection`
 /// header names. `TE: trailers` is kept (gRPC needs it); with `keep_upgrade` the `Upgrade`
 /// header stays and `Connection: upgrade` is set again.
@@ -65,6 +76,13 @@ pub fn set_forwarded(
     host: &str,
     trust: bool,
 ) {
+    if !trust {
+        // What a client claims about earlier hops is not believed at the edge; these also
+        // carry paths some frameworks trust over the request line (X-Original-URL).
+        for name in UNTRUSTED {
+            headers.remove(*name);
+        }
+    }
     let peer = peer.to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) if trust && !prev.is_empty() => format!("{prev}, {peer}"),
@@ -85,6 +103,25 @@ pub fn set_forwarded(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn untrusted_hop_headers_are_removed_at_the_edge() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "forwarded",
+            HeaderValue::from_static("for=6.6.6.6;proto=https"),
+        );
+        h.insert("x-real-ip", HeaderValue::from_static("6.6.6.6"));
+        h.insert("x-original-url", HeaderValue::from_static("/admin"));
+        let peer = "10.1.2.3".parse().unwrap();
+        set_forwarded(&mut h, peer, false, "a.example", false);
+        assert!(h.get("forwarded").is_none());
+        assert!(h.get("x-real-ip").is_none());
+        assert!(h.get("x-original-url").is_none());
+        h.insert("x-real-ip", HeaderValue::from_static("6.6.6.6"));
+        set_forwarded(&mut h, peer, false, "a.example", true);
+        assert_eq!(h.get("x-real-ip").unwrap(), "6.6.6.6");
+    }
 
     #[test]
     fn strips_hop_by_hop_and_named() {
