@@ -641,3 +641,96 @@ routes:
     })
     .await;
 }
+
+/// A client that gives up on a request (disconnects, or resets its HTTP/2 stream) must not
+/// leave it counted in flight: otherwise `max_inflight` fills with ghosts and every later
+/// request gets 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_requests_leave_no_ghosts_in_flight() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let up = Upstream::gated(gate.clone()).await;
+    let proxy = Proxy::start(&format!(
+        r#"
+listeners: [{{ name: web, address: "127.0.0.1:0" }}]
+admin: {{ address: "127.0.0.1:0" }}
+limits: {{ max_inflight: 3 }}
+upstreams: {{ slow: {{ endpoints: ["{}"] }} }}
+routes:
+  - {{ name: hello, paths: [{{ type: Exact, value: /hello }}], direct_response: {{ status: 200, body: hi }} }}
+  - {{ name: slow, upstream: slow }}
+"#,
+        up.endpoint()
+    ))
+    .await;
+    let addr = proxy.addr("web");
+    let admin = proxy.admin();
+
+    // HTTP/1.1 clients that give up: the connection is closed with the request in flight.
+    for _ in 0..3 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        tokio::io::AsyncWriteExt::write_all(&mut stream, b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .expect("write");
+        eventually("the request to reach the upstream", || async {
+            metric(&admin, "portico_inflight_requests").await >= 1
+        })
+        .await;
+        drop(stream);
+    }
+    // An HTTP/2 client that resets its streams by dropping the response futures.
+    let mut h2 = h2c_sender(addr).await;
+    for _ in 0..3 {
+        let req = Request::get(format!("http://{addr}/slow"))
+            .body(empty())
+            .expect("request");
+        let pending = h2.send_request(req);
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(50), pending).await;
+    }
+    drop(h2);
+
+    eventually(
+        "every abandoned request to leave the in-flight count",
+        || async { metric(&admin, "portico_inflight_requests").await == 0 },
+    )
+    .await;
+    assert_eq!(get(addr, "a", "/hello").await.status, 200);
+    let (_, metrics) = admin_get(&admin, "/metrics").await;
+    assert!(
+        metrics.contains(r#"portico_requests_total{method="GET",route="slow",status="4xx"}"#),
+        "abandoned requests are counted (499): {metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_paths_are_refused_before_any_upstream() {
+    let up = Upstream::echo("app").await;
+    let proxy = Proxy::start(&format!(
+        r#"
+listeners: [{{ name: web, address: "127.0.0.1:0" }}]
+upstreams: {{ app: {{ endpoints: ["{}"] }} }}
+routes: [{{ name: all, upstream: app }}]
+"#,
+        up.endpoint()
+    ))
+    .await;
+    for path in [
+        "/public/..;/admin",
+        "/public/%2e%2e;x/admin",
+        "/public/..\\admin",
+    ] {
+        let text = raw(
+            proxy.addr("web"),
+            format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+            std::time::Duration::from_secs(5),
+        )
+        .await;
+        assert_eq!(raw_status(&text), 400, "{path}: {text}");
+    }
+    assert_eq!(up.hits(), 0);
+    assert_eq!(
+        get(proxy.addr("web"), "a", "/a;jsessionid=1/b")
+            .await
+            .status,
+        200
+    );
+}
