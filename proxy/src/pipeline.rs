@@ -30,7 +30,7 @@ pub struct Exchange {
     pub host: String,
     pub path: String,
     pub route: Option<Arc<crate::snapshot::Route>>,
-    pub upstream: Option<String>,
+    pub upstream: Option<Arc<crate::upstream::Upstream>>,
     pub error: Option<(Side, String)>,
 }
 
@@ -107,7 +107,7 @@ async fn proxy(
         )),
         Action::Forward(backends) => {
             let upstream = backends.pick().clone();
-            ex.upstream = Some(upstream.name.clone());
+            ex.upstream = Some(upstream.clone());
             actions::check_body_size(&req, target.route.max_body)?;
             forward::prepare(&mut req, conn, snapshot, &ex.host, &normalised, &target)?;
             let started = Instant::now();
@@ -227,16 +227,25 @@ impl Drop for Pending {
         let status = self.status.map(|s| s.as_u16()).unwrap_or(499);
         let route = ex.route.as_ref().map(|r| r.name.as_str()).unwrap_or("");
         let elapsed = ex.started.elapsed();
-        shared
-            .metrics
-            .requests
-            .with_label_values(&[route, method_label(&ex.method), status_class(status)])
-            .inc();
-        shared
-            .metrics
-            .request_duration
-            .with_label_values(&[route])
-            .observe(elapsed.as_secs_f64());
+        match &ex.route {
+            Some(r) => {
+                r.stats
+                    .requests(&shared.metrics, route, &ex.method, status)
+                    .inc();
+                r.stats
+                    .duration(&shared.metrics, route)
+                    .observe(elapsed.as_secs_f64());
+            }
+            None => {
+                let labels = [route, method_label(&ex.method), status_class(status)];
+                shared.metrics.requests.with_label_values(&labels).inc();
+                shared
+                    .metrics
+                    .request_duration
+                    .with_label_values(&[route])
+                    .observe(elapsed.as_secs_f64());
+            }
+        }
         if self.access_log {
             tracing::info!(
                 target: "portico::access",
@@ -248,7 +257,7 @@ impl Drop for Pending {
                 path = ex.path.as_str(),
                 route,
                 status,
-                upstream = ex.upstream.as_deref().unwrap_or(""),
+                upstream = ex.upstream.as_ref().map(|u| u.name.as_str()).unwrap_or(""),
                 bytes = self.bytes,
                 duration_us = elapsed.as_micros() as u64,
                 error_side = ex.error.as_ref().map(|e| e.0.as_str()).unwrap_or(""),

@@ -74,6 +74,7 @@ pub struct Route {
     pub closing: CancellationToken,
     /// Hash of the route's definition; a reload that keeps it keeps the route's streams.
     pub fingerprint: u64,
+    pub stats: crate::telemetry::metrics::RouteStats,
 }
 
 #[derive(Debug)]

@@ -330,6 +330,7 @@ pub fn compile(loaded: &Loaded, ctx: &CompileContext) -> Result<Snapshot, Config
                 max_body: r.max_body.map(|b| b.0).or(settings.limits.max_body),
                 closing,
                 fingerprint,
+                stats: Default::default(),
             });
             for (spec, prefix) in specs.into_iter().zip(prefixes) {
                 rules.push((

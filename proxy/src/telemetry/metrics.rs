@@ -1,8 +1,10 @@
 //! Prometheus metrics. Every name is a constant here, so docs and dashboards have one source.
 
+use std::sync::OnceLock;
+
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub const REQUESTS_TOTAL: &str = "portico_requests_total";
@@ -194,6 +196,56 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// A route's metric children, looked up once and then kept: the per-request cost is an array
+/// index instead of hashing label values under the registry's lock. Children are created on
+/// first use, so /metrics shows no zero series for combinations never seen.
+#[derive(Debug, Default)]
+pub struct RouteStats {
+    requests: [[OnceLock<IntCounter>; 5]; METHODS],
+    duration: OnceLock<Histogram>,
+}
+
+impl RouteStats {
+    pub fn requests(
+        &self,
+        m: &Metrics,
+        route: &str,
+        method: &http::Method,
+        status: u16,
+    ) -> &IntCounter {
+        let (mi, label) = method_index(method);
+        let ci = (status / 100).clamp(1, 5) as usize - 1;
+        self.requests[mi][ci].get_or_init(|| {
+            m.requests
+                .with_label_values(&[route, label, status_class(status)])
+        })
+    }
+
+    pub fn duration(&self, m: &Metrics, route: &str) -> &Histogram {
+        self.duration
+            .get_or_init(|| m.request_duration.with_label_values(&[route]))
+    }
+}
+
+const METHODS: usize = 10;
+
+fn method_index(m: &http::Method) -> (usize, &'static str) {
+    let label = method_label(m);
+    let i = match label {
+        "GET" => 0,
+        "POST" => 1,
+        "PUT" => 2,
+        "DELETE" => 3,
+        "HEAD" => 4,
+        "OPTIONS" => 5,
+        "PATCH" => 6,
+        "CONNECT" => 7,
+        "TRACE" => 8,
+        _ => 9,
+    };
+    (i, label)
 }
 
 /// The status label: `2xx`, `4xx`, ...
