@@ -56,11 +56,22 @@ impl ProxyError {
     /// Classifies a client error: connection failures are 502, a request body over its
     /// limit is 413, anything else the upstream did is 502.
     pub fn from_client_error(upstream: &str, e: hyper_util::client::legacy::Error) -> Self {
-        if let Some(limit) = find_cause::<BodyTooLarge>(&e) {
+        let connecting = e.is_connect();
+        Self::from_upstream_error(upstream, &e, connecting)
+    }
+
+    /// The same for any error of a request to an upstream; `connecting` when no connection
+    /// could be made.
+    pub fn from_upstream_error(
+        upstream: &str,
+        e: &(dyn std::error::Error + 'static),
+        connecting: bool,
+    ) -> Self {
+        if let Some(limit) = find_cause::<BodyTooLarge>(e) {
             return ProxyError::BodyTooLarge(BodyTooLarge { limit: limit.limit });
         }
-        let reason = error_chain(&e);
-        if e.is_connect() {
+        let reason = error_chain(e);
+        if connecting {
             ProxyError::UpstreamConnect {
                 upstream: upstream.to_string(),
                 reason,

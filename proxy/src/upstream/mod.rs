@@ -1,16 +1,15 @@
 //! Upstream side: pooled HTTP clients, endpoint choice, and forwarding one request.
 //!
-//! Clients (and so their connection pools) live in a [`ClientCache`] owned by the server and
+//! Clients (and so their connections) live in a [`ClientCache`] owned by the server and
 //! survive reloads: a reload that keeps an upstream keeps its warm connections.
 //!
-//! HTTP/1.1 upstreams share one client per settings, which connects to the endpoint named in
-//! the request URI; the `Host` header carries the request's host. HTTP/2 has no such split:
-//! the URI's authority *is* the request's host (`:authority`), so an h2c upstream has one
-//! client per endpoint whose connector ([`Dial`]) always dials that endpoint, and the URI
-//! names the request's host.
+//! HTTP/1.1 upstreams share one pooled client per settings, which connects to the endpoint
+//! named in the request URI; the `Host` header carries the request's host. HTTP/2 has no such
+//! split: the URI's authority *is* the request's host (`:authority`), and a pool keyed by it
+//! would open a connection per host a client cares to send. So an h2c endpoint has exactly one
+//! connection ([`H2cConn`]) that every request shares, whatever its host.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,24 +17,25 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::TryFutureExt;
+use futures_util::future::Either;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, header};
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tower_service::Service;
 
 pub mod headers;
 
 use crate::body::{self, Body, BoxError};
-use crate::error::ProxyError;
+use crate::error::{ProxyError, error_chain};
 
 pub type HttpClient = Client<HttpConnector, Body>;
-/// An h2c client bound to one endpoint.
-pub type H2cClient = Client<Dial, Body>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum UpstreamProtocol {
@@ -54,9 +54,9 @@ pub struct ClientKey {
 #[derive(Default)]
 pub struct ClientCache {
     clients: Mutex<HashMap<ClientKey, HttpClient>>,
-    /// h2c clients by settings and endpoint. Never pruned: an endpoint removed by a reload
-    /// leaves a client whose idle connections close after `idle_timeout`.
-    h2c: Mutex<HashMap<(ClientKey, Authority), H2cClient>>,
+    /// h2c connections by settings and endpoint. Never pruned: an endpoint removed by a reload
+    /// leaves a holder whose connection closes after `idle_timeout`.
+    h2c: Mutex<HashMap<(ClientKey, Authority), Arc<H2cConn>>>,
 }
 
 impl std::fmt::Debug for ClientCache {
@@ -74,25 +74,12 @@ impl ClientCache {
             .clone()
     }
 
-    /// The h2c client for one endpoint.
-    pub fn get_h2c(&self, key: ClientKey, endpoint: &Authority) -> H2cClient {
-        let mut clients = self.h2c.lock().unwrap_or_else(|e| e.into_inner());
-        clients
+    /// The h2c connection holder for one endpoint.
+    pub fn get_h2c(&self, key: ClientKey, endpoint: &Authority) -> Arc<H2cConn> {
+        let mut conns = self.h2c.lock().unwrap_or_else(|e| e.into_inner());
+        conns
             .entry((key, endpoint.clone()))
-            .or_insert_with(|| {
-                let endpoint = Uri::from_parts({
-                    let mut parts = http::uri::Parts::default();
-                    parts.scheme = Some(Scheme::HTTP);
-                    parts.authority = Some(endpoint.clone());
-                    parts.path_and_query = Some(PathAndQuery::from_static("/"));
-                    parts
-                })
-                .expect("scheme, authority and path make a URI");
-                client_builder(key).build(Dial {
-                    inner: connector(key),
-                    endpoint,
-                })
-            })
+            .or_insert_with(|| Arc::new(H2cConn::new(key, endpoint.clone())))
             .clone()
     }
 }
@@ -101,9 +88,11 @@ fn connector(key: ClientKey) -> HttpConnector {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(key.connect_timeout));
-    connector.set_keepalive(Some(Duration::from_secs(60)));
+    connector.set_keepalive(Some(TCP_KEEPALIVE));
     connector
 }
+
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 fn client_builder(key: ClientKey) -> hyper_util::client::legacy::Builder {
     let mut builder = Client::builder(TokioExecutor::new());
@@ -114,31 +103,141 @@ fn client_builder(key: ClientKey) -> hyper_util::client::legacy::Builder {
         .pool_max_idle_per_host(1024)
         .retry_canceled_requests(true)
         .set_host(false);
-    if key.protocol == UpstreamProtocol::H2c {
-        builder.http2_only(true);
-    }
     builder
 }
 
-/// A connector that dials one endpoint, whatever host the request URI names.
-#[derive(Clone)]
-pub struct Dial {
-    inner: HttpConnector,
-    endpoint: Uri,
+/// The one HTTP/2 connection to an h2c endpoint, shared by every request to it (HTTP/2
+/// multiplexes them). Dialled on first use and again once it has closed; dropped after
+/// `idle_timeout` without a new request.
+pub struct H2cConn {
+    key: ClientKey,
+    endpoint: Authority,
+    state: tokio::sync::Mutex<H2cState>,
 }
 
-impl Service<Uri> for Dial {
-    type Response = TokioIo<TcpStream>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+#[derive(Default)]
+struct H2cState {
+    open: Option<Open>,
+    /// How many connections were dialled; numbers them for the idle check.
+    dialled: u64,
+    /// When and why the last dial failed: requests that waited for it share its failure
+    /// rather than each waiting for a dial of its own.
+    failed: Option<(Instant, String)>,
+}
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+struct Open {
+    sender: SendRequest<Body>,
+    number: u64,
+    last_used: Instant,
+}
+
+impl H2cConn {
+    fn new(key: ClientKey, endpoint: Authority) -> Self {
+        H2cConn {
+            key,
+            endpoint,
+            state: Default::default(),
+        }
     }
 
-    fn call(&mut self, _host: Uri) -> Self::Future {
-        let connecting = self.inner.call(self.endpoint.clone());
-        Box::pin(async move { connecting.await.map_err(Into::into) })
+    /// Sends `req` on the connection, dialling it first if needed. A request that a closing
+    /// connection did not take is sent once more, on a new connection.
+    async fn send(
+        self: &Arc<Self>,
+        upstream: &str,
+        mut req: Request<Body>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let mut retried = false;
+        loop {
+            let mut sender = self.sender(upstream).await?;
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(resp),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if !retried => (req, retried) = (unsent, true),
+                    _ => return Err(ProxyError::from_upstream_error(upstream, e.error(), false)),
+                },
+            }
+        }
+    }
+
+    /// The open connection's sender, or a new connection's.
+    async fn sender(self: &Arc<Self>, upstream: &str) -> Result<SendRequest<Body>, ProxyError> {
+        let waiting_since = Instant::now();
+        let mut state = self.state.lock().await;
+        if let Some(open) = state.open.as_mut().filter(|o| !o.sender.is_closed()) {
+            open.last_used = Instant::now();
+            return Ok(open.sender.clone());
+        }
+        let connect_error = |reason: String| ProxyError::UpstreamConnect {
+            upstream: upstream.to_string(),
+            reason,
+        };
+        if let Some((at, reason)) = &state.failed
+            && *at >= waiting_since
+        {
+            return Err(connect_error(reason.clone()));
+        }
+        match tokio::time::timeout(self.key.connect_timeout, self.dial()).await {
+            Ok(Ok(sender)) => {
+                state.dialled += 1;
+                state.open = Some(Open {
+                    sender: sender.clone(),
+                    number: state.dialled,
+                    last_used: Instant::now(),
+                });
+                state.failed = None;
+                self.drop_when_idle(state.dialled);
+                Ok(sender)
+            }
+            failed => {
+                let reason = match failed {
+                    Ok(Err(e)) => error_chain(&*e),
+                    _ => format!("connect timed out after {:?}", self.key.connect_timeout),
+                };
+                state.open = None;
+                state.failed = Some((Instant::now(), reason.clone()));
+                Err(connect_error(reason))
+            }
+        }
+    }
+
+    async fn dial(&self) -> Result<SendRequest<Body>, BoxError> {
+        let stream = TcpStream::connect(self.endpoint.as_str()).await?;
+        stream.set_nodelay(true)?;
+        let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
+        socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(stream))
+            .await?;
+        let endpoint = self.endpoint.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%endpoint, error = %error_chain(&e), "h2c upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Drops connection `number` once no request has used it for `idle_timeout`. Requests in
+    /// flight keep it open until they end; new ones dial a new connection.
+    fn drop_when_idle(self: &Arc<Self>, number: u64) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut deadline = Instant::now() + this.key.idle_timeout;
+            loop {
+                tokio::time::sleep_until(deadline).await;
+                let mut state = this.state.lock().await;
+                let Some(open) = state.open.as_ref().filter(|o| o.number == number) else {
+                    return;
+                };
+                deadline = open.last_used + this.key.idle_timeout;
+                if deadline <= Instant::now() {
+                    state.open = None;
+                    return;
+                }
+            }
+        });
     }
 }
 
@@ -156,8 +255,9 @@ pub struct Upstream {
 enum Clients {
     /// One client for every endpoint; the request URI names the endpoint.
     Http1(HttpClient),
-    /// One client per endpoint, in the order of `endpoints`; the request URI names the host.
-    H2c(Vec<H2cClient>),
+    /// One connection per endpoint, in the order of `endpoints`; the request URI names the
+    /// host.
+    H2c(Vec<Arc<H2cConn>>),
 }
 
 impl std::fmt::Debug for Upstream {
@@ -204,10 +304,7 @@ impl Upstream {
     /// The timeout counts from the request body's last progress, not from the start: a slow
     /// but steady upload may take longer than the timeout, while a body that stops moving
     /// (or an upstream that stops reading it) still times out.
-    pub async fn send(
-        &self,
-        mut req: Request<Body>,
-    ) -> Result<Response<hyper::body::Incoming>, ProxyError> {
+    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
         let endpoint = self.pick();
         let pq = req
             .uri()
@@ -240,8 +337,12 @@ impl Upstream {
             req = req.map(|inner| body::boxed(Watched { inner, progress }));
         }
         let response = match &self.clients {
-            Clients::Http1(client) => client.request(req),
-            Clients::H2c(clients) => clients[endpoint].request(req),
+            Clients::Http1(client) => Either::Left(
+                client
+                    .request(req)
+                    .map_err(|e| ProxyError::from_client_error(&self.name, e)),
+            ),
+            Clients::H2c(conns) => Either::Right(conns[endpoint].send(&self.name, req)),
         };
         tokio::pin!(response);
         let start = Instant::now();
@@ -249,7 +350,7 @@ impl Upstream {
             let last = progress.as_ref().map_or(start, |p| p.last());
             match tokio::time::timeout_at(last + timeout, response.as_mut()).await {
                 Ok(Ok(resp)) => return Ok(resp),
-                Ok(Err(e)) => return Err(ProxyError::from_client_error(&self.name, e)),
+                Ok(Err(e)) => return Err(e),
                 // The body moved since the deadline was set: wait from its last progress.
                 Err(_) if progress.as_ref().is_some_and(|p| p.last() > last) => continue,
                 Err(_) => {
@@ -319,33 +420,5 @@ impl HttpBody for Watched {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn dial_connects_to_its_endpoint_whatever_the_uri_names() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let endpoint: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
-        let key = ClientKey {
-            protocol: UpstreamProtocol::H2c,
-            connect_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(5),
-        };
-        let mut dial = Dial {
-            inner: connector(key),
-            endpoint: format!("http://{endpoint}/").parse().unwrap(),
-        };
-        std::future::poll_fn(|cx| dial.poll_ready(cx))
-            .await
-            .unwrap();
-        let connecting = dial.call("http://orders.example:443/".parse().unwrap());
-        let (accepted, connected) = tokio::join!(listener.accept(), connecting);
-        let (_, peer) = accepted.unwrap();
-        let stream = connected.unwrap();
-        assert_eq!(stream.inner().local_addr().unwrap(), peer);
     }
 }
