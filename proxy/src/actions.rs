@@ -5,7 +5,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 
 use crate::body::{self, Body, BodyTooLarge};
 use crate::error::ProxyError;
-use crate::listener::ConnInfo;
+use crate::listener::{ConnInfo, HeadFraming};
 use crate::snapshot::{DirectResponse, Limits, PathReplace, Redirect};
 
 /// Refuses what must never reach an upstream: over-long URIs, ambiguous framing.
@@ -52,21 +52,24 @@ pub fn check_request<B>(req: &Request<B>, limits: &Limits) -> Result<(), ProxyEr
 
 /// Refuses an HTTP/1 request that came with both `Content-Length` and `Transfer-Encoding`.
 /// hyper has already removed the `Content-Length` (RFC 9112 §6.3 lets a server do that or
-/// refuse), so the connection's copy of the raw head tells. A head it did not keep whole (a
-/// pipelined request) is let through as hyper framed it: by `Transfer-Encoding` alone, the
-/// connection closed after the response.
+/// refuse) and kept `Transfer-Encoding`, so only such requests need a look at what the
+/// connection's byte stream showed of their head ([`crate::listener::HeadFraming`]). A head
+/// that was not followed is refused too (fail closed): that happens only after input hyper
+/// refuses or a head with both, each of which ends the connection, so no good request meets it.
 pub fn check_framing<B>(req: &Request<B>, conn: &ConnInfo) -> Result<(), ProxyError> {
     if req.version() > http::Version::HTTP_11
         || !req.headers().contains_key(header::TRANSFER_ENCODING)
     {
         return Ok(());
     }
-    let request_line = format!("{} {} {:?}", req.method(), req.uri(), req.version());
-    match conn.activity.head_has_content_length(&request_line) {
-        Some(true) => Err(ProxyError::BadRequest(
+    match conn.activity.head_framing() {
+        HeadFraming::Clean => Ok(()),
+        HeadFraming::Both => Err(ProxyError::BadRequest(
             "both Content-Length and Transfer-Encoding are present".into(),
         )),
-        _ => Ok(()),
+        HeadFraming::Unknown => Err(ProxyError::BadRequest(
+            "the request's framing could not be verified".into(),
+        )),
     }
 }
 

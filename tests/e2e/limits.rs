@@ -323,6 +323,18 @@ async fn content_length_with_transfer_encoding_gets_400() {
             "TE not chunked",
             "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\nhello",
         ),
+        (
+            "absolute form",
+            "POST HTTP://a/y HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "names in mixed case",
+            "POST / HTTP/1.1\r\nHost: a\r\ncontent-LENGTH: 5\r\ntransfer-ENCODING: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "bare LF line ends",
+            "POST / HTTP/1.1\nHost: a\nTransfer-Encoding: chunked\nContent-Length: 5\n\n5\r\nhello\r\n0\r\n\r\n",
+        ),
     ] {
         let answer = raw(addr, request.as_bytes(), GUARD).await;
         assert_eq!(raw_status(&answer), 400, "{name}: {answer}");
@@ -348,6 +360,52 @@ async fn content_length_with_transfer_encoding_gets_400() {
     let second = String::from_utf8_lossy(&until_closed(&mut stream).await).into_owned();
     assert_eq!(raw_status(&second), 400, "{second}");
     assert_eq!(up.hits(), 1, "only the good request reached the upstream");
+
+    // A head that arrives one byte per read.
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let head = b"POST HTTP://A/y HTTP/1.1\r\nHost: a\r\nContent-length: 5\r\nTRANSFER-ENCODING: chunked\r\n\r\n";
+    for byte in head {
+        stream.write_all(&[*byte]).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    stream
+        .write_all(b"5\r\nhello\r\n0\r\n\r\n")
+        .await
+        .expect("write");
+    let answer = String::from_utf8_lossy(&until_closed(&mut stream).await).into_owned();
+    assert_eq!(raw_status(&answer), 400, "byte by byte: {answer}");
+    assert_eq!(up.hits(), 1, "nothing more reached the upstream");
+    still_serving(addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_checked_one_by_one() {
+    let (proxy, up) = proxy_with("{}").await;
+    let addr = proxy.addr("web");
+    // Good requests with chunked and sized bodies (which look like heads) pass, in order; the
+    // head with both fields is refused wherever it comes, and nothing after it is served.
+    let fake = "Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let pipeline = format!(
+        "POST /1 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{fake}\r\n0\r\n\r\n\
+         POST HTTP://a/2 HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{fake}\
+         POST /3 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n\
+         POST /4 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n5\r\nhello\r\n0\r\n\r\n\
+         GET /5 HTTP/1.1\r\nHost: a\r\n\r\n",
+        fake.len(),
+        fake.len(),
+    );
+    let answer = raw(addr, pipeline.as_bytes(), GUARD).await;
+    let statuses: Vec<u16> = answer
+        .match_indices("HTTP/1.1 ")
+        .map(|(at, _)| raw_status(&answer[at..]))
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 400], "{answer}");
+    assert_eq!(
+        up.hits(),
+        3,
+        "the refused request and the one after never reached the upstream"
+    );
     still_serving(addr).await;
 }
 

@@ -13,8 +13,8 @@
 //! which would make `header_read_timeout` the idle timeout of every HTTP/1 connection.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
@@ -34,7 +34,7 @@ use crate::tls::{self, TlsSettings};
 
 mod watched;
 
-use watched::{HeadBytes, Watched};
+use watched::{Head, Watched};
 
 /// What the pipeline knows about the connection a request came on.
 #[derive(Debug)]
@@ -63,7 +63,11 @@ pub struct TlsInfo {
 pub struct Activity {
     born: Instant,
     active: AtomicUsize,
-    /// Requests begun on this connection.
+    /// Requests begun on this connection. On HTTP/1 they come one at a time, so during a
+    /// request this is its number, which is also its head's number in arrival order: hyper
+    /// hands every head it parses to the service, and `pipeline::handle` counts it first
+    /// (a connection over `max_connections` is answered without counting, but it serves one
+    /// request only).
     requests: AtomicU64,
     last_end_ms: AtomicU64,
     /// When the first byte of a request head arrived while no request was in progress
@@ -73,8 +77,22 @@ pub struct Activity {
     h2: AtomicBool,
     /// Wakes the connection's timer when a head starts to arrive.
     head_started: tokio::sync::Notify,
-    /// The raw bytes of the head that arrived since `head_start_ms`, up to a cap.
-    head: Mutex<Vec<u8>>,
+    /// HTTP/1 heads 1..=n were read whole, in order, and none had both `Content-Length` and
+    /// `Transfer-Encoding` (see [`watched`]).
+    heads_clean: AtomicU64,
+    /// The HTTP/1 head that had both (0: none); nothing after it is followed.
+    head_both: AtomicU64,
+}
+
+/// What the connection's byte stream showed of the head of the HTTP/1 request in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadFraming {
+    /// Read whole; it did not have both `Content-Length` and `Transfer-Encoding`.
+    Clean,
+    /// It had both.
+    Both,
+    /// Not followed (the scanner stopped before it): nothing is known.
+    Unknown,
 }
 
 const NO_HEAD: u64 = u64::MAX;
@@ -100,7 +118,8 @@ impl Activity {
             head_start_ms: AtomicU64::new(NO_HEAD),
             h2: AtomicBool::new(false),
             head_started: tokio::sync::Notify::new(),
-            head: Mutex::new(Vec::new()),
+            heads_clean: AtomicU64::new(0),
+            head_both: AtomicU64::new(0),
         }
     }
 
@@ -121,9 +140,9 @@ impl Activity {
 
     /// Bytes arrived on an HTTP/1 connection (or one not yet known to be HTTP/2): with no
     /// request in progress they start a request head, and its clock, or continue it.
-    fn head_bytes(&self) -> HeadBytes {
+    fn head_bytes(&self) {
         if self.active.load(Ordering::Acquire) > 0 {
-            return HeadBytes::Ignore;
+            return;
         }
         let started = self
             .head_start_ms
@@ -131,27 +150,31 @@ impl Activity {
             .is_ok();
         if started {
             self.head_started.notify_one();
-            HeadBytes::First
+        }
+    }
+
+    /// The scanner read a head whole (heads come in order, each once).
+    fn head_scanned(&self, head: Head) {
+        match head {
+            Head::Clean(n) => self.heads_clean.store(n, Ordering::Release),
+            Head::Both(n) => self.head_both.store(n, Ordering::Release),
+        }
+    }
+
+    /// What the byte stream showed of the head of the HTTP/1 request in progress. hyper
+    /// parses a head only from bytes that have passed the scanner, so a head it followed is
+    /// always recorded by the time its request is handled.
+    pub fn head_framing(&self) -> HeadFraming {
+        let n = self.requests.load(Ordering::Acquire);
+        if n == 0 {
+            HeadFraming::Unknown
+        } else if self.head_both.load(Ordering::Acquire) == n {
+            HeadFraming::Both
+        } else if n <= self.heads_clean.load(Ordering::Acquire) {
+            HeadFraming::Clean
         } else {
-            HeadBytes::More
+            HeadFraming::Unknown
         }
-    }
-
-    /// Keeps raw bytes of the head being received; `first` starts a new one.
-    fn keep_head(&self, bytes: &[u8], first: bool) {
-        let mut head = self.head.lock().unwrap_or_else(PoisonError::into_inner);
-        if first {
-            head.clear();
-        }
-        head.extend_from_slice(bytes);
-    }
-
-    /// Did the raw head of the HTTP/1 request whose request line is `request_line` have a
-    /// `Content-Length` field? `None` when that head was not kept whole (a pipelined request
-    /// read while another was in progress, or a head longer than the cap).
-    pub fn head_has_content_length(&self, request_line: &str) -> Option<bool> {
-        let head = self.head.lock().unwrap_or_else(PoisonError::into_inner);
-        watched::head_has_content_length(&head, request_line)
     }
 
     fn set_h2(&self) {
@@ -434,7 +457,7 @@ async fn serve_http<IO>(
             crate::pipeline::handle(shared, conn, req).await
         }
     });
-    let io = Watched::new(io, activity_conn.clone(), max_buf_size);
+    let io = Watched::new(io, activity_conn.clone());
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
 
