@@ -123,7 +123,7 @@ async fn proxy(
             actions::check_body_size(&req, target.route.max_body)?;
             forward::prepare(&mut req, conn, snapshot, &ex.host, &normalised, &target)?;
             let started = Instant::now();
-            let resp = forward::send(shared, conn, &upstream, req, &target).await;
+            let resp = forward::send(shared, conn, limits, &upstream, req, &target).await;
             shared
                 .metrics
                 .upstream_duration
@@ -156,7 +156,8 @@ fn route(
 }
 
 /// Wraps the response body so that, when it ends, the access log and metrics are written and
-/// the connection's idle clock restarts; long-lived bodies also end when their route closes.
+/// the connection's idle clock restarts; long-lived bodies also end when their route closes,
+/// and stalled ones after `body_idle_timeout` (see [`crate::body`]).
 fn finish(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
@@ -167,9 +168,12 @@ fn finish(
 ) -> Response<Body> {
     let status = resp.status();
     let access_log = snapshot.settings.access_log;
+    let body_idle = snapshot.settings.limits.body_idle_timeout;
     drop(snapshot);
     let (parts, body) = resp.into_parts();
-    let mut tracked = Tracked::new(body);
+    let mut tracked = Tracked::new(body)
+        .idle(body_idle, "response body", ex.id.clone())
+        .handoff(conn.activity.watch_response());
     if let Some(token) = &closing {
         tracked = tracked.closing(token);
     }
