@@ -1,8 +1,32 @@
 //! The one body type the proxy passes around, and the wrappers it puts on bodies.
+//!
+//! # Stalled bodies (`limits.body_idle_timeout`)
+//!
+//! A body can stall on either of its two ends, and each end is watched where it can be seen:
+//!
+//! - **The source stops sending** (an upstream that sends response headers and then nothing, a
+//!   client that stops uploading): the consumer keeps polling [`Tracked`] and gets `Pending`.
+//!   `Tracked` notes when that wait began and polls one [`tokio::time::Sleep`] next to the
+//!   inner body. The sleep is created at the first wait, never touched while frames flow, and
+//!   re-armed only when it fires: then, if a frame came since, it is set to the current wait's
+//!   start plus the timeout; if not, the body ends with [`BodyIdle`] — downstream, hyper resets
+//!   the stream (HTTP/2) or closes the connection (HTTP/1.1); upstream, the client aborts the
+//!   request and its connection. A body that always has a frame ready reads no clock at all.
+//! - **The sink stops taking** (a client that does not read its response): hyper stops polling
+//!   the body — the connection's write buffer is full, or the HTTP/2 stream has no window — so
+//!   no timer inside the body would ever be polled. Instead each response body records on a
+//!   [`Handoff`] when it handed hyper a frame and has not been asked for the next one yet, and
+//!   the connection's own clock loop (see [`crate::listener`]) closes the connection once a
+//!   handoff waits longer than the timeout. A slow reader that takes a byte now and then is
+//!   not stalled; this is an idle timeout, not a minimum rate.
+//!
+//! An upstream that stops reading the request body is covered by the upstream's
+//! `request_timeout` until response headers arrive, and by the response body's timeout after.
 
 use std::collections::VecDeque;
 use std::future::Future as _;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -10,6 +34,7 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -162,8 +187,67 @@ impl HttpBody for Prefetched {
 #[error("route removed by a configuration reload")]
 pub struct RouteClosed;
 
+/// A body moved no data for `limits.body_idle_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} moved no data for {after:?}")]
+pub struct BodyIdle {
+    pub what: &'static str,
+    pub after: Duration,
+}
+
+/// When a response body last handed its connection a frame and has not been polled since:
+/// the client-stall half of the body idle timeout (see the module docs). Written by
+/// [`Tracked`], read by the connection's clock loop.
+#[derive(Debug)]
+pub struct Handoff {
+    origin: std::time::Instant,
+    /// Milliseconds from `origin`, plus one, of the frame handed over; 0 while none waits.
+    at_ms: AtomicU64,
+}
+
+impl Handoff {
+    /// A handoff whose times count from `origin` (the connection's accept time).
+    pub fn new(origin: std::time::Instant) -> Self {
+        Handoff {
+            origin,
+            at_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn handed(&self) {
+        let ms = self.origin.elapsed().as_millis() as u64 + 1;
+        self.at_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn polled(&self) {
+        if self.at_ms.load(Ordering::Relaxed) != 0 {
+            self.at_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Since when a frame has waited for the connection to take the next one.
+    pub fn waiting_since(&self) -> Option<std::time::Instant> {
+        match self.at_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(self.origin + Duration::from_millis(ms - 1)),
+        }
+    }
+}
+
+/// The source-stall half of the body idle timeout (see the module docs).
+struct IdleLimit {
+    after: Duration,
+    /// "request body" or "response body", for the error and the log.
+    what: &'static str,
+    /// The request's id, for the log.
+    id: http::HeaderValue,
+    /// When the current wait for the inner body began; `None` while frames flow.
+    waiting_since: Option<Instant>,
+}
+
 pin_project_lite::pin_project! {
-    /// Counts bytes, enforces a size limit, and ends the stream when `closing` fires.
+    /// Counts bytes, enforces a size limit and the body idle timeout, and ends the stream
+    /// when `closing` fires.
     pub struct Tracked<B> {
         #[pin]
         inner: B,
@@ -171,6 +255,11 @@ pin_project_lite::pin_project! {
         limit: Option<u64>,
         #[pin]
         closing: Option<WaitForCancellationFutureOwned>,
+        idle: Option<IdleLimit>,
+        // Created at the first wait, re-armed only when it fires.
+        #[pin]
+        timer: Option<Sleep>,
+        handoff: Option<std::sync::Arc<Handoff>>,
         on_end: Option<Box<dyn FnOnce(u64) + Send>>,
     }
 
@@ -191,6 +280,9 @@ impl<B> Tracked<B> {
             bytes: 0,
             limit: None,
             closing: None,
+            idle: None,
+            timer: None,
+            handoff: None,
             on_end: None,
         }
     }
@@ -202,6 +294,24 @@ impl<B> Tracked<B> {
 
     pub fn closing(mut self, token: &tokio_util::sync::CancellationToken) -> Self {
         self.closing = Some(token.clone().cancelled_owned());
+        self
+    }
+
+    /// Ends the body with [`BodyIdle`] when its source gives no frame for `after`; `what`
+    /// and `id` name it in the log.
+    pub fn idle(mut self, after: Duration, what: &'static str, id: http::HeaderValue) -> Self {
+        self.idle = Some(IdleLimit {
+            after,
+            what,
+            id,
+            waiting_since: None,
+        });
+        self
+    }
+
+    /// Records on `handoff` when a frame waits for the consumer to ask for the next.
+    pub fn handoff(mut self, handoff: std::sync::Arc<Handoff>) -> Self {
+        self.handoff = Some(handoff);
         self
     }
 
@@ -229,8 +339,14 @@ where
         {
             return Poll::Ready(Some(Err(Box::new(RouteClosed))));
         }
+        if let Some(handoff) = this.handoff {
+            handoff.polled();
+        }
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                if let Some(idle) = this.idle.as_mut() {
+                    idle.waiting_since = None;
+                }
                 if let Some(data) = frame.data_ref() {
                     *this.bytes += data.len() as u64;
                     if let Some(limit) = *this.limit
@@ -239,7 +355,40 @@ where
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit }))));
                     }
                 }
+                if let Some(handoff) = this.handoff {
+                    handoff.handed();
+                }
                 Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Pending => {
+                let Some(idle) = this.idle.as_mut() else {
+                    return Poll::Pending;
+                };
+                let deadline = *idle.waiting_since.get_or_insert_with(Instant::now) + idle.after;
+                if this.timer.is_none() {
+                    this.timer.set(Some(tokio::time::sleep_until(deadline)));
+                }
+                let Some(mut timer) = this.timer.as_mut().as_pin_mut() else {
+                    return Poll::Pending;
+                };
+                while timer.as_mut().poll(cx).is_ready() {
+                    // It fired at its deadline or later: past this wait's own deadline, the
+                    // body is idle; otherwise frames came since it was armed.
+                    if timer.deadline() >= deadline {
+                        tracing::info!(
+                            request_id = idle.id.to_str().unwrap_or(""),
+                            "{} moved no data for {:?}; ending the stream",
+                            idle.what,
+                            idle.after
+                        );
+                        return Poll::Ready(Some(Err(Box::new(BodyIdle {
+                            what: idle.what,
+                            after: idle.after,
+                        }))));
+                    }
+                    timer.as_mut().reset(deadline);
+                }
+                Poll::Pending
             }
             other => other,
         }
@@ -320,6 +469,52 @@ mod tests {
             .unwrap();
         drop(tx);
         assert_eq!(body.collect().await.unwrap().to_bytes(), "abcdef");
+    }
+
+    #[tokio::test]
+    async fn tracked_ends_a_body_whose_source_stalls() {
+        let after = Duration::from_millis(300);
+        let id = http::HeaderValue::from_static("t");
+        // Frames a little faster than the timeout keep it alive, across several timer firings.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        tokio::spawn(async move {
+            for _ in 0..8 {
+                tokio::time::sleep(Duration::from_millis(60)).await;
+                let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"x")))).await;
+            }
+        });
+        let steady = Tracked::new(boxed(http_body_util::StreamBody::new(tokio_stream_from(
+            rx,
+        ))))
+        .idle(after, "test body", id.clone());
+        assert_eq!(steady.collect().await.expect("steady").to_bytes().len(), 8);
+
+        // Nothing at all: cut after the timeout.
+        let pending = futures_util::stream::pending::<Result<Frame<Bytes>, BoxError>>();
+        let stalled = Tracked::new(boxed(http_body_util::StreamBody::new(pending))).idle(
+            after,
+            "test body",
+            id,
+        );
+        let started = Instant::now();
+        let err = tokio::time::timeout(Duration::from_secs(5), stalled.collect())
+            .await
+            .expect("ends")
+            .expect_err("an error");
+        assert!(err.downcast_ref::<BodyIdle>().is_some(), "{err}");
+        assert!(started.elapsed() >= after);
+    }
+
+    #[tokio::test]
+    async fn handoff_tells_when_a_frame_waits_for_the_consumer() {
+        let handoff = std::sync::Arc::new(Handoff::new(std::time::Instant::now()));
+        let mut body = std::pin::pin!(Tracked::new(chunked(&[3, 3])).handoff(handoff.clone()));
+        assert!(handoff.waiting_since().is_none());
+        body.frame().await.expect("frame").expect("ok");
+        assert!(handoff.waiting_since().is_some());
+        body.frame().await.expect("frame").expect("ok");
+        assert!(body.frame().await.is_none());
+        assert!(handoff.waiting_since().is_none());
     }
 
     fn tokio_stream_from<T: Send + 'static>(

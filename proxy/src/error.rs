@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use http::{HeaderValue, Response, StatusCode, header};
 
-use crate::body::{self, Body, BodyTooLarge};
+use crate::body::{self, Body, BodyIdle, BodyTooLarge};
 
 /// Which side of the proxy failed; recorded in the access log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +34,9 @@ pub enum ProxyError {
     UriTooLong { limit: usize },
     #[error("{0}")]
     BodyTooLarge(#[from] BodyTooLarge),
+    /// The client stopped sending its request body (`limits.body_idle_timeout`).
+    #[error("request body moved no data for {after:?}")]
+    BodyIdle { after: Duration },
     #[error("host {host:?} is not covered by the certificate of this connection")]
     Misdirected { host: String },
     #[error("too many requests in flight")]
@@ -54,7 +57,8 @@ impl ProxyError {
     }
 
     /// Classifies a client error: connection failures are 502, a request body over its
-    /// limit is 413, anything else the upstream did is 502.
+    /// limit is 413, a request body that stopped moving 408, anything else the upstream did
+    /// is 502.
     pub fn from_client_error(upstream: &str, e: hyper_util::client::legacy::Error) -> Self {
         let connecting = e.is_connect();
         Self::from_upstream_error(upstream, &e, connecting)
@@ -69,6 +73,9 @@ impl ProxyError {
     ) -> Self {
         if let Some(limit) = find_cause::<BodyTooLarge>(e) {
             return ProxyError::BodyTooLarge(BodyTooLarge { limit: limit.limit });
+        }
+        if let Some(idle) = find_cause::<BodyIdle>(e) {
+            return ProxyError::BodyIdle { after: idle.after };
         }
         let reason = error_chain(e);
         if connecting {
@@ -90,6 +97,7 @@ impl ProxyError {
             | ProxyError::NoRoute
             | ProxyError::UriTooLong { .. }
             | ProxyError::BodyTooLarge(_)
+            | ProxyError::BodyIdle { .. }
             | ProxyError::Misdirected { .. } => Side::Downstream,
             ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamFailed { .. }
@@ -104,6 +112,7 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyIdle { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamFailed { .. } => {
@@ -133,7 +142,7 @@ impl ProxyError {
         }
         if matches!(
             self,
-            ProxyError::BadRequest(_) | ProxyError::BodyTooLarge(_)
+            ProxyError::BadRequest(_) | ProxyError::BodyTooLarge(_) | ProxyError::BodyIdle { .. }
         ) {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

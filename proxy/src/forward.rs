@@ -1,21 +1,33 @@
-//! Forwarding to an upstream: the outgoing request's head, the exchange, and upgrades
-//! (WebSocket and other `Upgrade` protocols) tunnelled byte for byte.
+//! Forwarding to an upstream: the outgoing request's head, the exchange, and WebSocket
+//! upgrades tunnelled byte for byte.
+//!
+//! Only `Upgrade: websocket` is tunnelled; any other upgrade token is dropped and the request
+//! forwarded as a plain one (an `h2c` tunnel would carry requests past the router). A tunnel
+//! keeps its downstream connection's [`ConnInfo`], and so the connection's slot under
+//! `max_connections`, until it ends; it ends when either side closes, its route or listener
+//! goes away, shutdown's hard stop fires, or no byte moves for `limits.tunnel_idle_timeout`.
 
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::actions;
 use crate::body::{self, Body, Tracked};
 use crate::error::ProxyError;
 use crate::listener::ConnInfo;
 use crate::server::Shared;
-use crate::snapshot::{Snapshot, Target};
+use crate::snapshot::{Limits, Snapshot, Target};
 use crate::upstream::Upstream;
-use crate::upstream::headers::{is_upgrade, set_forwarded, strip_hop_by_hop};
+use crate::upstream::headers::{is_websocket_upgrade, set_forwarded, strip_hop_by_hop};
 
 /// Rewrites the request head in place for the upstream: normalised (and rewritten) path,
 /// `Host`, forwarding headers, no hop-by-hop headers.
@@ -29,7 +41,7 @@ pub fn prepare(
 ) -> Result<(), ProxyError> {
     let route = &target.route;
     let uri_authority = req.uri().authority().is_some();
-    let upgrade = req.version() == http::Version::HTTP_11 && is_upgrade(req.headers());
+    let upgrade = req.version() == http::Version::HTTP_11 && is_websocket_upgrade(req.headers());
     let h2 = req.version() == http::Version::HTTP_2;
     let headers = req.headers_mut();
     // The id survives even a `Connection: x-request-id` from the client.
@@ -40,6 +52,10 @@ pub fn prepare(
     }
     if h2 {
         merge_cookies(headers);
+    }
+    if upgrade {
+        // Offer the upstream nothing else to switch to.
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
     set_forwarded(
         headers,
@@ -103,12 +119,14 @@ fn merge_cookies(headers: &mut http::HeaderMap) {
 /// answer to an upgrade request starts a tunnel task between the two upgraded connections.
 pub async fn send(
     shared: &Arc<Shared>,
-    conn: &ConnInfo,
+    conn: &Arc<ConnInfo>,
+    limits: &Limits,
     upstream: &Upstream,
     mut req: Request<Incoming>,
     target: &Target,
 ) -> Result<Response<Body>, ProxyError> {
-    let upgrade = is_upgrade(req.headers());
+    // `prepare` left an `Upgrade` header only on a WebSocket upgrade.
+    let upgrade = is_websocket_upgrade(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, incoming) = req.into_parts();
     let limit = target.route.max_body;
@@ -119,8 +137,17 @@ pub async fn send(
         upstream.request_timeout,
     )
     .await?;
-    let body = body::boxed(Tracked::new(body).limit(limit));
-    let mut resp = upstream.send(Request::from_parts(parts, body)).await?;
+    let id = parts
+        .headers
+        .get("x-request-id")
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static(""));
+    let body = Tracked::new(body)
+        .limit(limit)
+        .idle(limits.body_idle_timeout, "request body", id);
+    let mut resp = upstream
+        .send(Request::from_parts(parts, body::boxed(body)))
+        .await?;
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(downstream) = downstream_upgrade else {
@@ -129,8 +156,15 @@ pub async fn send(
                 reason: "101 Switching Protocols to a request that asked for no upgrade".into(),
             });
         };
+        if !is_websocket_upgrade(resp.headers()) {
+            return Err(ProxyError::UpstreamFailed {
+                upstream: upstream.name.clone(),
+                reason: "101 Switching Protocols to a protocol other than websocket".into(),
+            });
+        }
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        spawn_tunnel(shared, conn, downstream, upstream_upgrade, target);
+        let idle = limits.tunnel_idle_timeout;
+        spawn_tunnel(shared, conn, downstream, upstream_upgrade, target, idle);
         let (mut parts, _) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers, true);
         return Ok(Response::from_parts(parts, body::empty()));
@@ -143,14 +177,18 @@ pub async fn send(
 
 fn spawn_tunnel(
     shared: &Arc<Shared>,
-    conn: &ConnInfo,
+    conn: &Arc<ConnInfo>,
     downstream: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     target: &Target,
+    idle_limit: Duration,
 ) {
+    // Holds the downstream connection's slot until the tunnel ends.
+    let conn = conn.clone();
     let closing = target.route.closing.clone();
     let hard_stop = shared.hard_stop.clone();
     let listener_removed = conn.kill.clone();
+    let peer = conn.peer;
     let metrics = shared.metrics.clone();
     let route = target.route.name.clone();
     let listener = conn.listener.name.clone();
@@ -162,7 +200,12 @@ fn spawn_tunnel(
                 return;
             }
         };
-        let mut down = TokioIo::new(down);
+        // Every byte either way passes the downstream side: one clock there sees them all.
+        let clock = Arc::new(Moved::new());
+        let mut down = Metered {
+            inner: TokioIo::new(down),
+            clock: clock.clone(),
+        };
         let mut up = TokioIo::new(up);
         // Biased: when shutdown's hard stop also kills the listeners, say it was the shutdown.
         tokio::select! {
@@ -183,6 +226,89 @@ fn spawn_tunnel(
                 metrics.streams_closed_by_reload.inc();
                 tracing::info!(%route, %listener, "closing tunnel: its listener was removed");
             }
+            _ = clock.idle_for(idle_limit) => {
+                tracing::info!(%route, %listener, %peer, "closing tunnel: no data either way for {idle_limit:?}");
+            }
         }
+        drop(conn);
     });
+}
+
+/// When bytes last moved through a tunnel.
+struct Moved {
+    origin: Instant,
+    /// Milliseconds from `origin`.
+    last_ms: AtomicU64,
+}
+
+impl Moved {
+    fn new() -> Self {
+        Moved {
+            origin: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.origin.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.origin + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+
+    /// Completes once no byte has moved for `limit`. One timer, re-armed only when it fires.
+    async fn idle_for(&self, limit: Duration) {
+        loop {
+            let deadline = self.last() + limit;
+            if deadline <= Instant::now() {
+                return;
+            }
+            tokio::time::sleep_until(deadline.into()).await;
+        }
+    }
+}
+
+/// IO that records on a [`Moved`] every read or write that moves bytes.
+struct Metered<IO> {
+    inner: IO,
+    clock: Arc<Moved>,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Metered<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.clock.touch();
+        }
+        res
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Metered<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.clock.touch();
+        }
+        res
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }

@@ -111,7 +111,7 @@ async fn proxy(
             actions::check_body_size(&req, target.route.max_body)?;
             forward::prepare(&mut req, conn, snapshot, &ex.host, &normalised, &target)?;
             let started = Instant::now();
-            let resp = forward::send(shared, conn, &upstream, req, &target).await;
+            let resp = forward::send(shared, conn, limits, &upstream, req, &target).await;
             shared
                 .metrics
                 .upstream_duration
@@ -143,8 +143,9 @@ fn route(
         .ok_or(ProxyError::NoRoute)
 }
 
-/// Wraps the response body so that, when it ends, the request's bookkeeping runs; long-lived
-/// bodies (no `Content-Length`) also end when their route closes.
+/// Wraps the response body so that, when it ends, the request's bookkeeping runs; stalled
+/// bodies end after `body_idle_timeout` (see [`crate::body`]), and long-lived ones (no
+/// `Content-Length`) when their route closes.
 fn finish(
     mut pending: Pending,
     resp: Response<Body>,
@@ -153,7 +154,9 @@ fn finish(
     let status = resp.status();
     pending.status = Some(status);
     let (parts, body) = resp.into_parts();
-    let mut tracked = Tracked::new(body);
+    let mut tracked = Tracked::new(body)
+        .idle(pending.body_idle, "response body", pending.ex.id.clone())
+        .handoff(pending.conn.activity.watch_response());
     // A response of known length ends by itself; only open-ended streams (gRPC, SSE, long
     // downloads without a length) watch their route, which costs a waker registration.
     if let Some(token) = &closing
@@ -184,6 +187,7 @@ struct Pending {
     status: Option<StatusCode>,
     bytes: u64,
     access_log: bool,
+    body_idle: std::time::Duration,
     over_limit: bool,
 }
 
@@ -213,6 +217,7 @@ impl Pending {
             status: None,
             bytes: 0,
             access_log: snapshot.settings.access_log,
+            body_idle: snapshot.settings.limits.body_idle_timeout,
             over_limit: inflight > snapshot.settings.limits.max_inflight,
         }
     }

@@ -155,6 +155,10 @@ pub struct Limits {
     pub max_body: Option<u64>,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    /// A body that moves no frame for this long ends with an error (see [`crate::body`]).
+    pub body_idle_timeout: Duration,
+    /// A tunnel that carries no byte either way for this long is closed.
+    pub tunnel_idle_timeout: Duration,
     pub tls_handshake_timeout: Duration,
     pub max_connections: usize,
     pub max_inflight: usize,

@@ -11,4 +11,5 @@ mod reload;
 mod routing;
 mod shutdown;
 mod smoke;
+mod timeouts;
 mod tls;

@@ -460,6 +460,8 @@ fn compile_settings(files: &[(&Source, &RawFile)], errors: &mut Vec<ConfigError>
             max_body: None,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            body_idle_timeout: Duration::from_secs(60),
+            tunnel_idle_timeout: Duration::from_secs(3600),
             tls_handshake_timeout: Duration::from_secs(10),
             max_connections: 50_000,
             max_inflight: 10_000,
@@ -509,6 +511,13 @@ fn compile_settings(files: &[(&Source, &RawFile)], errors: &mut Vec<ConfigError>
             }
             if let Some(v) = l.idle_timeout {
                 lim.idle_timeout = nonzero(v.0, source, "limits.idle_timeout", errors);
+            }
+            if let Some(v) = l.body_idle_timeout {
+                lim.body_idle_timeout = nonzero(v.0, source, "limits.body_idle_timeout", errors);
+            }
+            if let Some(v) = l.tunnel_idle_timeout {
+                lim.tunnel_idle_timeout =
+                    nonzero(v.0, source, "limits.tunnel_idle_timeout", errors);
             }
             if let Some(v) = l.tls_handshake_timeout {
                 lim.tls_handshake_timeout =

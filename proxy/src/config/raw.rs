@@ -225,6 +225,10 @@ pub struct RawLimits {
     pub max_body: Option<ByteSize>,
     pub header_read_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
+    /// A request or response body that moves no data for this long is cut off.
+    pub body_idle_timeout: Option<Duration>,
+    /// A WebSocket tunnel that carries no bytes either way for this long is closed.
+    pub tunnel_idle_timeout: Option<Duration>,
     pub tls_handshake_timeout: Option<Duration>,
     pub max_connections: Option<usize>,
     pub max_inflight: Option<usize>,

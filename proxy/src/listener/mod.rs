@@ -5,16 +5,24 @@
 //! certificates included) from the snapshot current at accept time, so a certificate change
 //! applies to new handshakes while open connections continue.
 //!
-//! Two clocks close a connection that is not working ([`Activity::expiry`]): the header
+//! Three clocks close a connection that is not working ([`Activity::expiry`]): the header
 //! clock (`header_read_timeout`) runs from accept until the first request head is complete,
 //! and on a kept-alive HTTP/1 connection from the first byte of each later head; the idle
-//! clock (`idle_timeout`) runs whenever no request is in progress and no head is arriving.
+//! clock (`idle_timeout`) runs whenever no request is in progress and no head is arriving;
+//! while requests are in progress, the client-stall clock (`body_idle_timeout`) runs whenever
+//! a response body has handed hyper a frame that the client has not made room for (a full
+//! write buffer, or an HTTP/2 stream without window): past it the connection is closed. A body
+//! whose *source* stalls is timed by the body itself; [`crate::body`] explains the split.
 //! hyper's own header timer is off, since it also runs while a kept-alive connection waits,
 //! which would make `header_read_timeout` the idle timeout of every HTTP/1 connection.
+//!
+//! A connection holds a [`Slot`] of its listener (counted against `max_connections` and in
+//! `portico_active_connections`) until it closes; a WebSocket tunnel started from it holds the
+//! slot on until the tunnel ends.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
@@ -27,7 +35,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::body::{self, Body};
+use crate::body::{self, Body, Handoff};
 use crate::server::Shared;
 use crate::snapshot::{Limits, ListenerConfig};
 use crate::tls::{self, TlsSettings};
@@ -46,6 +54,36 @@ pub struct ConnInfo {
     /// Fired when the connection must end now, not gracefully: its listener was removed by a
     /// reload and `reload.stream_grace` has passed. Tunnels started from it end too.
     pub kill: CancellationToken,
+    /// Released when the last holder of this `ConnInfo` (the connection, or a tunnel started
+    /// from it) is gone.
+    _slot: Slot,
+}
+
+/// One of a listener's connection slots, released on drop.
+pub struct Slot {
+    open: Arc<AtomicUsize>,
+    gauge: prometheus::IntGauge,
+}
+
+impl Slot {
+    fn take(open: Arc<AtomicUsize>, gauge: prometheus::IntGauge) -> (Slot, usize) {
+        let before = open.fetch_add(1, Ordering::AcqRel);
+        gauge.inc();
+        (Slot { open, gauge }, before)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.gauge.dec();
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot").finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -82,6 +120,8 @@ pub struct Activity {
     heads_clean: AtomicU64,
     /// The HTTP/1 head that had both (0: none); nothing after it is followed.
     head_both: AtomicU64,
+    /// The response bodies in progress, for the client-stall clock.
+    responses: Mutex<Responses>,
 }
 
 /// What the connection's byte stream showed of the head of the HTTP/1 request in progress.
@@ -93,6 +133,23 @@ pub enum HeadFraming {
     Both,
     /// Not followed (the scanner stopped before it): nothing is known.
     Unknown,
+}
+
+/// Handoffs of the response bodies on a connection (one at a time on HTTP/1.1, one per
+/// stream on HTTP/2); finished ones are dropped when the list has doubled since the last
+/// sweep, so a kept-alive connection does not grow it.
+#[derive(Debug, Default)]
+struct Responses {
+    handoffs: Vec<Arc<Handoff>>,
+    sweep_at: usize,
+}
+
+impl Responses {
+    fn sweep(&mut self) {
+        // The body holds the other reference while it lives.
+        self.handoffs.retain(|h| Arc::strong_count(h) > 1);
+        self.sweep_at = (self.handoffs.len() * 2).max(8);
+    }
 }
 
 const NO_HEAD: u64 = u64::MAX;
@@ -120,7 +177,36 @@ impl Activity {
             head_started: tokio::sync::Notify::new(),
             heads_clean: AtomicU64::new(0),
             head_both: AtomicU64::new(0),
+            responses: Mutex::new(Responses::default()),
         }
+    }
+
+    /// A handoff for a response body on this connection, watched by the client-stall clock.
+    pub fn watch_response(&self) -> Arc<Handoff> {
+        let handoff = Arc::new(Handoff::new(self.born));
+        let mut responses = self
+            .responses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if responses.handoffs.len() >= responses.sweep_at {
+            responses.sweep();
+        }
+        responses.handoffs.push(handoff.clone());
+        handoff
+    }
+
+    /// Since when the longest-waiting response frame has waited for the client to take it.
+    fn client_stalled_since(&self) -> Option<Instant> {
+        let mut responses = self
+            .responses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        responses.sweep();
+        responses
+            .handoffs
+            .iter()
+            .filter_map(|h| h.waiting_since())
+            .min()
     }
 
     pub fn begin(&self) {
@@ -309,16 +395,15 @@ async fn accept_loop(
         let limits = snapshot.settings.limits.clone();
         drop(snapshot);
         let _ = stream.set_nodelay(true);
-        let over_limit = open.fetch_add(1, Ordering::AcqRel) >= limits.max_connections;
+        let gauge = shared
+            .metrics
+            .active_connections
+            .with_label_values(&[config.name.as_str()]);
+        let (slot, open_before) = Slot::take(open.clone(), gauge);
+        let over_limit = open_before >= limits.max_connections;
         let shared = shared.clone();
         let tokens = tokens.clone();
-        let open = open.clone();
         tracker.spawn(async move {
-            let gauge = shared
-                .metrics
-                .active_connections
-                .with_label_values(&[config.name.as_str()]);
-            gauge.inc();
             shared
                 .metrics
                 .connections
@@ -331,23 +416,39 @@ async fn accept_loop(
                     .with_label_values(&[config.name.as_str()])
                     .inc();
             }
-            serve(shared, config, limits, stream, peer, tokens, over_limit).await;
-            gauge.dec();
-            open.fetch_sub(1, Ordering::AcqRel);
+            let conn = Accepted {
+                stream,
+                peer,
+                slot,
+                reject: over_limit,
+            };
+            serve(shared, config, limits, conn, tokens).await;
         });
     }
+}
+
+/// An accepted connection and its slot; `reject`: over `max_connections`.
+struct Accepted {
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: Slot,
+    reject: bool,
 }
 
 async fn serve(
     shared: Arc<Shared>,
     config: Arc<ListenerConfig>,
     limits: Limits,
-    stream: TcpStream,
-    peer: SocketAddr,
+    accepted: Accepted,
     tokens: Tokens,
-    reject: bool,
 ) {
     let Tokens { stop, kill } = tokens;
+    let Accepted {
+        stream,
+        peer,
+        slot,
+        reject,
+    } = accepted;
     match config.tls.clone() {
         None => {
             let conn = Arc::new(ConnInfo {
@@ -356,6 +457,7 @@ async fn serve(
                 tls: None,
                 activity: Activity::new(),
                 kill,
+                _slot: slot,
             });
             serve_http(
                 shared, conn, &limits, stream, stop, reject, config.h2c, false,
@@ -403,6 +505,7 @@ async fn serve(
                 tls: Some(info),
                 activity: Activity::new(),
                 kill,
+                _slot: slot,
             });
             serve_http(shared, conn, &limits, tls_stream, stop, reject, h2, h2).await;
         }
@@ -463,6 +566,7 @@ async fn serve_http<IO>(
 
     let activity = &activity_conn.activity;
     let (idle, header) = (limits.idle_timeout, limits.header_read_timeout);
+    let body_idle = limits.body_idle_timeout;
     let mut next_check = tokio::time::Instant::now();
     let mut stopping = false;
     if reject && h2_only {
@@ -490,10 +594,27 @@ async fn serve_http<IO>(
             _ = tokio::time::sleep_until(next_check) => {
                 let age = activity.born.elapsed();
                 match activity.expiry(idle, header) {
-                    Expiry::Busy => next_check = tokio::time::Instant::now() + idle.min(header),
+                    Expiry::Busy => {
+                        // Also re-checks soon after the requests end, for the other clocks.
+                        let mut next = Instant::now() + idle.min(header).min(body_idle);
+                        if let Some(since) = activity.client_stalled_since() {
+                            if since.elapsed() >= body_idle {
+                                tracing::info!(listener = %activity_conn.listener.name, peer = %activity_conn.peer, "client took no response data for {body_idle:?}; closing the connection");
+                                break;
+                            }
+                            next = next.min(since + body_idle);
+                        }
+                        next_check = tokio::time::Instant::from_std(next);
+                    }
                     Expiry::Header(at) if age >= at => {
                         // Mid-head there is nothing to finish gracefully: drop the connection.
                         tracing::debug!(listener = %activity_conn.listener.name, peer = %activity_conn.peer, "request head not received within {header:?}; closing");
+                        break;
+                    }
+                    Expiry::Idle(at) if stopping && age >= at + header => {
+                        // The graceful close has not finished in time (a client that does
+                        // not read the end of its last response, say).
+                        tracing::debug!(listener = %activity_conn.listener.name, peer = %activity_conn.peer, "connection did not close gracefully; closing");
                         break;
                     }
                     Expiry::Idle(at) if age >= at => {
@@ -503,7 +624,12 @@ async fn serve_http<IO>(
                         }
                         next_check = tokio::time::Instant::now() + header;
                     }
-                    Expiry::Header(at) | Expiry::Idle(at) => next_check = activity.at(at),
+                    Expiry::Header(at) | Expiry::Idle(at) => {
+                        // A request may begin before then (with no head to see, on HTTP/2):
+                        // the client-stall clock must not wait longer than its own timeout.
+                        let soon = tokio::time::Instant::now() + body_idle;
+                        next_check = activity.at(at).min(soon);
+                    }
                 }
             }
         }

@@ -56,15 +56,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Is this an HTTP/1.1 upgrade request (WebSocket and friends)?
-pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str().is_ok_and(|s| {
-                s.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+/// Is this an HTTP/1.1 upgrade to WebSocket, the one protocol Portico tunnels? Any other
+/// `Upgrade` (`h2c` above all: a tunnelled h2c connection would carry requests the router
+/// never sees) is answered as a plain request, its `Upgrade` header removed.
+pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    has_token(headers, &header::CONNECTION, "upgrade")
+        && has_token(headers, &header::UPGRADE, "websocket")
+}
+
+/// Does a comma-separated header list `token` (a protocol's `/version` suffix ignored)?
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',').any(|t| {
+                let t = t.trim();
+                let t = t.split_once('/').map_or(t, |(name, _)| name);
+                t.eq_ignore_ascii_case(token)
             })
         })
+    })
 }
 
 /// Sets `x-forwarded-for`, `-proto` and `-host`. With `trust` an incoming `x-forwarded-for`
@@ -145,11 +155,32 @@ mod tests {
     }
 
     #[test]
+    fn only_websocket_upgrades_are_tunnelled() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("Upgrade", "websocket", true),
+            ("keep-alive, upgrade", "WebSocket", true),
+            ("Upgrade", "h2c, websocket/13", true),
+            ("Upgrade, HTTP2-Settings", "h2c", false),
+            ("Upgrade", "TLS/1.2", false),
+            ("keep-alive", "websocket", false),
+        ];
+        for (connection, upgrade, want) in cases {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::CONNECTION,
+                HeaderValue::from_str(connection).unwrap(),
+            );
+            h.insert(header::UPGRADE, HeaderValue::from_str(upgrade).unwrap());
+            assert_eq!(is_websocket_upgrade(&h), *want, "{connection} / {upgrade}");
+        }
+    }
+
+    #[test]
     fn keeps_upgrade_when_tunnelling() {
         let mut h = HeaderMap::new();
         h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        assert!(is_upgrade(&h));
+        assert!(is_websocket_upgrade(&h));
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
         assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
