@@ -243,6 +243,8 @@ struct IdleLimit {
     id: http::HeaderValue,
     /// When the current wait for the inner body began; `None` while frames flow.
     waiting_since: Option<Instant>,
+    /// Once set, the limit no longer applies (a request body after the response started).
+    until: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 pin_project_lite::pin_project! {
@@ -305,7 +307,18 @@ impl<B> Tracked<B> {
             what,
             id,
             waiting_since: None,
+            until: None,
         });
+        self
+    }
+
+    /// Lifts the idle timeout once `done` is set. A request body stops being timed when the
+    /// response starts: in a full-duplex stream (gRPC bidi, a subscription) the client's side
+    /// may rightly stay quiet while the server's side flows.
+    pub fn idle_until(mut self, done: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+        if let Some(idle) = self.idle.as_mut() {
+            idle.until = Some(done);
+        }
         self
     }
 
@@ -364,6 +377,13 @@ where
                 let Some(idle) = this.idle.as_mut() else {
                     return Poll::Pending;
                 };
+                if idle
+                    .until
+                    .as_ref()
+                    .is_some_and(|done| done.load(std::sync::atomic::Ordering::Acquire))
+                {
+                    return Poll::Pending;
+                }
                 let deadline = *idle.waiting_since.get_or_insert_with(Instant::now) + idle.after;
                 if this.timer.is_none() {
                     this.timer.set(Some(tokio::time::sleep_until(deadline)));
@@ -406,6 +426,45 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A request body that stalls after the response started is not timed out: only the
+    /// response direction is (a gRPC bidi stream's quiet client side is legitimate).
+    #[tokio::test]
+    async fn idle_limit_lifts_once_answered() {
+        let never = boxed(http_body_util::StreamBody::new(
+            futures_util::stream::pending::<Result<Frame<Bytes>, BoxError>>(),
+        ));
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut timed = boxed(
+            Tracked::new(never)
+                .idle(
+                    Duration::from_millis(20),
+                    "request body",
+                    http::HeaderValue::from_static("t"),
+                )
+                .idle_until(done.clone()),
+        );
+        done.store(true, std::sync::atomic::Ordering::Release);
+        let waited = tokio::time::timeout(Duration::from_millis(80), timed.frame()).await;
+        assert!(
+            waited.is_err(),
+            "the body must still be waiting, not failed"
+        );
+
+        let never = boxed(http_body_util::StreamBody::new(
+            futures_util::stream::pending::<Result<Frame<Bytes>, BoxError>>(),
+        ));
+        let mut timed = boxed(Tracked::new(never).idle(
+            Duration::from_millis(20),
+            "request body",
+            http::HeaderValue::from_static("t"),
+        ));
+        let got = tokio::time::timeout(Duration::from_secs(5), timed.frame()).await;
+        assert!(
+            matches!(got, Ok(Some(Err(_)))),
+            "without the flag the idle limit fires"
+        );
+    }
 
     fn chunked(chunks: &[usize]) -> Body {
         let frames: Vec<Result<Frame<Bytes>, BoxError>> = chunks

@@ -142,12 +142,15 @@ pub async fn send(
         .get("x-request-id")
         .cloned()
         .unwrap_or_else(|| HeaderValue::from_static(""));
+    let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let body = Tracked::new(body)
         .limit(limit)
-        .idle(limits.body_idle_timeout, "request body", id);
+        .idle(limits.body_idle_timeout, "request body", id)
+        .idle_until(answered.clone());
     let mut resp = upstream
         .send(Request::from_parts(parts, body::boxed(body)))
         .await?;
+    answered.store(true, std::sync::atomic::Ordering::Release);
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(downstream) = downstream_upgrade else {

@@ -598,11 +598,23 @@ async fn serve_http<IO>(
                         // Also re-checks soon after the requests end, for the other clocks.
                         let mut next = Instant::now() + idle.min(header).min(body_idle);
                         if let Some(since) = activity.client_stalled_since() {
-                            if since.elapsed() >= body_idle {
-                                tracing::info!(listener = %activity_conn.listener.name, peer = %activity_conn.peer, "client took no response data for {body_idle:?}; closing the connection");
+                            // HTTP/1.1: a client that takes no response data for
+                            // body_idle_timeout is dropped. HTTP/2: one stream without window
+                            // may be plain flow control (a paused download), so GOAWAY first —
+                            // the other streams can finish — and drop only at twice the time.
+                            let stalled = since.elapsed();
+                            let h2 = activity.h2.load(Ordering::Acquire);
+                            let drop_at = if h2 { body_idle * 2 } else { body_idle };
+                            if stalled >= drop_at {
+                                tracing::info!(listener = %activity_conn.listener.name, peer = %activity_conn.peer, "client took no response data for {stalled:?}; closing the connection");
                                 break;
                             }
-                            next = next.min(since + body_idle);
+                            if stalled >= body_idle && !stopping {
+                                tracing::info!(listener = %activity_conn.listener.name, peer = %activity_conn.peer, "an HTTP/2 stream took no response data for {body_idle:?}; sending GOAWAY");
+                                stopping = true;
+                                connection.as_mut().graceful_shutdown();
+                            }
+                            next = next.min(if stalled >= body_idle { since + drop_at } else { since + body_idle });
                         }
                         next_check = tokio::time::Instant::from_std(next);
                     }

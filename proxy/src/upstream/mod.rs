@@ -206,8 +206,15 @@ impl H2cConn {
         stream.set_nodelay(true)?;
         let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
         socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
+        // One connection carries every stream to this endpoint: windows sized by BDP (so a few
+        // slow readers cannot hold the whole connection window), and PINGs so a peer that
+        // vanished without a RST is noticed in seconds, not when TCP gives up.
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            .adaptive_window(true)
+            .keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
             .handshake(TokioIo::new(stream))
             .await?;
         let endpoint = self.endpoint.clone();
