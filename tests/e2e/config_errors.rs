@@ -13,24 +13,6 @@ routes:
   - { name: baseline, direct_response: { status: 200, body: baseline } }
 "#;
 
-/// Runs `portico check ARGS --config PATH`; returns (exit code, stderr + stdout).
-fn check_with(path: &Path, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let out = std::process::Command::new(Binary::path())
-        .arg("check")
-        .args(args)
-        .arg("--config")
-        .arg(path)
-        .envs(env.iter().copied())
-        .output()
-        .expect("run portico check");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    (out.status.code(), text)
-}
-
 /// `portico check` and a reload both refuse `yaml` (with `files` next to it) with exactly
 /// `expected`, in which `{dir}` stands for the configuration's directory.
 async fn refused(files: &[(&str, &str)], yaml: &str, expected: &str) {

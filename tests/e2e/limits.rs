@@ -1,7 +1,6 @@
 //! Limits and malformed requests end to end: the exact bytes go over raw TCP, every refusal
 //! must happen before the upstream sees anything, and the proxy must keep serving afterwards.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,19 +52,6 @@ async fn still_serving(addr: SocketAddr) {
 /// A raw request that closes the connection after its answer.
 fn req(head: &str) -> String {
     format!("{head}\r\nConnection: close\r\n\r\n")
-}
-
-/// Polls an async condition every 10 ms until it holds (panics after 10 s with `what`).
-async fn eventually<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// Waits until the server closes `stream` (EOF or reset); returns what it sent before.
@@ -137,22 +123,14 @@ async fn h1_connection(
     (sender, tokio::spawn(conn))
 }
 
+/// A GET on an open connection once it is ready; the status, the body read to its end.
 async fn h1_get(sender: &mut hyper::client::conn::http1::SendRequest<TestBody>) -> StatusCode {
     sender.ready().await.expect("connection ready");
-    let resp = sender
-        .send_request(
-            Request::get("/")
-                .header("host", "app.example")
-                .body(empty())
-                .expect("request"),
-        )
-        .await
-        .expect("response");
-    let status = resp.status();
-    http_body_util::BodyExt::collect(resp.into_body())
-        .await
-        .expect("body");
-    status
+    let req = Request::get("/")
+        .header("host", "app.example")
+        .body(empty())
+        .expect("request");
+    send_h1(sender, req).await.status
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -465,14 +465,23 @@ impl Got {
 }
 
 async fn collect(resp: Response<Incoming>) -> Got {
+    try_collect(resp).await.expect("response body")
+}
+
+/// Reads a response to its end; a body that fails is an `Err` with the error text.
+pub async fn try_collect(resp: Response<Incoming>) -> Result<Got, String> {
     let (parts, body) = resp.into_parts();
-    let body = body.collect().await.expect("response body").to_bytes();
-    Got {
+    let body = body
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    Ok(Got {
         status: parts.status,
         headers: parts.headers,
         body,
         version: parts.version,
-    }
+    })
 }
 
 /// One HTTP/1.1 GET over a fresh connection, with a Host header.
@@ -495,6 +504,14 @@ pub async fn send(addr: SocketAddr, req: Request<TestBody>) -> Got {
         .expect("h1 handshake");
     tokio::spawn(conn);
     collect(sender.send_request(req).await.expect("send request")).await
+}
+
+/// One request on an open HTTP/1.1 connection, the response read to its end.
+pub async fn send_h1(
+    sender: &mut hyper::client::conn::http1::SendRequest<TestBody>,
+    req: Request<TestBody>,
+) -> Got {
+    collect(sender.send_request(req).await.expect("send h1 request")).await
 }
 
 /// A pooled HTTP/1.1 client (keep-alive) for request streams.
@@ -824,9 +841,19 @@ impl Binary {
 
 /// Runs `portico check --config PATH`; returns (exit success, stderr + stdout).
 pub fn check(config: &Path) -> (bool, String) {
+    let (code, text) = check_with(config, &[], &[]);
+    (code == Some(0), text)
+}
+
+/// Runs `portico check ARGS --config PATH` with `env` added; returns (exit code, stderr +
+/// stdout).
+pub fn check_with(config: &Path, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     let out = std::process::Command::new(Binary::path())
-        .args(["check", "--config"])
+        .arg("check")
+        .args(args)
+        .arg("--config")
         .arg(config)
+        .envs(env.iter().copied())
         .output()
         .expect("run portico check");
     let text = format!(
@@ -834,7 +861,7 @@ pub fn check(config: &Path) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr),
         String::from_utf8_lossy(&out.stdout)
     );
-    (out.status.success(), text)
+    (out.status.code(), text)
 }
 
 /// A GET to the admin endpoint; returns (status, body).
@@ -851,6 +878,11 @@ pub async fn admin_get(admin: &str, path: &str) -> (u16, String) {
 /// `portico_config_reload_total{result="success"}` (0 if absent).
 pub async fn metric(admin: &str, sample: &str) -> u64 {
     let (_, text) = admin_get(admin, "/metrics").await;
+    metric_in(&text, sample)
+}
+
+/// The value of one sample in Prometheus text already fetched (0 if absent).
+pub fn metric_in(text: &str, sample: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(sample)?.trim().parse::<f64>().ok())
         .map(|v| v as u64)

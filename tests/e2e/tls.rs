@@ -2,7 +2,6 @@
 //! certificate hot swap, client certificates, 421 Misdirected Request, the plain listener's
 //! redirect to HTTPS, and the handshake-failure metric.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -162,49 +161,7 @@ async fn try_tls_get(
         .send_request(req)
         .await
         .map_err(|e| format!("request: {e}"))?;
-    let (parts, body) = resp.into_parts();
-    let body = http_body_util::BodyExt::collect(body)
-        .await
-        .map_err(|e| format!("body: {e}"))?
-        .to_bytes();
-    Ok(Got {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-        version: parts.version,
-    })
-}
-
-/// One request on an open HTTP/1.1 connection, the response read to its end.
-async fn send_h1(
-    sender: &mut hyper::client::conn::http1::SendRequest<TestBody>,
-    req: Request<TestBody>,
-) -> Got {
-    let resp = sender.send_request(req).await.expect("send h1 request");
-    let (parts, body) = resp.into_parts();
-    let body = http_body_util::BodyExt::collect(body)
-        .await
-        .expect("response body")
-        .to_bytes();
-    Got {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-        version: parts.version,
-    }
-}
-
-/// Polls an async condition every 10 ms until it holds (panics after 10 s with `what`).
-async fn eventually<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    try_collect(resp).await
 }
 
 /// A ClientHello as a TLS 1.0/1.1-only client sends it: legacy version `version` and no
@@ -274,13 +231,6 @@ async fn raw_exchange_first(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
         .expect("read");
     out.truncate(n);
     out
-}
-
-/// The value of a metric line `name{labels}` in Prometheus text, 0 when absent.
-fn metric(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -828,7 +778,7 @@ admin: {{ address: "127.0.0.1:0" }}
     let failures = || async {
         let (status, text) = admin_get(&proxy.admin(), "/metrics").await;
         assert_eq!(status, 200);
-        metric(&text, series)
+        metric_in(&text, series)
     };
     assert_eq!(failures().await, 0);
 
@@ -892,7 +842,7 @@ limits: {{ tls_handshake_timeout: 300ms }}
     );
     let (_, text) = admin_get(&proxy.admin(), "/metrics").await;
     assert_eq!(
-        metric(
+        metric_in(
             &text,
             r#"portico_tls_handshake_failures_total{listener="websecure"}"#
         ),
