@@ -123,6 +123,8 @@ struct H2cState {
     /// When and why the last dial failed: requests that waited for it share its failure
     /// rather than each waiting for a dial of its own.
     failed: Option<(Instant, String)>,
+    /// The dial in progress, if any: set to `true` when it has finished.
+    dialing: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 struct Open {
@@ -160,34 +162,59 @@ impl H2cConn {
         }
     }
 
-    /// The open connection's sender, or a new connection's.
+    /// The open connection's sender, or a new connection's. The dial runs as a task of its
+    /// own and requests wait for it without holding the lock, so a request that gives up
+    /// (client gone, request timeout) never abandons the dial the others are waiting for.
     async fn sender(self: &Arc<Self>, upstream: &str) -> Result<SendRequest<Body>, ProxyError> {
         let waiting_since = Instant::now();
-        let mut state = self.state.lock().await;
-        if let Some(open) = state.open.as_mut().filter(|o| !o.sender.is_closed()) {
-            open.last_used = Instant::now();
-            return Ok(open.sender.clone());
-        }
         let connect_error = |reason: String| ProxyError::UpstreamConnect {
             upstream: upstream.to_string(),
             reason,
         };
-        if let Some((at, reason)) = &state.failed
-            && *at >= waiting_since
-        {
-            return Err(connect_error(reason.clone()));
+        loop {
+            let mut dialled = {
+                let mut state = self.state.lock().await;
+                if let Some(open) = state.open.as_mut().filter(|o| !o.sender.is_closed()) {
+                    open.last_used = Instant::now();
+                    return Ok(open.sender.clone());
+                }
+                if let Some((at, reason)) = &state.failed
+                    && *at >= waiting_since
+                {
+                    return Err(connect_error(reason.clone()));
+                }
+                match &state.dialing {
+                    Some(dialing) => dialing.clone(),
+                    None => {
+                        let (done, dialing) = tokio::sync::watch::channel(false);
+                        state.dialing = Some(dialing.clone());
+                        tokio::spawn(self.clone().dial_and_publish(done));
+                        dialing
+                    }
+                }
+            };
+            if dialled.wait_for(|finished| *finished).await.is_err() {
+                // The dial task ended without publishing (it cannot, short of a panic):
+                // forget it so the next turn dials again.
+                self.state.lock().await.dialing = None;
+            }
         }
-        match tokio::time::timeout(self.key.connect_timeout, self.dial()).await {
+    }
+
+    /// Dials under the connect timeout and records the connection or the failure.
+    async fn dial_and_publish(self: Arc<Self>, done: tokio::sync::watch::Sender<bool>) {
+        let result = tokio::time::timeout(self.key.connect_timeout, self.dial()).await;
+        let mut state = self.state.lock().await;
+        match result {
             Ok(Ok(sender)) => {
                 state.dialled += 1;
                 state.open = Some(Open {
-                    sender: sender.clone(),
+                    sender,
                     number: state.dialled,
                     last_used: Instant::now(),
                 });
                 state.failed = None;
                 self.drop_when_idle(state.dialled);
-                Ok(sender)
             }
             failed => {
                 let reason = match failed {
@@ -195,10 +222,11 @@ impl H2cConn {
                     _ => format!("connect timed out after {:?}", self.key.connect_timeout),
                 };
                 state.open = None;
-                state.failed = Some((Instant::now(), reason.clone()));
-                Err(connect_error(reason))
+                state.failed = Some((Instant::now(), reason));
             }
         }
+        state.dialing = None;
+        let _ = done.send(true);
     }
 
     async fn dial(&self) -> Result<SendRequest<Body>, BoxError> {
