@@ -1186,7 +1186,7 @@ async fn slow_upstream_is_504_after_the_route_timeout() {
     let up = Upstream::with_handler(|_req| {
         Box::pin(async {
             // The behaviour under test: an upstream slower than the route allows.
-            tokio::time::sleep(Duration::from_secs(5)).await;
+            std::future::pending::<()>().await;
             Response::new(full("too late"))
         })
     })
@@ -1226,7 +1226,7 @@ async fn request_timeout_counts_from_the_last_upload_progress() {
         Box::pin(async move {
             if req.uri().path() == "/stall" {
                 // The behaviour under test: an upstream that neither reads nor answers.
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                std::future::pending::<()>().await;
             }
             echo_response("up", req).await
         })
