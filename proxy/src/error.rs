@@ -11,6 +11,7 @@ use crate::body::{self, Body, BodyIdle, BodyTooLarge};
 pub enum Side {
     Downstream,
     Upstream,
+    Plugin,
     Internal,
 }
 
@@ -19,6 +20,7 @@ impl Side {
         match self {
             Side::Downstream => "downstream",
             Side::Upstream => "upstream",
+            Side::Plugin => "plugin",
             Side::Internal => "internal",
         }
     }
@@ -47,6 +49,9 @@ pub enum ProxyError {
     UpstreamFailed { upstream: String, reason: String },
     #[error("upstream {upstream} did not answer within {after:?}")]
     UpstreamTimeout { upstream: String, after: Duration },
+    /// A plugin trapped, timed out, hit a cap or closed the stream, and its policy is `deny`.
+    #[error("plugin {plugin} failed: {reason}")]
+    PluginFailed { plugin: String, reason: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -102,6 +107,7 @@ impl ProxyError {
             ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamFailed { .. }
             | ProxyError::UpstreamTimeout { .. } => Side::Upstream,
+            ProxyError::PluginFailed { .. } => Side::Plugin,
             ProxyError::Overloaded | ProxyError::Internal(_) => Side::Internal,
         }
     }
@@ -119,7 +125,9 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::Internal(_) | ProxyError::PluginFailed { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 

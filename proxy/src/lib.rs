@@ -23,6 +23,7 @@ pub mod error;
 pub mod forward;
 pub mod listener;
 pub mod pipeline;
+pub mod plugin;
 pub mod route;
 pub mod server;
 pub mod snapshot;

@@ -20,6 +20,11 @@ pub const CONFIG_RELOADS: &str = "portico_config_reload_total";
 pub const CONFIG_INFO: &str = "portico_config_info";
 pub const CONFIG_LOAD_TIME: &str = "portico_config_load_timestamp_seconds";
 pub const STREAMS_CLOSED_BY_RELOAD: &str = "portico_streams_closed_by_reload_total";
+pub const PLUGIN_FAILURES: &str = "portico_plugin_failures_total";
+pub const PLUGIN_INSTANCES_REBUILT: &str = "portico_plugin_instances_rebuilt_total";
+pub const PLUGIN_COUNTER: &str = "portico_plugin_counter";
+pub const PLUGIN_GAUGE: &str = "portico_plugin_gauge";
+pub const PLUGIN_HISTOGRAM: &str = "portico_plugin_histogram";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -42,6 +47,11 @@ pub struct Metrics {
     pub config_info: IntGaugeVec,
     pub config_load_time: IntGauge,
     pub streams_closed_by_reload: IntCounter,
+    pub plugin_failures: IntCounterVec,
+    pub plugin_instances_rebuilt: IntCounterVec,
+    pub plugin_counter: IntCounterVec,
+    pub plugin_gauge: IntGaugeVec,
+    pub plugin_histogram: HistogramVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -152,6 +162,53 @@ impl Metrics {
             "Long-lived streams closed after their route was removed or changed.",
         )
         .expect("valid metric");
+        let plugin_failures = IntCounterVec::new(
+            Opts::new(
+                PLUGIN_FAILURES,
+                "Plugin calls that failed (trap, timeout, memory, abi), by plugin and kind.",
+            ),
+            &["plugin", "kind"],
+        )
+        .expect("valid metric");
+        let plugin_instances_rebuilt = IntCounterVec::new(
+            Opts::new(
+                PLUGIN_INSTANCES_REBUILT,
+                "Plugin instances discarded after a failure and rebuilt, by plugin.",
+            ),
+            &["plugin"],
+        )
+        .expect("valid metric");
+        let plugin_counter = IntCounterVec::new(
+            Opts::new(
+                PLUGIN_COUNTER,
+                "Counters a plugin defined (proxy_define_metric), by plugin and name.",
+            ),
+            &["plugin", "name"],
+        )
+        .expect("valid metric");
+        let plugin_gauge = IntGaugeVec::new(
+            Opts::new(PLUGIN_GAUGE, "Gauges a plugin defined, by plugin and name."),
+            &["plugin", "name"],
+        )
+        .expect("valid metric");
+        let plugin_histogram = HistogramVec::new(
+            HistogramOpts::new(
+                PLUGIN_HISTOGRAM,
+                "Histograms a plugin defined, by plugin and name (values as recorded).",
+            )
+            .buckets(prometheus::exponential_buckets(1.0, 4.0, 16).expect("valid buckets")),
+            &["plugin", "name"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(plugin_failures.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(plugin_instances_rebuilt.clone()),
+            Box::new(plugin_counter.clone()),
+            Box::new(plugin_gauge.clone()),
+            Box::new(plugin_histogram.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -187,6 +244,11 @@ impl Metrics {
             config_info,
             config_load_time,
             streams_closed_by_reload,
+            plugin_failures,
+            plugin_instances_rebuilt,
+            plugin_counter,
+            plugin_gauge,
+            plugin_histogram,
         }
     }
 

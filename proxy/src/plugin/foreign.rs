@@ -1,0 +1,86 @@
+//! Host functions reachable through `proxy_call_foreign_function`: native services that are
+//! faster or more exact than anything a guest can do alone, offered without adding imports, so
+//! plugins that use them still load in other Proxy-Wasm hosts (where the call answers
+//! `NotFound` and the plugin falls back).
+//!
+//! | name | arguments | result |
+//! |---|---|---|
+//! | `portico.counter_add` | 8-byte LE `i64` delta, then the key | the new value, 8-byte LE `i64` |
+//! | `portico.counter_get` | the key | the value, 8-byte LE `i64` (0 when unknown) |
+//!
+//! Counters are process-wide and scoped by plugin name, like shared data.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use super::PluginSpec;
+
+/// Why a foreign function refused its call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Error {
+    BadArgument,
+    Internal,
+}
+
+pub type Function = fn(&PluginSpec, &[u8]) -> Result<Vec<u8>, Error>;
+
+/// Counters per plugin; capped so a flood of keys cannot grow the process without bound.
+const MAX_COUNTERS: usize = 100_000;
+
+/// The registry: names and their functions.
+pub const FUNCTIONS: &[(&str, Function)] = &[
+    ("portico.counter_add", counter_add),
+    ("portico.counter_get", counter_get),
+];
+
+pub fn lookup(name: &str) -> Option<Function> {
+    FUNCTIONS.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
+}
+
+#[derive(Default)]
+pub struct Counters(Mutex<HashMap<(String, Vec<u8>), std::sync::Arc<AtomicI64>>>);
+
+impl std::fmt::Debug for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Counters").finish_non_exhaustive()
+    }
+}
+
+impl Counters {
+    fn get(&self, scope: &str, key: &[u8], create: bool) -> Option<std::sync::Arc<AtomicI64>> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let k = (scope.to_string(), key.to_vec());
+        if let Some(c) = map.get(&k) {
+            return Some(c.clone());
+        }
+        if !create || map.len() >= MAX_COUNTERS {
+            return None;
+        }
+        Some(map.entry(k).or_default().clone())
+    }
+}
+
+fn counter_add(spec: &PluginSpec, args: &[u8]) -> Result<Vec<u8>, Error> {
+    let (delta, key) = args.split_at_checked(8).ok_or(Error::BadArgument)?;
+    let delta = i64::from_le_bytes(delta.try_into().map_err(|_| Error::BadArgument)?);
+    let counter = spec
+        .host
+        .counters
+        .get(&spec.name, key, true)
+        .ok_or(Error::Internal)?;
+    let value = counter
+        .fetch_add(delta, Ordering::AcqRel)
+        .wrapping_add(delta);
+    Ok(value.to_le_bytes().to_vec())
+}
+
+fn counter_get(spec: &PluginSpec, key: &[u8]) -> Result<Vec<u8>, Error> {
+    let value = spec
+        .host
+        .counters
+        .get(&spec.name, key, false)
+        .map(|c| c.load(Ordering::Acquire))
+        .unwrap_or(0);
+    Ok(value.to_le_bytes().to_vec())
+}

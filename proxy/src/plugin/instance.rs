@@ -1,0 +1,426 @@
+//! One live plugin instance: a wasmtime store, the guest's exports, and the host-side state its
+//! hostcalls read and write ([`HostCtx`]). Every guest call goes through [`Instance::call`],
+//! which arms the epoch deadline and turns traps, timeouts and memory-cap hits into a
+//! [`Fault`].
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Method, StatusCode};
+use wasmtime::{InstancePre, Memory, ResourceLimiter, Store, Trap, TypedFunc, WasmParams};
+
+use super::engine::EPOCH_TICK;
+use super::pool::Slot;
+use super::{PluginSpec, StreamInfo};
+
+/// The id of every instance's root context. Stream contexts count up from 2.
+pub const ROOT_CONTEXT: u32 = 1;
+
+/// How many of a plugin's most recent log lines are kept for error reports.
+const RECENT_LOGS: usize = 20;
+
+/// Why a guest call failed. The instance is unusable afterwards.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Fault {
+    #[error("exceeded its time limit of {0:?} per call")]
+    Timeout(Duration),
+    #[error("exceeded its memory limit of {0} bytes")]
+    MemoryCap(u64),
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error("{0}")]
+    Abi(String),
+}
+
+impl Fault {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Fault::Timeout(_) => "timeout",
+            Fault::MemoryCap(_) => "memory",
+            Fault::Trap(_) => "trap",
+            Fault::Abi(_) => "abi",
+        }
+    }
+}
+
+/// The memory-cap marker a [`ResourceLimiter`] denial carries out of the guest.
+#[derive(Debug, thiserror::Error)]
+#[error("memory limit reached")]
+struct MemoryCapHit;
+
+/// A request head as plugins see it: Envoy's pseudo-headers plus the regular fields.
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    pub method: Method,
+    pub scheme: &'static str,
+    pub authority: String,
+    /// Path and query, as the upstream will receive them.
+    pub path: String,
+    pub headers: HeaderMap,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResponseHead {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+}
+
+/// A response a plugin asked for with `proxy_send_local_response`.
+#[derive(Debug, Clone)]
+pub struct LocalResponse {
+    pub status: u16,
+    pub headers: Vec<(Bytes, Bytes)>,
+    pub body: Bytes,
+    pub details: String,
+}
+
+/// What happened to a stream while a callback ran; applied after the callback returns.
+#[derive(Debug, Default)]
+pub struct StreamEffects {
+    pub local_response: Option<LocalResponse>,
+    pub resume_request: bool,
+    pub resume_response: bool,
+    pub close: bool,
+}
+
+/// One request's state inside one instance, from context creation to `on_delete`.
+#[derive(Debug)]
+pub struct StreamState {
+    pub info: Arc<StreamInfo>,
+    pub request: Option<RequestHead>,
+    pub request_trailers: Option<HeaderMap>,
+    pub request_body: BytesMut,
+    pub response: Option<ResponseHead>,
+    pub response_trailers: Option<HeaderMap>,
+    pub response_body: BytesMut,
+    pub effects: StreamEffects,
+    /// Woken when `effects` changes outside the stream's own callbacks (a callout's answer, a
+    /// tick, another context acting on this one).
+    pub wake: Arc<tokio::sync::Notify>,
+    pub properties: HashMap<String, Bytes>,
+}
+
+impl StreamState {
+    pub fn new(info: Arc<StreamInfo>) -> StreamState {
+        StreamState {
+            info,
+            request: None,
+            request_trailers: None,
+            request_body: BytesMut::new(),
+            response: None,
+            response_trailers: None,
+            response_body: BytesMut::new(),
+            effects: StreamEffects::default(),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            properties: HashMap::new(),
+        }
+    }
+}
+
+/// An HTTP callout's answer, readable while `proxy_on_http_call_response` runs.
+#[derive(Debug, Default)]
+pub struct CalloutAnswer {
+    pub headers: Vec<(Bytes, Bytes)>,
+    pub body: Bytes,
+    pub trailers: Vec<(Bytes, Bytes)>,
+}
+
+/// A callout the guest asked for; the pool starts it after the callback returns.
+#[derive(Debug)]
+pub struct CalloutRequest {
+    pub token: u32,
+    pub context: u32,
+    pub upstream: String,
+    pub headers: Vec<(Bytes, Bytes)>,
+    pub body: Bytes,
+    pub timeout: Duration,
+}
+
+/// Work a callback asked of the host that must wait until it returns.
+#[derive(Debug, Default)]
+pub struct Deferred {
+    pub tick_period: Option<Duration>,
+    pub callouts: Vec<CalloutRequest>,
+    /// Queues that received an item: (owner, owner's root context, queue id).
+    pub queue_ready: Vec<(Weak<Slot>, u32, u32)>,
+}
+
+/// Host-side state of one instance.
+pub struct HostCtx {
+    pub spec: Arc<PluginSpec>,
+    pub memory: Option<Memory>,
+    pub malloc: Option<TypedFunc<u32, u32>>,
+    pub limiter: MemoryLimiter,
+    pub streams: HashMap<u32, StreamState>,
+    /// The context hostcalls act on (`proxy_set_effective_context` changes it).
+    pub effective: u32,
+    pub callout: Option<CalloutAnswer>,
+    pub deferred: Deferred,
+    pub next_token: u32,
+    pub tick_period: Option<Duration>,
+    /// The slot this instance lives in, for queue registrations.
+    pub slot: Weak<Slot>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub recent_logs: VecDeque<String>,
+    /// Buffer handed to `proxy_on_foreign_function` / returned by a foreign function.
+    pub call_data: Bytes,
+}
+
+impl HostCtx {
+    /// Keeps a log line for error reports (a failed canary shows the plugin's own words).
+    pub fn remember_log(&mut self, line: String) {
+        if self.recent_logs.len() == RECENT_LOGS {
+            self.recent_logs.pop_front();
+        }
+        self.recent_logs.push_back(line);
+    }
+
+    pub fn stream(&mut self) -> Option<&mut StreamState> {
+        self.streams.get_mut(&self.effective)
+    }
+}
+
+pub struct MemoryLimiter {
+    pub max: u64,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired as u64 > self.max {
+            return Err(wasmtime::Error::new(MemoryCapHit));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1 << 20)
+    }
+}
+
+/// The guest's exports that the host calls. Optional ones are skipped when absent.
+pub struct Exports {
+    pub on_context_create: TypedFunc<(u32, u32), ()>,
+    pub on_vm_start: Option<TypedFunc<(u32, u32), u32>>,
+    pub on_configure: Option<TypedFunc<(u32, u32), u32>>,
+    pub on_request_headers: Option<TypedFunc<(u32, u32, u32), u32>>,
+    pub on_request_body: Option<TypedFunc<(u32, u32, u32), u32>>,
+    pub on_request_trailers: Option<TypedFunc<(u32, u32), u32>>,
+    pub on_response_headers: Option<TypedFunc<(u32, u32, u32), u32>>,
+    pub on_response_body: Option<TypedFunc<(u32, u32, u32), u32>>,
+    pub on_response_trailers: Option<TypedFunc<(u32, u32), u32>>,
+    pub on_log: Option<TypedFunc<u32, ()>>,
+    pub on_done: Option<TypedFunc<u32, u32>>,
+    pub on_delete: Option<TypedFunc<u32, ()>>,
+    pub on_tick: Option<TypedFunc<u32, ()>>,
+    pub on_queue_ready: Option<TypedFunc<(u32, u32), ()>>,
+    pub on_http_call_response: Option<TypedFunc<(u32, u32, u32, u32, u32), ()>>,
+}
+
+pub struct Instance {
+    pub store: Store<HostCtx>,
+    pub exports: Exports,
+    next_context: u32,
+}
+
+impl Instance {
+    /// Instantiates the module and runs the start-up sequence: `_initialize`, the root context,
+    /// `on_vm_start`, `on_configure`. A `false` from either of the last two is an error that
+    /// carries the plugin's recent log lines.
+    pub fn start(
+        pre: &InstancePre<HostCtx>,
+        spec: &Arc<PluginSpec>,
+        slot: Weak<Slot>,
+    ) -> Result<Instance, Fault> {
+        let engine = pre.module().engine();
+        let ctx = HostCtx {
+            spec: spec.clone(),
+            memory: None,
+            malloc: None,
+            limiter: MemoryLimiter {
+                max: spec.limits.memory,
+            },
+            streams: HashMap::new(),
+            effective: ROOT_CONTEXT,
+            callout: None,
+            deferred: Deferred::default(),
+            next_token: 0,
+            tick_period: None,
+            slot,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            recent_logs: VecDeque::new(),
+            call_data: Bytes::new(),
+        };
+        let mut store = Store::new(engine, ctx);
+        store.limiter(|ctx| &mut ctx.limiter);
+        store.set_epoch_deadline(deadline_ticks(spec.limits.time_per_call));
+        let instance = pre
+            .instantiate(&mut store)
+            .map_err(|e| classify(e, &store))?;
+        let memory = instance
+            .get_memory(&mut store, "memory")
+            .ok_or_else(|| Fault::Abi("the module exports no memory".into()))?;
+        let malloc = instance
+            .get_typed_func::<u32, u32>(&mut store, "proxy_on_memory_allocate")
+            .or_else(|_| instance.get_typed_func::<u32, u32>(&mut store, "malloc"))
+            .map_err(|_| Fault::Abi("the module exports no proxy_on_memory_allocate".into()))?;
+        store.data_mut().memory = Some(memory);
+        store.data_mut().malloc = Some(malloc);
+
+        macro_rules! typed {
+            ($name:literal) => {
+                match instance.get_func(&mut store, $name) {
+                    Some(f) => Some(f.typed(&store).map_err(|e| {
+                        Fault::Abi(format!("export {} has the wrong signature: {e}", $name))
+                    })?),
+                    None => None,
+                }
+            };
+        }
+        let exports = Exports {
+            on_context_create: typed!("proxy_on_context_create").ok_or_else(|| {
+                Fault::Abi("the module exports no proxy_on_context_create".into())
+            })?,
+            on_vm_start: typed!("proxy_on_vm_start"),
+            on_configure: typed!("proxy_on_configure"),
+            on_request_headers: typed!("proxy_on_request_headers"),
+            on_request_body: typed!("proxy_on_request_body"),
+            on_request_trailers: typed!("proxy_on_request_trailers"),
+            on_response_headers: typed!("proxy_on_response_headers"),
+            on_response_body: typed!("proxy_on_response_body"),
+            on_response_trailers: typed!("proxy_on_response_trailers"),
+            on_log: typed!("proxy_on_log"),
+            on_done: typed!("proxy_on_done"),
+            on_delete: typed!("proxy_on_delete"),
+            on_tick: typed!("proxy_on_tick"),
+            on_queue_ready: typed!("proxy_on_queue_ready"),
+            on_http_call_response: typed!("proxy_on_http_call_response"),
+        };
+        let init: Option<TypedFunc<(), ()>> = match typed!("_initialize") {
+            Some(f) => Some(f),
+            None => typed!("_start"),
+        };
+        let mut inst = Instance {
+            store,
+            exports,
+            next_context: ROOT_CONTEXT + 1,
+        };
+        if let Some(init) = init {
+            inst.call(init, ())?;
+        }
+        inst.store.data_mut().effective = ROOT_CONTEXT;
+        let create = inst.exports.on_context_create.clone();
+        inst.call(create, (ROOT_CONTEXT, 0))?;
+        let vm_config_len = spec.vm_config.len() as u32;
+        if let Some(f) = inst.exports.on_vm_start.clone()
+            && inst.call(f, (ROOT_CONTEXT, vm_config_len))? == 0
+        {
+            return Err(inst.refusal("on_vm_start"));
+        }
+        let config_len = spec.config.len() as u32;
+        if let Some(f) = inst.exports.on_configure.clone()
+            && inst.call(f, (ROOT_CONTEXT, config_len))? == 0
+        {
+            return Err(inst.refusal("on_configure"));
+        }
+        Ok(inst)
+    }
+
+    fn refusal(&mut self, phase: &str) -> Fault {
+        let ctx = self.store.data_mut();
+        super::abi::flush_output(ctx);
+        let logs: Vec<String> = ctx.recent_logs.iter().cloned().collect();
+        if logs.is_empty() {
+            Fault::Abi(format!("{phase} returned false"))
+        } else {
+            Fault::Abi(format!(
+                "{phase} returned false; the plugin logged: {}",
+                logs.join(" | ")
+            ))
+        }
+    }
+
+    /// Calls a guest export under the plugin's deadline.
+    pub fn call<P: WasmParams, R: wasmtime::WasmResults>(
+        &mut self,
+        f: TypedFunc<P, R>,
+        args: P,
+    ) -> Result<R, Fault> {
+        let ticks = deadline_ticks(self.store.data().spec.limits.time_per_call);
+        self.store.set_epoch_deadline(ticks);
+        let result = f.call(&mut self.store, args);
+        super::abi::flush_output(self.store.data_mut());
+        result.map_err(|e| classify(e, &self.store))
+    }
+
+    /// Creates a stream context for a request.
+    pub fn create_stream(&mut self, info: Arc<StreamInfo>) -> Result<u32, Fault> {
+        let id = self.next_context;
+        self.next_context = self.next_context.checked_add(1).unwrap_or(ROOT_CONTEXT + 1);
+        let ctx = self.store.data_mut();
+        ctx.streams.insert(id, StreamState::new(info));
+        ctx.effective = id;
+        let create = self.exports.on_context_create.clone();
+        self.call(create, (id, ROOT_CONTEXT))?;
+        Ok(id)
+    }
+
+    /// `on_log`, `on_done`, `on_delete`, then the stream's state is gone.
+    pub fn end_stream(&mut self, id: u32) -> Result<(), Fault> {
+        if !self.store.data().streams.contains_key(&id) {
+            return Ok(());
+        }
+        self.store.data_mut().effective = id;
+        let result = (|| {
+            if let Some(f) = self.exports.on_log.clone() {
+                self.call(f, id)?;
+            }
+            if let Some(f) = self.exports.on_done.clone() {
+                self.call(f, id)?;
+            }
+            if let Some(f) = self.exports.on_delete.clone() {
+                self.call(f, id)?;
+            }
+            Ok(())
+        })();
+        self.store.data_mut().streams.remove(&id);
+        result
+    }
+}
+
+/// Epoch ticks for a deadline: rounded up, plus one, so a call always gets at least its time.
+fn deadline_ticks(limit: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_nanos();
+    (limit.as_nanos().div_ceil(tick) as u64) + 1
+}
+
+fn classify(e: wasmtime::Error, store: &Store<HostCtx>) -> Fault {
+    let limits = &store.data().spec.limits;
+    if e.is::<MemoryCapHit>() {
+        return Fault::MemoryCap(limits.memory);
+    }
+    if let Some(trap) = e.downcast_ref::<Trap>() {
+        if *trap == Trap::Interrupt {
+            return Fault::Timeout(limits.time_per_call);
+        }
+        // A Rust guest prints its panic message to stderr just before it aborts.
+        if let Some(last) = store.data().recent_logs.back() {
+            return Fault::Trap(format!("{trap} (last output: {last})"));
+        }
+        return Fault::Trap(trap.to_string());
+    }
+    Fault::Trap(format!("{e:#}"))
+}

@@ -1,0 +1,1153 @@
+//! The plugin host: Proxy-Wasm ABI v0.2.1 on wasmtime.
+//!
+//! The rest of the proxy sees three things: [`PluginHost`] (process-wide, kept across reloads:
+//! the engine, compiled modules, shared data, health), [`Plugin`] (one configured plugin with
+//! its pool of instances, built by `config::compile`) and [`Chain`] / [`ChainStream`] (the
+//! plugins of one route, run over one request). No wasmtime type leaves this module.
+//!
+//! A request's life through a chain: [`Chain::start`] binds each plugin to one instance and
+//! creates its stream context; `on_request_headers` runs in order, the request body through
+//! [`ChainStream::request_body`], `on_response_headers` and the response body in reverse
+//! order; when the response ends (or the request is dropped) every plugin gets `on_log`,
+//! `on_done` and `on_delete`.
+
+mod abi;
+pub mod engine;
+mod foreign;
+pub mod inspect;
+mod instance;
+mod metrics;
+mod pool;
+mod properties;
+mod shared;
+mod wasi;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use http_body::Frame;
+use wasmtime::{InstancePre, Linker, Module};
+
+use crate::body::Body;
+use crate::error::ProxyError;
+use crate::telemetry::metrics::Metrics;
+use crate::upstream::Upstream;
+
+use instance::{Fault, HostCtx};
+pub use instance::{LocalResponse, RequestHead, ResponseHead};
+use pool::{Pool, Slot};
+
+/// What a plugin's failure does to the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OnError {
+    /// Fail closed: 500. The default — an auth plugin that crashes never lets a request by.
+    Deny,
+    /// Fail open: the plugin is skipped for the rest of the request.
+    Allow,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Limits {
+    pub memory: u64,
+    pub time_per_call: Duration,
+    pub instances: usize,
+    /// The most a plugin may buffer of one body by pausing in a body callback.
+    pub body_buffer: u64,
+    /// Largest callout request or response body.
+    pub callout_bytes: u64,
+    /// Timeout of a callout that gives none.
+    pub callout_timeout: Duration,
+    /// How long a paused request or response waits for the plugin to resume it.
+    pub pause_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory: 64 << 20,
+            time_per_call: Duration::from_millis(50),
+            instances: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            body_buffer: 4 << 20,
+            callout_bytes: 1 << 20,
+            callout_timeout: Duration::from_secs(5),
+            pause_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What `config::compile` asks for one plugin.
+#[derive(Debug, Clone)]
+pub struct PluginDef {
+    pub name: String,
+    pub module: std::path::PathBuf,
+    /// The YAML `config` value as JSON, handed to `proxy_on_configure`.
+    pub config: Bytes,
+    pub on_error: OnError,
+    pub limits: Limits,
+}
+
+/// Everything an instance's hostcalls need that is the same for all of a plugin's instances.
+pub struct PluginSpec {
+    pub name: String,
+    pub config: Bytes,
+    pub vm_config: Bytes,
+    pub limits: Limits,
+    pub on_error: OnError,
+    pub upstreams: HashMap<String, Arc<Upstream>>,
+    pub host: Arc<HostShared>,
+    pub callouts_inflight: AtomicUsize,
+}
+
+impl std::fmt::Debug for PluginSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginSpec")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A plugin's health, for `/config`: survives reloads, keyed by plugin name.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PluginHealth {
+    pub failures: u64,
+    pub last_failure: Option<String>,
+    pub last_failure_at: Option<u64>,
+}
+
+/// Process-wide plugin state.
+pub struct HostShared {
+    engine: OnceLock<Result<(engine::PluginEngine, Linker<HostCtx>), String>>,
+    modules: Mutex<HashMap<Vec<u8>, Module>>,
+    shared: shared::SharedState,
+    metrics: metrics::PluginMetrics,
+    metrics_raw: Metrics,
+    counters: foreign::Counters,
+    health: Mutex<HashMap<String, PluginHealth>>,
+}
+
+impl std::fmt::Debug for HostShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostShared").finish_non_exhaustive()
+    }
+}
+
+impl HostShared {
+    fn record_failure(&self, plugin: &str, fault: &Fault) {
+        tracing::warn!(target: "portico::plugin", plugin, kind = fault.kind(), "plugin failed: {fault}");
+        self.metrics_raw
+            .plugin_failures
+            .with_label_values(&[plugin, fault.kind()])
+            .inc();
+        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        let h = health.entry(plugin.to_string()).or_default();
+        h.failures += 1;
+        h.last_failure = Some(fault.to_string());
+        h.last_failure_at = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs());
+    }
+}
+
+/// The process's plugin host; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct PluginHost {
+    inner: Arc<HostShared>,
+}
+
+impl Default for PluginHost {
+    fn default() -> Self {
+        PluginHost::new(Metrics::new())
+    }
+}
+
+impl PluginHost {
+    pub fn new(metrics: Metrics) -> PluginHost {
+        PluginHost {
+            inner: Arc::new(HostShared {
+                engine: OnceLock::new(),
+                modules: Mutex::new(HashMap::new()),
+                shared: shared::SharedState::default(),
+                metrics: metrics::PluginMetrics::new(metrics.clone()),
+                metrics_raw: metrics,
+                counters: foreign::Counters::default(),
+                health: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The engine and the linker with every host function, made on first use.
+    fn engine(&self) -> Result<&(engine::PluginEngine, Linker<HostCtx>), String> {
+        self.inner
+            .engine
+            .get_or_init(|| {
+                let engine = engine::PluginEngine::new().map_err(|e| e.to_string())?;
+                let mut linker = Linker::new(engine.engine());
+                abi::add_to_linker(&mut linker).map_err(|e| e.to_string())?;
+                wasi::add_to_linker(&mut linker).map_err(|e| e.to_string())?;
+                Ok((engine, linker))
+            })
+            .as_ref()
+            .map_err(|e| format!("cannot start the WebAssembly engine: {e}"))
+    }
+
+    /// Reads, compiles (or reuses the compiled code of the same bytes), links, and starts a
+    /// plugin's instances. The first instance is the canary: if `on_vm_start` or
+    /// `on_configure` refuses, so does this call, with the plugin's own log lines.
+    pub fn load(
+        &self,
+        def: &PluginDef,
+        upstreams: HashMap<String, Arc<Upstream>>,
+    ) -> Result<Arc<Plugin>, String> {
+        let wasm = std::fs::read(&def.module)
+            .map_err(|e| format!("cannot read module {}: {e}", def.module.display()))?;
+        let pre = self.prepare(&wasm)?;
+        let spec = Arc::new(PluginSpec {
+            name: def.name.clone(),
+            config: def.config.clone(),
+            vm_config: Bytes::new(),
+            limits: def.limits.clone(),
+            on_error: def.on_error,
+            upstreams,
+            host: self.inner.clone(),
+            callouts_inflight: AtomicUsize::new(0),
+        });
+        let pool = Pool::start(&spec, pre, def.limits.instances)
+            .map_err(|f| format!("plugin failed to start: {f}"))?;
+        Ok(Arc::new(Plugin { spec, pool }))
+    }
+
+    /// Compiles and links `wasm`, checking that it speaks Proxy-Wasm 0.2.x.
+    fn prepare(&self, wasm: &[u8]) -> Result<InstancePre<HostCtx>, String> {
+        let (engine, linker) = self.engine()?;
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, wasm)
+            .as_ref()
+            .to_vec();
+        let cached = {
+            let modules = self.inner.modules.lock().unwrap_or_else(|e| e.into_inner());
+            modules.get(&digest).cloned()
+        };
+        let module = match cached {
+            Some(m) => m,
+            None => {
+                let m = engine
+                    .compile(wasm)
+                    .map_err(|e| format!("not a valid WebAssembly module: {e}"))?;
+                let mut modules = self.inner.modules.lock().unwrap_or_else(|e| e.into_inner());
+                modules.insert(digest, m.clone());
+                m
+            }
+        };
+        inspect::check_abi(&module)?;
+        let mut linker = linker.clone();
+        wasi::stub_unknown(&mut linker, &module).map_err(|e| e.to_string())?;
+        linker
+            .instantiate_pre(&module)
+            .map_err(|e| format!("cannot link the module: {e}"))
+    }
+
+    /// Forgets compiled modules no plugin of `keep` uses (called after a reload).
+    pub fn retain_modules(&self, keep: &[Arc<Plugin>]) {
+        let keep: Vec<&Module> = keep.iter().map(|p| p.pool.module()).collect();
+        let mut modules = self.inner.modules.lock().unwrap_or_else(|e| e.into_inner());
+        modules.retain(|_, m| keep.iter().any(|k| Module::same(k, m)));
+    }
+
+    /// Failures per plugin, for `/config`.
+    pub fn health(&self) -> HashMap<String, PluginHealth> {
+        self.inner
+            .health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// One configured plugin and its instances.
+pub struct Plugin {
+    spec: Arc<PluginSpec>,
+    pool: Pool,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.spec.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+}
+
+/// Attributes of a request that plugins read as properties.
+#[derive(Debug, Clone)]
+pub struct StreamInfo {
+    pub id: String,
+    pub started: SystemTime,
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+    pub tls_version: Option<&'static str>,
+    pub mtls: bool,
+    pub sni: Option<String>,
+    pub protocol: &'static str,
+    pub scheme: &'static str,
+    pub method: http::Method,
+    pub host: String,
+    pub path: String,
+    pub route: String,
+    pub upstream: Option<String>,
+}
+
+/// The plugins a request runs through, in request order.
+#[derive(Clone, Debug, Default)]
+pub struct Chain(Arc<[Arc<Plugin>]>);
+
+impl Chain {
+    pub fn new(plugins: Vec<Arc<Plugin>>) -> Chain {
+        Chain(plugins.into())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn plugins(&self) -> &[Arc<Plugin>] {
+        &self.0
+    }
+
+    /// Binds every plugin to an instance and creates its stream context.
+    pub async fn start(&self, info: Arc<StreamInfo>) -> Result<Arc<ChainStream>, ProxyError> {
+        let mut bindings = Vec::with_capacity(self.0.len());
+        for plugin in self.0.iter() {
+            let slot = plugin.pool.pick().clone();
+            let created = slot
+                .with(None, |inst| inst.create_stream(info.clone()))
+                .await;
+            match created {
+                Ok((ctx, generation)) => bindings.push(Binding {
+                    plugin: plugin.clone(),
+                    slot,
+                    generation,
+                    ctx,
+                    skip: AtomicBool::new(false),
+                }),
+                Err(fault) => match plugin.spec.on_error {
+                    OnError::Allow => {}
+                    OnError::Deny => {
+                        let stream = ChainStream { bindings };
+                        drop(stream);
+                        return Err(failed(plugin, &fault));
+                    }
+                },
+            }
+        }
+        Ok(Arc::new(ChainStream { bindings }))
+    }
+}
+
+fn failed(plugin: &Plugin, fault: &Fault) -> ProxyError {
+    ProxyError::PluginFailed {
+        plugin: plugin.spec.name.clone(),
+        reason: fault.to_string(),
+    }
+}
+
+struct Binding {
+    plugin: Arc<Plugin>,
+    slot: Arc<Slot>,
+    generation: u64,
+    ctx: u32,
+    /// Set when the plugin failed and its policy is `allow`: skipped from then on.
+    skip: AtomicBool,
+}
+
+/// What a phase decided.
+#[derive(Debug)]
+pub enum Verdict {
+    Continue,
+    Respond(LocalResponse),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    Request,
+    Response,
+}
+
+/// One request's pass through a chain.
+pub struct ChainStream {
+    bindings: Vec<Binding>,
+}
+
+impl std::fmt::Debug for ChainStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainStream")
+            .field("plugins", &self.bindings.len())
+            .finish()
+    }
+}
+
+/// What one callback left behind.
+struct Outcome {
+    action: u32,
+    local: Option<LocalResponse>,
+    resumed: bool,
+    close: bool,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+const ACTION_PAUSE: u32 = 1;
+
+impl ChainStream {
+    fn order(&self, dir: Dir) -> Box<dyn Iterator<Item = &Binding> + Send + '_> {
+        match dir {
+            Dir::Request => Box::new(self.bindings.iter()),
+            Dir::Response => Box::new(self.bindings.iter().rev()),
+        }
+    }
+
+    /// Runs one callback on `b`'s instance with `load` putting state in before and `unload`
+    /// taking it out after, whatever the callback did.
+    async fn run(
+        &self,
+        b: &Binding,
+        dir: Dir,
+        load: impl FnOnce(&mut instance::StreamState),
+        call: impl FnOnce(&mut instance::Instance, u32) -> Result<u32, Fault>,
+        unload: impl FnOnce(&mut instance::StreamState),
+    ) -> Result<Outcome, Fault> {
+        let ctx = b.ctx;
+        let (outcome, _) = b
+            .slot
+            .with(Some(b.generation), |inst| {
+                let Some(state) = inst.store.data_mut().streams.get_mut(&ctx) else {
+                    return Err(Fault::Abi("stream context vanished".into()));
+                };
+                load(state);
+                inst.store.data_mut().effective = ctx;
+                let result = call(inst, ctx);
+                let state = inst
+                    .store
+                    .data_mut()
+                    .streams
+                    .get_mut(&ctx)
+                    .expect("streams are removed only by end_stream");
+                let effects = std::mem::take(&mut state.effects);
+                let outcome = result.map(|action| Outcome {
+                    action,
+                    local: effects.local_response,
+                    resumed: match dir {
+                        Dir::Request => effects.resume_request,
+                        Dir::Response => effects.resume_response,
+                    },
+                    close: effects.close,
+                    wake: state.wake.clone(),
+                });
+                // A pause leaves the state inside, for whoever resumes; anything else (a
+                // fault included: the instance is about to be discarded) takes it back now.
+                let paused = outcome
+                    .as_ref()
+                    .is_ok_and(|o| o.action == ACTION_PAUSE && o.local.is_none() && !o.resumed);
+                if !paused {
+                    unload(state);
+                }
+                outcome
+            })
+            .await?;
+        Ok(outcome)
+    }
+
+    /// After a pause: waits until the plugin resumes the stream, answers it, or closes it.
+    async fn wait_resume(
+        &self,
+        b: &Binding,
+        dir: Dir,
+        wake: Arc<tokio::sync::Notify>,
+    ) -> Result<Outcome, Fault> {
+        let deadline = tokio::time::Instant::now() + b.plugin.spec.limits.pause_timeout;
+        loop {
+            if tokio::time::timeout_at(deadline, wake.notified())
+                .await
+                .is_err()
+            {
+                return Err(Fault::Abi(format!(
+                    "paused the {} for longer than {:?} without resuming it",
+                    if dir == Dir::Request {
+                        "request"
+                    } else {
+                        "response"
+                    },
+                    b.plugin.spec.limits.pause_timeout
+                )));
+            }
+            let ctx = b.ctx;
+            let (outcome, _) = b
+                .slot
+                .with(Some(b.generation), |inst| {
+                    let state = inst
+                        .store
+                        .data_mut()
+                        .streams
+                        .get_mut(&ctx)
+                        .ok_or_else(|| Fault::Abi("stream context vanished".into()))?;
+                    let effects = std::mem::take(&mut state.effects);
+                    let resumed = match dir {
+                        Dir::Request => effects.resume_request,
+                        Dir::Response => effects.resume_response,
+                    };
+                    Ok(Outcome {
+                        action: if resumed { 0 } else { ACTION_PAUSE },
+                        local: effects.local_response,
+                        resumed,
+                        close: effects.close,
+                        wake: state.wake.clone(),
+                    })
+                })
+                .await?;
+            if outcome.resumed || outcome.local.is_some() || outcome.close {
+                return Ok(outcome);
+            }
+        }
+    }
+
+    /// Turns a plugin fault into the plugin's policy: `Ok(())` to go on without it.
+    fn policy(&self, b: &Binding, fault: Fault) -> Result<(), ProxyError> {
+        match b.plugin.spec.on_error {
+            OnError::Allow => {
+                b.skip.store(true, Ordering::Release);
+                Ok(())
+            }
+            OnError::Deny => Err(failed(&b.plugin, &fault)),
+        }
+    }
+
+    /// `on_request_headers` through the chain, in order.
+    pub async fn request_headers(
+        &self,
+        head: &mut RequestHead,
+        end_of_stream: bool,
+    ) -> Result<Verdict, ProxyError> {
+        if let Some(name) = non_utf8(&head.headers) {
+            return Err(ProxyError::BadRequest(format!(
+                "header {name} is not valid UTF-8, which the plugins of this route require"
+            )));
+        }
+        for b in self.order(Dir::Request) {
+            if b.skip.load(Ordering::Acquire) {
+                continue;
+            }
+            let n = head.headers.len() as u32 + 4;
+            let eos = end_of_stream as u32;
+            let slot_head = std::mem::replace(head, empty_request());
+            let taken = Arc::new(Mutex::new(None));
+            let out = taken.clone();
+            let result = self
+                .run(
+                    b,
+                    Dir::Request,
+                    |s| s.request = Some(slot_head),
+                    |inst, ctx| match inst.exports.on_request_headers.clone() {
+                        Some(f) => inst.call(f, (ctx, n, eos)),
+                        None => Ok(0),
+                    },
+                    move |s| *out.lock().unwrap_or_else(|e| e.into_inner()) = s.request.take(),
+                )
+                .await;
+            let result = match result {
+                Ok(o)
+                    if o.action == ACTION_PAUSE && o.local.is_none() && !o.close && !o.resumed =>
+                {
+                    self.wait_resume(b, Dir::Request, o.wake).await
+                }
+                other => other,
+            };
+            // Whatever happened, take the head back out of the instance.
+            let back = take_back(&taken, b, |s| s.request.take()).await;
+            *head = back.unwrap_or_else(empty_request);
+            match result {
+                Err(fault) => self.policy(b, fault)?,
+                Ok(o) => {
+                    if let Some(local) = o.local {
+                        return Ok(Verdict::Respond(local));
+                    }
+                    if o.close {
+                        return Err(closed(b));
+                    }
+                }
+            }
+        }
+        Ok(Verdict::Continue)
+    }
+
+    /// `on_response_headers` through the chain, in reverse order.
+    pub async fn response_headers(
+        &self,
+        head: &mut ResponseHead,
+        end_of_stream: bool,
+    ) -> Result<Verdict, ProxyError> {
+        if let Some(name) = non_utf8(&head.headers) {
+            return Err(ProxyError::UpstreamFailed {
+                upstream: String::new(),
+                reason: format!(
+                    "response header {name} is not valid UTF-8, which the plugins of this route require"
+                ),
+            });
+        }
+        for b in self.order(Dir::Response) {
+            if b.skip.load(Ordering::Acquire) {
+                continue;
+            }
+            let n = head.headers.len() as u32 + 1;
+            let eos = end_of_stream as u32;
+            let slot_head = std::mem::replace(
+                head,
+                ResponseHead {
+                    status: StatusCode::OK,
+                    headers: HeaderMap::new(),
+                },
+            );
+            let taken = Arc::new(Mutex::new(None));
+            let out = taken.clone();
+            let result = self
+                .run(
+                    b,
+                    Dir::Response,
+                    |s| s.response = Some(slot_head),
+                    |inst, ctx| match inst.exports.on_response_headers.clone() {
+                        Some(f) => inst.call(f, (ctx, n, eos)),
+                        None => Ok(0),
+                    },
+                    // The response head stays readable (as a copy) for on_log and properties.
+                    move |s| *out.lock().unwrap_or_else(|e| e.into_inner()) = s.response.clone(),
+                )
+                .await;
+            let result = match result {
+                Ok(o)
+                    if o.action == ACTION_PAUSE && o.local.is_none() && !o.close && !o.resumed =>
+                {
+                    self.wait_resume(b, Dir::Response, o.wake).await
+                }
+                other => other,
+            };
+            let back = take_back(&taken, b, |s| s.response.clone()).await;
+            if let Some(back) = back {
+                *head = back;
+            }
+            match result {
+                Err(fault) => self.policy(b, fault)?,
+                Ok(o) => {
+                    if let Some(local) = o.local {
+                        return Ok(Verdict::Respond(local));
+                    }
+                    if o.close {
+                        return Err(closed(b));
+                    }
+                }
+            }
+        }
+        Ok(Verdict::Continue)
+    }
+
+    /// Runs a body chunk through the chain (`Dir::Request` in order, `Dir::Response` in
+    /// reverse). Returns what leaves the last plugin; a plugin that pauses keeps its part
+    /// buffered until a later chunk or the end of the stream.
+    async fn body(&self, dir: Dir, mut data: Bytes, eos: bool) -> Result<BodyStep, ProxyError> {
+        for b in self.order(dir) {
+            if b.skip.load(Ordering::Acquire) {
+                continue;
+            }
+            if data.is_empty() && !eos {
+                return Ok(BodyStep::Data(data));
+            }
+            let cap = b.plugin.spec.limits.body_buffer;
+            let chunk = data.clone();
+            let mut over = false;
+            let over_flag = &mut over;
+            let out = Arc::new(Mutex::new(Bytes::new()));
+            let out2 = out.clone();
+            let result = self
+                .run(
+                    b,
+                    dir,
+                    |s| {
+                        let buf = match dir {
+                            Dir::Request => &mut s.request_body,
+                            Dir::Response => &mut s.response_body,
+                        };
+                        if (buf.len() + chunk.len()) as u64 > cap {
+                            *over_flag = true;
+                        }
+                        buf.extend_from_slice(&chunk);
+                    },
+                    |inst, ctx| {
+                        let size = {
+                            let s = inst.store.data().streams.get(&ctx).expect("loaded");
+                            match dir {
+                                Dir::Request => s.request_body.len(),
+                                Dir::Response => s.response_body.len(),
+                            }
+                        } as u32;
+                        let f = match dir {
+                            Dir::Request => inst.exports.on_request_body.clone(),
+                            Dir::Response => inst.exports.on_response_body.clone(),
+                        };
+                        match f {
+                            Some(f) => inst.call(f, (ctx, size, eos as u32)),
+                            None => Ok(0),
+                        }
+                    },
+                    move |s| {
+                        let buf = match dir {
+                            Dir::Request => &mut s.request_body,
+                            Dir::Response => &mut s.response_body,
+                        };
+                        *out2.lock().unwrap_or_else(|e| e.into_inner()) =
+                            std::mem::take(buf).freeze();
+                    },
+                )
+                .await;
+            if over {
+                return Ok(BodyStep::TooLarge(b.plugin.spec.name.clone(), cap));
+            }
+            let result = match result {
+                Ok(o)
+                    if o.action == ACTION_PAUSE && o.local.is_none() && !o.close && !o.resumed =>
+                {
+                    if eos {
+                        self.wait_resume(b, dir, o.wake).await
+                    } else {
+                        // Buffering: nothing leaves this plugin yet.
+                        return Ok(BodyStep::Data(Bytes::new()));
+                    }
+                }
+                other => other,
+            };
+            match result {
+                Err(fault) => {
+                    self.policy(b, fault)?;
+                    continue;
+                }
+                Ok(o) => {
+                    if let Some(local) = o.local {
+                        return Ok(BodyStep::Respond(local));
+                    }
+                    if o.close {
+                        return Err(closed(b));
+                    }
+                }
+            }
+            let taken = std::mem::take(&mut *out.lock().unwrap_or_else(|e| e.into_inner()));
+            data = if taken.is_empty() {
+                // Resumed after a pause at the end: the buffer is still inside.
+                take_back(&Arc::new(Mutex::new(None)), b, |s| {
+                    Some(
+                        std::mem::take(match dir {
+                            Dir::Request => &mut s.request_body,
+                            Dir::Response => &mut s.response_body,
+                        })
+                        .freeze(),
+                    )
+                })
+                .await
+                .unwrap_or_default()
+            } else {
+                taken
+            };
+        }
+        Ok(BodyStep::Data(data))
+    }
+
+    /// Trailers through the chain.
+    async fn trailers(
+        &self,
+        dir: Dir,
+        trailers: &mut HeaderMap,
+    ) -> Result<Option<LocalResponse>, ProxyError> {
+        for b in self.order(dir) {
+            if b.skip.load(Ordering::Acquire) {
+                continue;
+            }
+            let n = trailers.len() as u32;
+            let t = std::mem::take(trailers);
+            let out = Arc::new(Mutex::new(None));
+            let out2 = out.clone();
+            let result = self
+                .run(
+                    b,
+                    dir,
+                    |s| match dir {
+                        Dir::Request => s.request_trailers = Some(t),
+                        Dir::Response => s.response_trailers = Some(t),
+                    },
+                    |inst, ctx| {
+                        let f = match dir {
+                            Dir::Request => inst.exports.on_request_trailers.clone(),
+                            Dir::Response => inst.exports.on_response_trailers.clone(),
+                        };
+                        match f {
+                            Some(f) => inst.call(f, (ctx, n)),
+                            None => Ok(0),
+                        }
+                    },
+                    move |s| {
+                        *out2.lock().unwrap_or_else(|e| e.into_inner()) = match dir {
+                            Dir::Request => s.request_trailers.take(),
+                            Dir::Response => s.response_trailers.take(),
+                        }
+                    },
+                )
+                .await;
+            let result = match result {
+                Ok(o)
+                    if o.action == ACTION_PAUSE && o.local.is_none() && !o.close && !o.resumed =>
+                {
+                    self.wait_resume(b, dir, o.wake).await
+                }
+                other => other,
+            };
+            let back = take_back(&out, b, |s| match dir {
+                Dir::Request => s.request_trailers.take(),
+                Dir::Response => s.response_trailers.take(),
+            })
+            .await;
+            *trailers = back.unwrap_or_default();
+            match result {
+                Err(fault) => self.policy(b, fault)?,
+                Ok(o) => {
+                    if let Some(local) = o.local {
+                        return Ok(Some(local));
+                    }
+                    if o.close {
+                        return Err(closed(b));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Wraps the request body so every chunk runs through the chain. A local response sent
+    /// from a body callback arrives on the receiver; the upstream request is then abandoned.
+    pub fn request_body(
+        self: &Arc<Self>,
+        body: Body,
+    ) -> (Body, tokio::sync::oneshot::Receiver<LocalResponse>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (filtered(self.clone(), Dir::Request, body, Some(tx)), rx)
+    }
+
+    /// Wraps the response body; the chain's stream contexts end when it does.
+    pub fn response_body(self: &Arc<Self>, body: Body) -> Body {
+        filtered(self.clone(), Dir::Response, body, None)
+    }
+}
+
+impl Drop for ChainStream {
+    /// `on_log`, `on_done`, `on_delete` for every plugin: now if its instance is free, else
+    /// in a task.
+    fn drop(&mut self) {
+        for b in self.bindings.drain(..) {
+            let ctx = b.ctx;
+            let end = move |inst: &mut instance::Instance| {
+                if let Err(fault) = inst.end_stream(ctx) {
+                    tracing::debug!(target: "portico::plugin", "on_log/on_done failed: {fault}");
+                }
+            };
+            if !b.slot.try_with(b.generation, end) {
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move {
+                        let _ = b
+                            .slot
+                            .with(Some(b.generation), |inst| inst.end_stream(ctx))
+                            .await;
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Takes state back out of an instance after a callback that left it inside (a pause, a
+/// fault of the callback itself discards the instance and with it the state).
+async fn take_back<T: Send>(
+    taken: &Arc<Mutex<Option<T>>>,
+    b: &Binding,
+    take: impl FnOnce(&mut instance::StreamState) -> Option<T>,
+) -> Option<T> {
+    if let Some(v) = taken.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        return Some(v);
+    }
+    let ctx = b.ctx;
+    b.slot
+        .with(Some(b.generation), |inst| {
+            Ok(inst.store.data_mut().streams.get_mut(&ctx).and_then(take))
+        })
+        .await
+        .ok()
+        .and_then(|(v, _)| v)
+}
+
+fn closed(b: &Binding) -> ProxyError {
+    ProxyError::PluginFailed {
+        plugin: b.plugin.spec.name.clone(),
+        reason: "the plugin closed the stream".into(),
+    }
+}
+
+fn empty_request() -> RequestHead {
+    RequestHead {
+        method: http::Method::GET,
+        scheme: "http",
+        authority: String::new(),
+        path: String::new(),
+        headers: HeaderMap::new(),
+    }
+}
+
+fn non_utf8(headers: &HeaderMap) -> Option<&HeaderName> {
+    headers
+        .iter()
+        .find(|(_, v)| std::str::from_utf8(v.as_bytes()).is_err())
+        .map(|(k, _)| k)
+}
+
+/// A local response as an HTTP response.
+pub fn local_response(local: LocalResponse) -> Response<Body> {
+    let status = StatusCode::from_u16(local.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = Response::new(crate::body::full(local.body));
+    *resp.status_mut() = status;
+    for (k, v) in local.headers {
+        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(&k), HeaderValue::from_bytes(&v)) {
+            resp.headers_mut().append(k, v);
+        }
+    }
+    resp
+}
+
+enum BodyStep {
+    Data(Bytes),
+    Respond(LocalResponse),
+    TooLarge(String, u64),
+}
+
+type StepFuture =
+    Pin<Box<dyn std::future::Future<Output = Result<Option<Frame<Bytes>>, ProxyError>> + Send>>;
+
+/// A body whose frames pass through the chain.
+struct Filtered {
+    state: Arc<Mutex<FilterState>>,
+    pending: Option<StepFuture>,
+}
+
+struct FilterState {
+    chain: Arc<ChainStream>,
+    dir: Dir,
+    inner: Option<Body>,
+    local: Option<tokio::sync::oneshot::Sender<LocalResponse>>,
+    /// Trailers waiting until the data buffered before them has been sent.
+    held: Option<Frame<Bytes>>,
+    done: bool,
+}
+
+fn filtered(
+    chain: Arc<ChainStream>,
+    dir: Dir,
+    body: Body,
+    local: Option<tokio::sync::oneshot::Sender<LocalResponse>>,
+) -> Body {
+    crate::body::boxed(Filtered {
+        state: Arc::new(Mutex::new(FilterState {
+            chain,
+            dir,
+            inner: Some(body),
+            local,
+            held: None,
+            done: false,
+        })),
+        pending: None,
+    })
+}
+
+impl http_body::Body for Filtered {
+    type Data = Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        loop {
+            if let Some(fut) = self.pending.as_mut() {
+                let out = std::task::ready!(fut.as_mut().poll(cx));
+                self.pending = None;
+                match out {
+                    Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
+                    Ok(None) => {
+                        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                        if st.done {
+                            if let Some(t) = st.held.take() {
+                                return Poll::Ready(Some(Ok(t)));
+                            }
+                            return Poll::Ready(None);
+                        }
+                        continue;
+                    }
+                    Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
+                }
+            }
+            // Pull the next frame from the inner body.
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if st.done {
+                if let Some(t) = st.held.take() {
+                    return Poll::Ready(Some(Ok(t)));
+                }
+                return Poll::Ready(None);
+            }
+            let Some(inner) = st.inner.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let frame = std::task::ready!(Pin::new(inner).poll_frame(cx));
+            let end_after = st.inner.as_ref().is_some_and(|b| b.is_end_stream());
+            let step: Step = match frame {
+                None => Step::Data(Bytes::new(), true),
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => Step::Data(data, end_after),
+                    Err(frame) => match frame.into_trailers() {
+                        Ok(t) => Step::Trailers(t),
+                        Err(_) => continue,
+                    },
+                },
+            };
+            drop(st);
+            let state = self.state.clone();
+            self.pending = Some(Box::pin(run_step(state, step)));
+        }
+    }
+}
+
+enum Step {
+    Data(Bytes, bool),
+    Trailers(HeaderMap),
+}
+
+async fn run_step(
+    state: Arc<Mutex<FilterState>>,
+    step: Step,
+) -> Result<Option<Frame<Bytes>>, ProxyError> {
+    let (chain, dir) = {
+        let st = state.lock().unwrap_or_else(|e| e.into_inner());
+        (st.chain.clone(), st.dir)
+    };
+    let (data, eos) = match step {
+        Step::Data(d, eos) => (d, eos),
+        Step::Trailers(mut t) => {
+            // The data callbacks see the end of the stream before the trailers.
+            let flushed = chain.body(dir, Bytes::new(), true).await?;
+            let local = chain.trailers(dir, &mut t).await?;
+            if let Some(local) = local {
+                return answer_locally(&state, local);
+            }
+            let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+            st.done = true;
+            st.held = Some(Frame::trailers(t));
+            drop(st);
+            return match flushed {
+                BodyStep::Data(d) if !d.is_empty() => Ok(Some(Frame::data(d))),
+                BodyStep::Data(_) => Ok(None),
+                BodyStep::Respond(local) => answer_locally(&state, local),
+                BodyStep::TooLarge(p, cap) => Err(too_large(dir, p, cap)),
+            };
+        }
+    };
+    let step = chain.body(dir, data, eos).await?;
+    if eos {
+        state.lock().unwrap_or_else(|e| e.into_inner()).done = true;
+    }
+    match step {
+        BodyStep::Data(d) if d.is_empty() => Ok(None),
+        BodyStep::Data(d) => Ok(Some(Frame::data(d))),
+        BodyStep::Respond(local) => answer_locally(&state, local),
+        BodyStep::TooLarge(p, cap) => {
+            if dir == Dir::Request {
+                let local = LocalResponse {
+                    status: 413,
+                    headers: Vec::new(),
+                    body: Bytes::from(format!(
+                        "request body exceeds the {cap}-byte buffer of plugin {p}\n"
+                    )),
+                    details: "plugin body buffer".into(),
+                };
+                return answer_locally(&state, local);
+            }
+            Err(too_large(dir, p, cap))
+        }
+    }
+}
+
+fn too_large(dir: Dir, plugin: String, cap: u64) -> ProxyError {
+    ProxyError::PluginFailed {
+        plugin,
+        reason: format!(
+            "{} body exceeds the plugin's {cap}-byte buffer",
+            if dir == Dir::Request {
+                "request"
+            } else {
+                "response"
+            }
+        ),
+    }
+}
+
+/// A body callback answered the request: hand the answer over and end this body with an error
+/// (which abandons the upstream request).
+fn answer_locally(
+    state: &Arc<Mutex<FilterState>>,
+    local: LocalResponse,
+) -> Result<Option<Frame<Bytes>>, ProxyError> {
+    let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+    st.done = true;
+    let plugin = String::new();
+    match st.local.take() {
+        Some(tx) => {
+            let _ = tx.send(local);
+            Err(ProxyError::PluginFailed {
+                plugin,
+                reason: "request answered by a plugin during its body".into(),
+            })
+        }
+        None => Err(ProxyError::PluginFailed {
+            plugin,
+            reason: "a plugin sent a local response after the response had started".into(),
+        }),
+    }
+}
+
+/// Whether `path` looks like something `portico plugin inspect` can read.
+pub fn is_wasm(path: &Path) -> bool {
+    std::fs::read(path)
+        .map(|b| b.starts_with(b"\0asm"))
+        .unwrap_or(false)
+}
+
+#[allow(dead_code)]
+fn _assert_send() {
+    fn send<T: Send + Sync>() {}
+    send::<ChainStream>();
+    send::<PluginHost>();
+    let _ = BytesMut::new();
+}

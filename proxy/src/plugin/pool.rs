@@ -1,0 +1,394 @@
+//! A plugin's instances: a few long-lived slots (about one per worker thread), each holding one
+//! [`Instance`] behind an async mutex that is held only while a guest callback runs, never
+//! across an `.await`. A slot whose instance failed is rebuilt on next use, with exponential
+//! backoff while it keeps failing. Work a callback deferred — ticks, callouts, queue
+//! notifications — runs here, after the callback has returned.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use wasmtime::InstancePre;
+
+use super::PluginSpec;
+use super::instance::{
+    CalloutAnswer, CalloutRequest, Deferred, Fault, HostCtx, Instance, ROOT_CONTEXT,
+};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+pub struct Pool {
+    pub slots: Box<[Arc<Slot>]>,
+    next: AtomicUsize,
+}
+
+pub struct Slot {
+    pub spec: Arc<PluginSpec>,
+    pre: InstancePre<HostCtx>,
+    pub state: tokio::sync::Mutex<SlotState>,
+    ticker: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+pub struct SlotState {
+    pub instance: Option<Instance>,
+    pub generation: u64,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(t) = self.ticker.get_mut().ok().and_then(|t| t.take()) {
+            t.abort();
+        }
+    }
+}
+
+impl Pool {
+    /// Starts `n` instances. The first is the canary: its failure is the caller's error.
+    pub fn start(
+        spec: &Arc<PluginSpec>,
+        pre: InstancePre<HostCtx>,
+        n: usize,
+    ) -> Result<Pool, Fault> {
+        let mut slots = Vec::with_capacity(n);
+        for _ in 0..n.max(1) {
+            let slot = Arc::new(Slot {
+                spec: spec.clone(),
+                pre: pre.clone(),
+                state: tokio::sync::Mutex::new(SlotState {
+                    instance: None,
+                    generation: 0,
+                    failures: 0,
+                    retry_at: None,
+                }),
+                ticker: Mutex::new(None),
+            });
+            let mut instance = Instance::start(&pre, spec, Arc::downgrade(&slot))?;
+            let deferred = std::mem::take(&mut instance.store.data_mut().deferred);
+            slot.state
+                .try_lock()
+                .expect("a new slot is not shared yet")
+                .instance = Some(instance);
+            slot.after(deferred);
+            slots.push(slot);
+        }
+        Ok(Pool {
+            slots: slots.into_boxed_slice(),
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn module(&self) -> &wasmtime::Module {
+        self.slots[0].pre.module()
+    }
+
+    /// The slot for a new stream: an idle one if there is one, else the next in turn.
+    pub fn pick(&self) -> &Arc<Slot> {
+        let n = self.slots.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            let slot = &self.slots[(start + i) % n];
+            if let Ok(state) = slot.state.try_lock()
+                && state.usable()
+            {
+                return slot;
+            }
+        }
+        &self.slots[start % n]
+    }
+}
+
+impl SlotState {
+    fn usable(&self) -> bool {
+        self.instance.is_some() || self.retry_at.is_none_or(|t| Instant::now() >= t)
+    }
+}
+
+impl Slot {
+    /// Runs `f` on this slot's live instance (rebuilding it if it failed earlier and its
+    /// backoff has passed). `generation`, when given, must still be the instance's: a stream
+    /// bound to a discarded instance cannot continue on its replacement.
+    pub async fn with<T>(
+        self: &Arc<Self>,
+        generation: Option<u64>,
+        f: impl FnOnce(&mut Instance) -> Result<T, Fault>,
+    ) -> Result<(T, u64), Fault> {
+        let mut state = self.state.lock().await;
+        if state.instance.is_none() {
+            if generation.is_some() {
+                return Err(Fault::Abi(
+                    "the instance this request was bound to failed during another request".into(),
+                ));
+            }
+            self.rebuild(&mut state)?;
+        }
+        if let Some(g) = generation
+            && g != state.generation
+        {
+            return Err(Fault::Abi(
+                "the instance this request was bound to failed during another request".into(),
+            ));
+        }
+        let generation = state.generation;
+        let instance = state.instance.as_mut().expect("rebuilt above");
+        match f(instance) {
+            Ok(v) => {
+                let deferred = std::mem::take(&mut instance.store.data_mut().deferred);
+                // A successful call ends a failure streak.
+                state.failures = 0;
+                drop(state);
+                self.after(deferred);
+                Ok((v, generation))
+            }
+            Err(fault) => {
+                self.discard(&mut state, &fault);
+                Err(fault)
+            }
+        }
+    }
+
+    /// Like [`Slot::with`], without waiting: `None` when the slot is busy.
+    pub fn try_with(self: &Arc<Self>, generation: u64, f: impl FnOnce(&mut Instance)) -> bool {
+        let Ok(mut state) = self.state.try_lock() else {
+            return false;
+        };
+        if state.generation == generation
+            && let Some(instance) = state.instance.as_mut()
+        {
+            f(instance);
+        }
+        true
+    }
+
+    fn rebuild(self: &Arc<Self>, state: &mut SlotState) -> Result<(), Fault> {
+        if let Some(t) = state.retry_at
+            && Instant::now() < t
+        {
+            return Err(Fault::Abi(format!(
+                "plugin is failing repeatedly; next attempt in {:?}",
+                t - Instant::now()
+            )));
+        }
+        self.spec
+            .host
+            .metrics_raw
+            .plugin_instances_rebuilt
+            .with_label_values(&[self.spec.name.as_str()])
+            .inc();
+        match Instance::start(&self.pre, &self.spec, Arc::downgrade(self)) {
+            Ok(mut instance) => {
+                let deferred = std::mem::take(&mut instance.store.data_mut().deferred);
+                state.instance = Some(instance);
+                state.generation += 1;
+                state.retry_at = None;
+                self.after(deferred);
+                Ok(())
+            }
+            Err(fault) => {
+                self.discard(state, &fault);
+                Err(fault)
+            }
+        }
+    }
+
+    /// Throws the instance away after a fault and schedules its rebuild.
+    fn discard(&self, state: &mut SlotState, fault: &Fault) {
+        state.instance = None;
+        state.generation += 1;
+        state.failures = state.failures.saturating_add(1);
+        let backoff = BACKOFF_MIN
+            .saturating_mul(1 << state.failures.min(16).saturating_sub(1))
+            .min(BACKOFF_MAX);
+        state.retry_at = Some(Instant::now() + backoff);
+        if let Ok(mut t) = self.ticker.lock()
+            && let Some(t) = t.take()
+        {
+            t.abort();
+        }
+        self.spec.host.record_failure(&self.spec.name, fault);
+    }
+
+    /// Starts what a callback deferred.
+    fn after(self: &Arc<Self>, deferred: Deferred) {
+        let Deferred {
+            tick_period,
+            callouts,
+            queue_ready,
+        } = deferred;
+        if tick_period.is_none() && callouts.is_empty() && queue_ready.is_empty() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            // `portico check`: nothing runs after start-up.
+            return;
+        };
+        if let Some(period) = tick_period {
+            self.set_ticker(&rt, period);
+        }
+        for callout in callouts {
+            let slot = self.clone();
+            self.spec.callouts_inflight.fetch_add(1, Ordering::AcqRel);
+            rt.spawn(async move { slot.callout(callout).await });
+        }
+        for (owner, root, queue) in queue_ready {
+            rt.spawn(async move {
+                let Some(owner) = owner.upgrade() else {
+                    return;
+                };
+                let _ = owner
+                    .with(None, |inst| match inst.exports.on_queue_ready.clone() {
+                        Some(f) => {
+                            inst.store.data_mut().effective = root;
+                            inst.call(f, (root, queue))
+                        }
+                        None => Ok(()),
+                    })
+                    .await;
+            });
+        }
+    }
+
+    fn set_ticker(self: &Arc<Self>, rt: &tokio::runtime::Handle, period: Duration) {
+        let mut ticker = self.ticker.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = ticker.take() {
+            t.abort();
+        }
+        if period.is_zero() {
+            return;
+        }
+        let weak: Weak<Slot> = Arc::downgrade(self);
+        let task = rt.spawn(async move {
+            let mut interval = tokio::time::interval(period);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            interval.tick().await;
+            loop {
+                interval.tick().await;
+                let Some(slot) = weak.upgrade() else {
+                    return;
+                };
+                let ticked = slot
+                    .with(None, |inst| match inst.exports.on_tick.clone() {
+                        Some(f) => {
+                            inst.store.data_mut().effective = ROOT_CONTEXT;
+                            inst.call(f, ROOT_CONTEXT)
+                        }
+                        None => Ok(()),
+                    })
+                    .await;
+                if ticked.is_err() {
+                    // The rebuilt instance sets its own period in on_vm_start.
+                    return;
+                }
+            }
+        });
+        *ticker = Some(task.abort_handle());
+    }
+
+    async fn callout(self: Arc<Self>, req: CalloutRequest) {
+        let spec = self.spec.clone();
+        let context = req.context;
+        let token = req.token;
+        let answer = tokio::time::timeout(req.timeout, send_callout(&spec, req)).await;
+        spec.callouts_inflight.fetch_sub(1, Ordering::AcqRel);
+        let answer = match answer {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(reason)) => {
+                tracing::warn!(target: "portico::plugin", plugin = %spec.name, "callout failed: {reason}");
+                CalloutAnswer::default()
+            }
+            Err(_) => {
+                tracing::warn!(target: "portico::plugin", plugin = %spec.name, "callout timed out");
+                CalloutAnswer::default()
+            }
+        };
+        let _ = self
+            .with(None, |inst| {
+                let ctx = inst.store.data_mut();
+                // The stream it belonged to is gone: nobody to tell.
+                if context != ROOT_CONTEXT && !ctx.streams.contains_key(&context) {
+                    return Ok(());
+                }
+                let Some(f) = inst.exports.on_http_call_response.clone() else {
+                    return Ok(());
+                };
+                let (nh, nb, nt) = (
+                    answer.headers.len() as u32,
+                    answer.body.len() as u32,
+                    answer.trailers.len() as u32,
+                );
+                let ctx = inst.store.data_mut();
+                ctx.callout = Some(answer);
+                ctx.effective = context;
+                let result = inst.call(f, (context, token, nh, nb, nt));
+                inst.store.data_mut().callout = None;
+                result
+            })
+            .await;
+    }
+}
+
+/// Sends a callout through the upstream's pooled client; the answer's headers start with
+/// `:status`, as Envoy presents them.
+async fn send_callout(spec: &PluginSpec, req: CalloutRequest) -> Result<CalloutAnswer, String> {
+    let upstream = spec
+        .upstreams
+        .get(&req.upstream)
+        .ok_or_else(|| format!("no upstream {}", req.upstream))?
+        .clone();
+    let mut builder = http::Request::builder();
+    let mut path = "/".to_string();
+    for (k, v) in &req.headers {
+        match &k[..] {
+            b":method" => builder = builder.method(&v[..]),
+            b":path" => path = String::from_utf8_lossy(v).into_owned(),
+            b":authority" => builder = builder.header(http::header::HOST, &v[..]),
+            b":scheme" => {}
+            _ => builder = builder.header(&k[..], &v[..]),
+        }
+    }
+    let request = builder
+        .uri(path)
+        .body(crate::body::full(req.body))
+        .map_err(|e| format!("invalid callout request: {e}"))?;
+    let response = upstream.send(request).await.map_err(|e| e.to_string())?;
+    let (parts, body) = response.into_parts();
+    let cap = spec.limits.callout_bytes as usize;
+    let limited = http_body_util::Limited::new(body, cap);
+    let collected = limited
+        .collect()
+        .await
+        .map_err(|e| format!("callout response body: {e}"))?;
+    let trailers = collected.trailers().cloned();
+    let body: Bytes = collected.to_bytes();
+    let mut headers = vec![(
+        Bytes::from_static(b":status"),
+        Bytes::copy_from_slice(parts.status.as_str().as_bytes()),
+    )];
+    for (k, v) in parts.headers.iter() {
+        headers.push((
+            Bytes::copy_from_slice(k.as_str().as_bytes()),
+            Bytes::copy_from_slice(v.as_bytes()),
+        ));
+    }
+    let trailers = trailers
+        .map(|t| {
+            t.iter()
+                .map(|(k, v)| {
+                    (
+                        Bytes::copy_from_slice(k.as_str().as_bytes()),
+                        Bytes::copy_from_slice(v.as_bytes()),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(CalloutAnswer {
+        headers,
+        body,
+        trailers,
+    })
+}

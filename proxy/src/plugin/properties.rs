@@ -1,0 +1,96 @@
+//! `proxy_get_property` / `proxy_set_property`: request and connection attributes with Envoy's
+//! names and encodings. Strings are raw bytes, integers 8-byte little-endian, booleans one
+//! byte, times nanoseconds since the epoch as an 8-byte integer. A path arrives as its segments
+//! joined by NUL (`request\0path`).
+
+use bytes::Bytes;
+
+use super::instance::HostCtx;
+
+fn int(v: i64) -> Bytes {
+    Bytes::copy_from_slice(&v.to_le_bytes())
+}
+
+fn text(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+/// Joins a NUL-separated path with dots, the key user-set properties are kept under.
+fn key(path: &[u8]) -> String {
+    String::from_utf8_lossy(path).replace('\0', ".")
+}
+
+pub fn get(ctx: &mut HostCtx, path: &[u8]) -> Option<Bytes> {
+    let key = key(path);
+    let spec = &ctx.spec;
+    match key.as_str() {
+        "plugin_name" => return Some(text(&spec.name)),
+        "plugin_root_id" => return Some(text(&spec.name)),
+        "plugin_vm_id" => return Some(Bytes::new()),
+        _ => {}
+    }
+    let stream = ctx.streams.get(&ctx.effective)?;
+    if let Some(v) = stream.properties.get(&key) {
+        return Some(v.clone());
+    }
+    let info = &stream.info;
+    let request = stream.request.as_ref();
+    // Request headers are readable while the request head is (the request phases).
+    let header = |name: &str| -> Option<Bytes> {
+        Some(Bytes::copy_from_slice(
+            request?.headers.get(name)?.as_bytes(),
+        ))
+    };
+    let path = || match request {
+        Some(r) => r.path.clone(),
+        None => info.path.clone(),
+    };
+    Some(match key.as_str() {
+        "request.path" => text(&path()),
+        "request.url_path" => {
+            let p = path();
+            text(p.split_once('?').map(|(a, _)| a).unwrap_or(&p))
+        }
+        "request.query" => {
+            let p = path();
+            text(p.split_once('?').map(|(_, q)| q).unwrap_or(""))
+        }
+        "request.host" => text(request.map(|r| r.authority.as_str()).unwrap_or(&info.host)),
+        "request.scheme" => text(info.scheme),
+        "request.method" => text(
+            request
+                .map(|r| r.method.as_str())
+                .unwrap_or(info.method.as_str()),
+        ),
+        "request.id" => text(&info.id),
+        "request.protocol" => text(info.protocol),
+        "request.referer" => header("referer")?,
+        "request.useragent" => header("user-agent")?,
+        "request.time" => {
+            let nanos = info
+                .started
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as i64)
+                .unwrap_or(0);
+            int(nanos)
+        }
+        "source.address" => text(&info.source.to_string()),
+        "source.port" => int(info.source.port() as i64),
+        "destination.address" => text(&info.destination.to_string()),
+        "destination.port" => int(info.destination.port() as i64),
+        "connection.tls_version" => text(info.tls_version?),
+        "connection.mtls" => Bytes::from_static(if info.mtls { &[1] } else { &[0] }),
+        "connection.requested_server_name" => text(info.sni.as_deref()?),
+        "route_name" | "xds.route_name" => text(&info.route),
+        "xds.cluster_name" | "upstream.name" => text(info.upstream.as_deref()?),
+        "response.code" => int(stream.response.as_ref()?.status.as_u16() as i64),
+        _ => return None,
+    })
+}
+
+pub fn set(ctx: &mut HostCtx, path: &[u8], value: Bytes) {
+    let key = key(path);
+    if let Some(stream) = ctx.streams.get_mut(&ctx.effective) {
+        stream.properties.insert(key, value);
+    }
+}
