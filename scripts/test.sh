@@ -21,4 +21,7 @@ for f in config/*.yaml; do
   ./target/debug/portico check --config "$f"
 done
 
+# The Proxy-Wasm test plugins the end-to-end suite loads (tests/plugins/README.md).
+bash scripts/build-test-plugins.sh
+
 cargo test --locked --workspace "$@"

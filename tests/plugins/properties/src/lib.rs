@@ -1,0 +1,105 @@
+//! `properties`: `proxy_get_property` and `proxy_set_property`.
+//!
+//! Every request gets one `x-prop-<path>` header per well-known property (the path's dots
+//! replaced by dashes), decoded as the property's type, plus `x-prop-roundtrip` from writing
+//! and reading back `portico.test`. Details in tests/plugins/README.md.
+
+use log::info;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Trace);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root) });
+}}
+
+/// How a property's bytes are turned into a header value.
+#[derive(Clone, Copy)]
+enum Encoding {
+    /// UTF-8 text (decoded lossily).
+    String,
+    /// An `i64`, 8 bytes little-endian.
+    Int,
+    /// A `bool`, one byte 0 or 1.
+    Bool,
+}
+
+const PROPERTIES: &[(&str, Encoding)] = &[
+    ("request.path", Encoding::String),
+    ("request.url_path", Encoding::String),
+    ("request.host", Encoding::String),
+    ("request.scheme", Encoding::String),
+    ("request.method", Encoding::String),
+    ("request.id", Encoding::String),
+    ("request.protocol", Encoding::String),
+    ("request.query", Encoding::String),
+    ("source.address", Encoding::String),
+    ("source.port", Encoding::Int),
+    ("destination.address", Encoding::String),
+    ("destination.port", Encoding::Int),
+    ("connection.tls_version", Encoding::String),
+    ("connection.mtls", Encoding::Bool),
+    ("plugin_name", Encoding::String),
+    ("plugin_root_id", Encoding::String),
+    ("route_name", Encoding::String),
+    ("xds.route_name", Encoding::String),
+];
+
+struct Root;
+
+struct Properties;
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        info!("properties: configured");
+        true
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Properties))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+impl Context for Properties {}
+
+impl HttpContext for Properties {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        for &(path, encoding) in PROPERTIES {
+            let value = self.get_property(path.split('.').collect());
+            let header = format!("x-prop-{}", path.replace('.', "-"));
+            self.add_http_request_header(&header, &decode(value.as_deref(), encoding));
+        }
+
+        self.set_property(vec!["portico", "test"], Some(b"v1"));
+        let roundtrip = self.get_property(vec!["portico", "test"]);
+        self.add_http_request_header(
+            "x-prop-roundtrip",
+            &decode(roundtrip.as_deref(), Encoding::String),
+        );
+        Action::Continue
+    }
+}
+
+fn decode(value: Option<&[u8]>, encoding: Encoding) -> String {
+    let Some(bytes) = value else {
+        return "<none>".to_owned();
+    };
+    match encoding {
+        Encoding::String => String::from_utf8_lossy(bytes).into_owned(),
+        Encoding::Int => match <[u8; 8]>::try_from(bytes) {
+            Ok(le) => i64::from_le_bytes(le).to_string(),
+            Err(_) => format!("<invalid: {bytes:?}>"),
+        },
+        Encoding::Bool => match bytes {
+            [0] => "false".to_owned(),
+            [1] => "true".to_owned(),
+            _ => format!("<invalid: {bytes:?}>"),
+        },
+    }
+}
