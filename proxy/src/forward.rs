@@ -124,6 +124,7 @@ pub async fn send(
     upstream: &Upstream,
     mut req: Request<Incoming>,
     target: &Target,
+    filter_body: Option<Box<dyn FnOnce(Body) -> Body + Send>>,
 ) -> Result<Response<Body>, ProxyError> {
     // `prepare` left an `Upgrade` header only on a WebSocket upgrade.
     let upgrade = is_websocket_upgrade(req.headers());
@@ -147,9 +148,11 @@ pub async fn send(
         .limit(limit)
         .idle(limits.body_idle_timeout, "request body", id)
         .idle_until(answered.clone());
-    let mut resp = upstream
-        .send(Request::from_parts(parts, body::boxed(body)))
-        .await?;
+    let body = match filter_body {
+        Some(filter) => filter(body::boxed(body)),
+        None => body::boxed(body),
+    };
+    let mut resp = upstream.send(Request::from_parts(parts, body)).await?;
     answered.store(true, std::sync::atomic::Ordering::Release);
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -20,6 +20,7 @@ pub mod admin;
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod filter;
 pub mod forward;
 pub mod listener;
 pub mod pipeline;

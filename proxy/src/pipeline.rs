@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 
 use crate::body::{self, Body, Tracked};
 use crate::error::{ProxyError, Side};
+use crate::filter::{self, Decision, Filter};
 use crate::listener::ConnInfo;
 use crate::route::RouteRequest;
 use crate::route::path;
@@ -92,26 +93,106 @@ async fn proxy(
         path::normalize(uri.path()).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     let target = route(snapshot, &req, &ex.host, &normalised)?;
     ex.route = Some(target.route.clone());
-    match &target.route.action {
-        Action::Direct(d) => Ok((actions::direct(d), None)),
-        Action::Redirect(r) => Ok((
+    let upstream = match &target.route.action {
+        Action::Forward(backends) => Some(backends.pick().clone()),
+        _ => None,
+    };
+    ex.upstream = upstream.clone();
+    let chain = filter::chain_for(snapshot, conn, &target.route);
+    if chain.is_empty() {
+        return act(
+            shared,
+            snapshot,
+            conn,
+            req,
+            ex,
+            &target,
+            &normalised,
+            upstream,
+            None,
+        )
+        .await;
+    }
+    let scheme = if conn.tls.is_some() { "https" } else { "http" };
+    let filter = Filter::start(chain, conn, &req, ex, &target.route).await?;
+    let mut normalised = normalised.into_owned();
+    if let Decision::Respond(resp) = filter
+        .request(&mut req, ex, &mut normalised, scheme)
+        .await?
+    {
+        return Ok((resp, None));
+    }
+    let (resp, closing) = act(
+        shared,
+        snapshot,
+        conn,
+        req,
+        ex,
+        &target,
+        &normalised,
+        upstream,
+        Some(&filter),
+    )
+    .await?;
+    Ok((filter.response(resp).await?, closing))
+}
+
+/// The route's action: a direct response, a redirect, or forwarding to the upstream (with the
+/// request body through the plugins' body callbacks when `filter` is given).
+#[allow(clippy::too_many_arguments)]
+async fn act(
+    shared: &Arc<Shared>,
+    snapshot: &Arc<Snapshot>,
+    conn: &Arc<ConnInfo>,
+    mut req: Request<Incoming>,
+    ex: &mut Exchange,
+    target: &Target,
+    normalised: &str,
+    upstream: Option<Arc<crate::upstream::Upstream>>,
+    filter: Option<&Filter>,
+) -> Result<(Response<Body>, Option<tokio_util::sync::CancellationToken>), ProxyError> {
+    let limits = &snapshot.settings.limits;
+    match (&target.route.action, upstream) {
+        (Action::Direct(d), _) => Ok((actions::direct(d), None)),
+        (Action::Redirect(r), _) => Ok((
             actions::redirect(
                 r,
                 &req,
                 conn,
                 &ex.host,
-                &normalised,
+                normalised,
                 target.prefix.as_deref(),
             ),
             None,
         )),
-        Action::Forward(backends) => {
-            let upstream = backends.pick().clone();
-            ex.upstream = Some(upstream.clone());
+        (Action::Forward(_), Some(upstream)) => {
             actions::check_body_size(&req, target.route.max_body)?;
-            forward::prepare(&mut req, conn, snapshot, &ex.host, &normalised, &target)?;
+            forward::prepare(&mut req, conn, snapshot, &ex.host, normalised, target)?;
             let started = Instant::now();
-            let resp = forward::send(shared, conn, limits, &upstream, req, &target).await;
+            let resp = match filter {
+                None => forward::send(shared, conn, limits, &upstream, req, target, None).await,
+                Some(filter) => {
+                    let (wrap, mut local) = filter.request_body();
+                    let send = forward::send(
+                        shared,
+                        conn,
+                        limits,
+                        &upstream,
+                        req,
+                        target,
+                        Some(Box::new(wrap)),
+                    );
+                    tokio::select! {
+                        biased;
+                        Ok(answer) = &mut local => Ok(crate::plugin::local_response(answer)),
+                        resp = send => match (resp, local.try_recv()) {
+                            // The body ended with the plugin's answer: that is the response.
+                            (Err(_), Ok(answer)) => Ok(crate::plugin::local_response(answer)),
+                            (resp, _) => resp,
+                        },
+                    }
+                }
+            };
             shared
                 .metrics
                 .upstream_duration
@@ -119,6 +200,7 @@ async fn proxy(
                 .observe(started.elapsed().as_secs_f64());
             Ok((resp?, Some(target.route.closing.clone())))
         }
+        (Action::Forward(_), None) => Err(ProxyError::internal("no upstream picked")),
     }
 }
 

@@ -134,13 +134,16 @@ impl Server {
             None
         };
         let root = options.config.clone();
-        let ctx = CompileContext::default();
+        let metrics = Metrics::new();
+        let ctx = CompileContext {
+            plugins: crate::plugin::PluginHost::new(metrics.clone()),
+            ..CompileContext::default()
+        };
         let snapshot = {
             let loaded = config::load(&root).map_err(StartError::Config)?;
             config::compile(&loaded, &ctx).map_err(StartError::Config)?
         };
         let sockets = bind_new(&snapshot, &HashMap::new()).map_err(StartError::Config)?;
-        let metrics = Metrics::new();
         let shared = Arc::new(Shared {
             current: ArcSwap::from_pointee(snapshot),
             metrics,
@@ -276,9 +279,15 @@ impl Server {
             .collect();
         let root = self.root.clone();
         let ctx = std::mem::take(&mut *self.ctx.lock().unwrap_or_else(|e| e.into_inner()));
+        let previous = current
+            .plugins
+            .iter()
+            .map(|(fp, p)| (*fp, p.clone()))
+            .collect();
         let compiled = tokio::task::spawn_blocking(move || {
             let ctx = CompileContext {
                 route_tokens: tokens,
+                previous_plugins: previous,
                 ..ctx
             };
             let result = config::load(&root).and_then(|loaded| config::compile(&loaded, &ctx));
@@ -295,6 +304,7 @@ impl Server {
         };
         *self.ctx.lock().unwrap_or_else(|e| e.into_inner()) = CompileContext {
             route_tokens: HashMap::new(),
+            previous_plugins: HashMap::new(),
             ..ctx
         };
         let snapshot = match result {

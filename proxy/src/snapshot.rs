@@ -32,6 +32,10 @@ pub struct Snapshot {
     pub files: Vec<PathBuf>,
     /// Every other file it references (certificates, keys, CA bundles); part of the hash.
     pub referenced: Vec<PathBuf>,
+    /// Every configured plugin, with the fingerprint a reload reuses it by.
+    pub plugins: Vec<(u64, Arc<crate::plugin::Plugin>)>,
+    /// The chain of routes and listeners that name none.
+    pub default_plugins: crate::plugin::Chain,
 }
 
 impl Snapshot {
@@ -61,6 +65,8 @@ pub struct ListenerConfig {
     /// `Some(port)`: answer everything with a 308 to HTTPS on that port (`None` = 443).
     pub redirect_https: Option<Option<u16>>,
     pub h2c: bool,
+    /// The chain of routes without their own `plugins`, reached through this listener.
+    pub plugins: Option<crate::plugin::Chain>,
 }
 
 #[derive(Debug)]
@@ -75,6 +81,8 @@ pub struct Route {
     /// Hash of the route's definition; a reload that keeps it keeps the route's streams.
     pub fingerprint: u64,
     pub stats: crate::telemetry::metrics::RouteStats,
+    /// This route's own chain; `None` falls back to the listener's, then `default_plugins`.
+    pub plugins: Option<crate::plugin::Chain>,
 }
 
 #[derive(Debug)]

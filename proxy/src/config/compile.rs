@@ -29,6 +29,11 @@ pub struct CompileContext {
     /// Closing tokens of the routes currently serving, by (name, fingerprint): an unchanged route
     /// keeps its token, so its long-lived streams are untouched by the reload.
     pub route_tokens: HashMap<(String, u64), CancellationToken>,
+    /// The process's plugin host: engine, compiled modules, shared data.
+    pub plugins: crate::plugin::PluginHost,
+    /// Plugins of the snapshot serving now, by fingerprint: an unchanged plugin keeps its
+    /// instances.
+    pub previous_plugins: HashMap<u64, Arc<crate::plugin::Plugin>>,
 }
 
 /// Where one item of a merged list came from.
@@ -85,6 +90,82 @@ pub fn compile(loaded: &Loaded, ctx: &CompileContext) -> Result<Snapshot, Config
         }
     }
 
+    // Upstream objects are built per (upstream, connect timeout) the routes ask for.
+    let mut built: HashMap<(String, Option<Duration>, Option<Duration>), Arc<Upstream>> =
+        HashMap::new();
+    let mut upstream_for = |name: &str,
+                            connect: Option<Duration>,
+                            request: Option<Duration>|
+     -> Option<Arc<Upstream>> {
+        let (_, raw) = upstream_defs.get(name)?;
+        let key = (name.to_string(), connect, request);
+        if let Some(u) = built.get(&key) {
+            return Some(u.clone());
+        }
+        let protocol = match raw.protocol {
+            Some(RawUpstreamProtocol::H2c) => UpstreamProtocol::H2c,
+            _ => UpstreamProtocol::Http1,
+        };
+        let connect_timeout = connect
+            .or(raw.connect_timeout.map(|d| d.0))
+            .unwrap_or(Duration::from_secs(5));
+        let request_timeout = request
+            .or(raw.request_timeout.map(|d| d.0))
+            .unwrap_or(Duration::from_secs(60));
+        let idle = raw
+            .idle_timeout
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(90));
+        let client_key = ClientKey {
+            protocol,
+            connect_timeout,
+            idle_timeout: idle,
+        };
+        let endpoints = raw
+            .endpoints
+            .iter()
+            .filter_map(|e| e.parse().ok())
+            .collect();
+        let u = Arc::new(Upstream::new(
+            name.to_string(),
+            endpoints,
+            &ctx.clients,
+            client_key,
+            request_timeout,
+        ));
+        built.insert(key, u.clone());
+        Some(u)
+    };
+
+    // Plugins: compiled and started now, so a refused configuration fails this compile. Their
+    // callouts reach upstreams by name.
+    let callout_upstreams: HashMap<String, Arc<Upstream>> = upstream_defs
+        .keys()
+        .filter_map(|name| Some((name.to_string(), upstream_for(name, None, None)?)))
+        .collect();
+    let upstreams_fingerprint = {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for (name, (_, raw)) in &upstream_defs {
+            (name, serde_json::to_string(raw).unwrap_or_default()).hash(&mut h);
+        }
+        h.finish()
+    };
+    let plugins = super::plugins::compile(
+        &files,
+        &ctx.plugins,
+        &ctx.previous_plugins,
+        &callout_upstreams,
+        upstreams_fingerprint,
+        &mut errors,
+    );
+    let mut default_plugins = crate::plugin::Chain::default();
+    for (source, file) in &files {
+        if let Some(names) = &file.default_plugins {
+            default_plugins =
+                super::plugins::chain(names, &plugins, source, "default_plugins", &mut errors);
+        }
+    }
+
     // Listeners.
     let mut listeners = Vec::new();
     let mut addresses: HashMap<SocketAddr, String> = HashMap::new();
@@ -106,6 +187,11 @@ pub fn compile(loaded: &Loaded, ctx: &CompileContext) -> Result<Snapshot, Config
                     extra_files.push(resolve(base, &ca.ca));
                 }
             }
+        }
+    }
+    for (source, file) in &files {
+        for p in file.plugins.values() {
+            extra_files.push(resolve(source.base_dir(), &p.module));
         }
     }
     let hash = content_hash(loaded.text_digest.as_ref(), &extra_files);
@@ -207,6 +293,10 @@ pub fn compile(loaded: &Loaded, ctx: &CompileContext) -> Result<Snapshot, Config
                 tls,
                 redirect_https: l.redirect_https.as_ref().map(|r| r.port),
                 h2c: l.h2c.unwrap_or(true),
+                plugins: l.plugins.as_ref().map(|names| {
+                    let at = format!("{}.plugins", origin.path);
+                    super::plugins::chain(names, &plugins, source, &at, &mut errors)
+                }),
             }));
         }
     }
@@ -239,53 +329,6 @@ pub fn compile(loaded: &Loaded, ctx: &CompileContext) -> Result<Snapshot, Config
         }
     };
 
-    // Upstream objects are built per (upstream, connect timeout) the routes ask for.
-    let mut built: HashMap<(String, Option<Duration>, Option<Duration>), Arc<Upstream>> =
-        HashMap::new();
-    let mut upstream_for = |name: &str,
-                            connect: Option<Duration>,
-                            request: Option<Duration>|
-     -> Option<Arc<Upstream>> {
-        let (_, raw) = upstream_defs.get(name)?;
-        let key = (name.to_string(), connect, request);
-        if let Some(u) = built.get(&key) {
-            return Some(u.clone());
-        }
-        let protocol = match raw.protocol {
-            Some(RawUpstreamProtocol::H2c) => UpstreamProtocol::H2c,
-            _ => UpstreamProtocol::Http1,
-        };
-        let connect_timeout = connect
-            .or(raw.connect_timeout.map(|d| d.0))
-            .unwrap_or(Duration::from_secs(5));
-        let request_timeout = request
-            .or(raw.request_timeout.map(|d| d.0))
-            .unwrap_or(Duration::from_secs(60));
-        let idle = raw
-            .idle_timeout
-            .map(|d| d.0)
-            .unwrap_or(Duration::from_secs(90));
-        let client_key = ClientKey {
-            protocol,
-            connect_timeout,
-            idle_timeout: idle,
-        };
-        let endpoints = raw
-            .endpoints
-            .iter()
-            .filter_map(|e| e.parse().ok())
-            .collect();
-        let u = Arc::new(Upstream::new(
-            name.to_string(),
-            endpoints,
-            &ctx.clients,
-            client_key,
-            request_timeout,
-        ));
-        built.insert(key, u.clone());
-        Some(u)
-    };
-
     // Routes.
     let mut rules = Vec::new();
     let mut routes = Vec::new();
@@ -313,6 +356,10 @@ pub fn compile(loaded: &Loaded, ctx: &CompileContext) -> Result<Snapshot, Config
             let (specs, prefixes) = compile_matchers(r, &origin, &mut errors);
             let action = compile_action(r, &origin, &upstream_defs, &mut upstream_for, &mut errors);
             let rewrite = compile_rewrite(r, &origin, &mut errors);
+            let route_plugins = r.plugins.as_ref().map(|names| {
+                let at = format!("{}.plugins", origin.path);
+                super::plugins::chain(names, &plugins, source, &at, &mut errors)
+            });
             if errors.len() > before {
                 continue;
             }
@@ -331,6 +378,7 @@ pub fn compile(loaded: &Loaded, ctx: &CompileContext) -> Result<Snapshot, Config
                 closing,
                 fingerprint,
                 stats: Default::default(),
+                plugins: route_plugins,
             });
             for (spec, prefix) in specs.into_iter().zip(prefixes) {
                 rules.push((
@@ -349,7 +397,8 @@ pub fn compile(loaded: &Loaded, ctx: &CompileContext) -> Result<Snapshot, Config
         return Err(ConfigErrors(errors));
     }
 
-    // The hash covers the YAML and every file it references.
+    let live: Vec<_> = plugins.all.iter().map(|(_, p)| p.clone()).collect();
+    ctx.plugins.retain_modules(&live);
 
     Ok(Snapshot {
         hash,
@@ -361,6 +410,8 @@ pub fn compile(loaded: &Loaded, ctx: &CompileContext) -> Result<Snapshot, Config
         settings,
         files: loaded.sources.iter().map(|s| s.path.clone()).collect(),
         referenced: extra_files,
+        plugins: plugins.all,
+        default_plugins,
     })
 }
 
@@ -396,7 +447,7 @@ fn origin_string(origin: &Origin<'_>) -> String {
     }
 }
 
-fn resolve(base: &Path, p: &str) -> PathBuf {
+pub(super) fn resolve(base: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
     if p.is_absolute() {
         p.to_path_buf()

@@ -10,6 +10,7 @@
 pub mod compile;
 pub mod env;
 pub mod locate;
+pub mod plugins;
 pub mod raw;
 pub mod units;
 pub mod watch;

@@ -28,6 +28,51 @@ pub struct RawFile {
     pub shutdown: Option<RawShutdown>,
     pub reload: Option<RawReload>,
     pub forwarding: Option<RawForwarding>,
+    /// WebAssembly plugins (Proxy-Wasm ABI 0.2.1), by name. Routes, listeners and
+    /// `default_plugins` list them by that name.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, RawPlugin>,
+    /// The chain of every route that lists no `plugins` of its own, on a listener that lists
+    /// none either.
+    pub default_plugins: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlugin {
+    /// Path to the `.wasm` module (relative to this file's folder).
+    pub module: String,
+    /// Any YAML value; the plugin receives it as JSON through `proxy_on_configure`.
+    pub config: Option<serde_json::Value>,
+    /// `deny` (default): a failing plugin fails the request with 500. `allow`: it is skipped.
+    pub on_error: Option<RawOnError>,
+    pub limits: Option<RawPluginLimits>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RawOnError {
+    Deny,
+    Allow,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawPluginLimits {
+    /// Linear memory per instance. Default 64MiB, at most 1GiB.
+    pub memory: Option<ByteSize>,
+    /// Deadline of every call into the plugin. Default 50ms.
+    pub time_per_call: Option<Duration>,
+    /// Instances (each serves one callback at a time). Default: one per CPU.
+    pub instances: Option<usize>,
+    /// Most of one body a plugin may buffer by pausing. Default 4MiB.
+    pub body_buffer: Option<ByteSize>,
+    /// Largest callout request or response body. Default 1MiB.
+    pub callout_body: Option<ByteSize>,
+    /// Timeout of a callout that sets none. Default 5s.
+    pub callout_timeout: Option<Duration>,
+    /// How long a paused request or response waits to be resumed before it fails. Default 60s.
+    pub pause_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize, Serialize, JsonSchema)]
@@ -40,6 +85,8 @@ pub struct RawListener {
     pub redirect_https: Option<RawRedirectHttps>,
     /// Accept HTTP/2 with prior knowledge (h2c) on a plain listener. Default true.
     pub h2c: Option<bool>,
+    /// The plugin chain of routes reached through this listener that list no `plugins`.
+    pub plugins: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Serialize, JsonSchema)]
@@ -135,6 +182,9 @@ pub struct RawRoute {
     pub rewrite: Option<RawRewrite>,
     pub timeouts: Option<RawRouteTimeouts>,
     pub max_body: Option<ByteSize>,
+    /// Plugins run on this route's requests, in this order (responses in reverse). `[]` runs
+    /// none, even where a listener or `default_plugins` would.
+    pub plugins: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Serialize, JsonSchema)]

@@ -49,6 +49,8 @@ use watched::{Head, Watched};
 pub struct ConnInfo {
     pub listener: Arc<ListenerConfig>,
     pub peer: SocketAddr,
+    /// The address the client connected to.
+    pub local: SocketAddr,
     pub tls: Option<TlsInfo>,
     pub activity: Activity,
     /// Fired when the connection must end now, not gracefully: its listener was removed by a
@@ -449,11 +451,13 @@ async fn serve(
         slot,
         reject,
     } = accepted;
+    let local = stream.local_addr().unwrap_or(config.addr);
     match config.tls.clone() {
         None => {
             let conn = Arc::new(ConnInfo {
                 listener: config.clone(),
                 peer,
+                local,
                 tls: None,
                 activity: Activity::new(),
                 kill,
@@ -502,6 +506,7 @@ async fn serve(
             let conn = Arc::new(ConnInfo {
                 listener: config,
                 peer,
+                local,
                 tls: Some(info),
                 activity: Activity::new(),
                 kill,

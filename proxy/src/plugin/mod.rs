@@ -841,13 +841,14 @@ impl ChainStream {
     }
 
     /// Wraps the request body so every chunk runs through the chain. A local response sent
-    /// from a body callback arrives on the receiver; the upstream request is then abandoned.
+    /// from a body callback goes to `local`; the body then ends with an error, which abandons
+    /// the upstream request.
     pub fn request_body(
         self: &Arc<Self>,
         body: Body,
-    ) -> (Body, tokio::sync::oneshot::Receiver<LocalResponse>) {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        (filtered(self.clone(), Dir::Request, body, Some(tx)), rx)
+        local: tokio::sync::oneshot::Sender<LocalResponse>,
+    ) -> Body {
+        filtered(self.clone(), Dir::Request, body, Some(local))
     }
 
     /// Wraps the response body; the chain's stream contexts end when it does.

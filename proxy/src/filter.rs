@@ -1,0 +1,173 @@
+//! The pipeline's plugin phases: turning a request into what plugins see (Envoy's
+//! pseudo-headers over the normalised path), applying what they changed, and running the
+//! response back through the chain. The plugins themselves run in [`crate::plugin`].
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::{HeaderValue, Request, Response, header};
+use http_body::Body as _;
+use hyper::body::Incoming;
+
+use crate::body::Body;
+use crate::error::ProxyError;
+use crate::listener::ConnInfo;
+use crate::pipeline::Exchange;
+use crate::plugin::{
+    self, Chain, ChainStream, LocalResponse, RequestHead, ResponseHead, StreamInfo, Verdict,
+};
+use crate::snapshot::{Route, Snapshot};
+
+/// The chain a request runs through: its route's, else its listener's, else the default.
+pub fn chain_for<'a>(snapshot: &'a Snapshot, conn: &'a ConnInfo, route: &'a Route) -> &'a Chain {
+    route
+        .plugins
+        .as_ref()
+        .or(conn.listener.plugins.as_ref())
+        .unwrap_or(&snapshot.default_plugins)
+}
+
+/// A request's plugin stream.
+pub struct Filter {
+    stream: Arc<ChainStream>,
+}
+
+/// What the request phase decided.
+pub enum Decision {
+    Continue,
+    Respond(Response<Body>),
+}
+
+impl Filter {
+    pub async fn start(
+        chain: &Chain,
+        conn: &ConnInfo,
+        req: &Request<Incoming>,
+        ex: &Exchange,
+        route: &Route,
+    ) -> Result<Filter, ProxyError> {
+        let info = StreamInfo {
+            id: ex.id.to_str().unwrap_or("").to_string(),
+            started: SystemTime::now(),
+            source: conn.peer,
+            destination: conn.local,
+            tls_version: conn.tls.as_ref().map(|t| t.version),
+            mtls: conn.tls.as_ref().is_some_and(|t| t.client_cert),
+            sni: conn.tls.as_ref().and_then(|t| t.sni.clone()),
+            protocol: match req.version() {
+                http::Version::HTTP_2 => "HTTP/2",
+                http::Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+            scheme: if conn.tls.is_some() { "https" } else { "http" },
+            method: req.method().clone(),
+            host: ex.host.clone(),
+            path: ex.path.clone(),
+            route: route.name.clone(),
+            upstream: ex.upstream.as_ref().map(|u| u.name.clone()),
+        };
+        let stream = chain.start(Arc::new(info)).await?;
+        Ok(Filter { stream })
+    }
+
+    /// `on_request_headers` over the whole chain. The request's method, path, host and headers
+    /// become what the plugins left; `normalised` follows a changed path.
+    pub async fn request(
+        &self,
+        req: &mut Request<Incoming>,
+        ex: &mut Exchange,
+        normalised: &mut String,
+        scheme: &'static str,
+    ) -> Result<Decision, ProxyError> {
+        let path = match req.uri().query() {
+            Some(q) => format!("{normalised}?{q}"),
+            None => normalised.clone(),
+        };
+        let mut head = RequestHead {
+            method: req.method().clone(),
+            scheme,
+            authority: ex.host.clone(),
+            path,
+            headers: std::mem::take(req.headers_mut()),
+        };
+        let original_path = head.path.clone();
+        let end_of_stream = req.body().is_end_stream();
+        let verdict = self.stream.request_headers(&mut head, end_of_stream).await;
+        // Whatever the verdict, the request gets its headers back.
+        *req.headers_mut() = std::mem::take(&mut head.headers);
+        if let Verdict::Respond(local) = verdict? {
+            return Ok(Decision::Respond(self.respond(local).await?));
+        }
+        *req.method_mut() = head.method;
+        if head.authority != ex.host {
+            let value = HeaderValue::from_str(&head.authority)
+                .map_err(|_| ProxyError::internal("a plugin set an invalid :authority"))?;
+            req.headers_mut().insert(header::HOST, value);
+            ex.host = head.authority;
+        }
+        if head.path != original_path {
+            let pq: http::uri::PathAndQuery = head
+                .path
+                .parse()
+                .map_err(|_| ProxyError::internal("a plugin set an invalid :path"))?;
+            *normalised = pq.path().to_string();
+            *req.uri_mut() = http::Uri::from(pq);
+        }
+        Ok(Decision::Continue)
+    }
+
+    /// Wraps a request body for the chain's body callbacks; a local response sent from one of
+    /// them arrives on the receiver.
+    pub fn request_body(
+        &self,
+    ) -> (
+        impl FnOnce(Body) -> Body + Send + 'static,
+        tokio::sync::oneshot::Receiver<LocalResponse>,
+    ) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let stream = self.stream.clone();
+        (move |body| stream.request_body(body, tx), rx)
+    }
+
+    /// `on_response_headers` in reverse order, and the response body wrapped for the body
+    /// and trailer callbacks. The chain's contexts end with the response body.
+    pub async fn response(&self, resp: Response<Body>) -> Result<Response<Body>, ProxyError> {
+        let (mut parts, body) = resp.into_parts();
+        let mut head = ResponseHead {
+            status: parts.status,
+            headers: std::mem::take(&mut parts.headers),
+        };
+        let end_of_stream = body.is_end_stream();
+        match self
+            .stream
+            .response_headers(&mut head, end_of_stream)
+            .await?
+        {
+            Verdict::Respond(local) => {
+                // A plugin replaced the response: the upstream's body is dropped.
+                Ok(plugin::local_response(local))
+            }
+            Verdict::Continue => {
+                parts.status = head.status;
+                parts.headers = head.headers;
+                let upgraded = parts.status == http::StatusCode::SWITCHING_PROTOCOLS;
+                let body = if end_of_stream || upgraded {
+                    body
+                } else {
+                    self.stream.response_body(body)
+                };
+                Ok(Response::from_parts(parts, body))
+            }
+        }
+    }
+
+    /// A plugin's local response, run back through the response phase as Envoy does.
+    async fn respond(&self, local: LocalResponse) -> Result<Response<Body>, ProxyError> {
+        self.response(plugin::local_response(local)).await
+    }
+
+    /// A response produced without an upstream (direct response, redirect).
+    pub async fn finish_local(&self, resp: Response<Body>) -> Result<Response<Body>, ProxyError> {
+        self.response(resp).await
+    }
+}
