@@ -43,6 +43,11 @@ enum Command {
     },
     /// Print the configuration's JSON Schema (for editors: yaml-language-server).
     Schema,
+    /// Work with WebAssembly plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Validate a configuration and print every error with file, line and YAML path.
     Check {
         #[arg(long, short, env = "PORTICO_CONFIG")]
@@ -51,6 +56,16 @@ enum Command {
         /// running Portico).
         #[arg(long)]
         bind: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Show a module's Proxy-Wasm ABI version, exports and imports, and whether Portico can
+    /// run it (imports it does not provide are named). Exit code 0 when it can, 1 when not.
+    Inspect {
+        /// The `.wasm` file.
+        file: PathBuf,
     },
 }
 
@@ -63,6 +78,33 @@ fn main() -> ExitCode {
         Command::Schema => {
             print!("{}", portico::config::schema());
             ExitCode::SUCCESS
+        }
+        Command::Plugin {
+            command: PluginCommand::Inspect { file },
+        } => inspect(&file),
+    }
+}
+
+fn inspect(file: &std::path::Path) -> ExitCode {
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("{}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    match portico::plugin::inspect::report(&bytes) {
+        Ok((text, runnable)) => {
+            print!("{}\n{text}", file.display());
+            if runnable {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", file.display());
+            ExitCode::FAILURE
         }
     }
 }

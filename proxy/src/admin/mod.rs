@@ -111,6 +111,7 @@ fn config_json(shared: &Shared) -> String {
             "name": l.name, "address": l.addr.to_string(), "tls": l.tls.is_some(),
         })).collect::<Vec<_>>(),
         "routes": snapshot.routes.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
+        "plugins": snapshot.plugins.iter().map(|(_, p)| p.status()).collect::<Vec<_>>(),
         "reloads": shared.reloads.load(Ordering::Acquire),
         "last_reload": {
             "at": status.last_attempt.map(unix),

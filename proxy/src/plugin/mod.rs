@@ -291,6 +291,40 @@ impl Plugin {
     pub fn name(&self) -> &str {
         &self.spec.name
     }
+
+    /// For `/config`: instances, how many are live now, and the plugin's failure record
+    /// (kept across reloads). A plugin whose instances keep failing shows `live` below
+    /// `instances` and a growing `failures`.
+    pub fn status(&self) -> serde_json::Value {
+        let live = self
+            .pool
+            .slots
+            .iter()
+            .filter(|s| match s.state.try_lock() {
+                Ok(state) => state.instance.is_some(),
+                // Busy running a callback: alive.
+                Err(_) => true,
+            })
+            .count();
+        let health = self
+            .spec
+            .host
+            .health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&self.spec.name)
+            .cloned()
+            .unwrap_or_default();
+        serde_json::json!({
+            "name": self.spec.name,
+            "instances": self.pool.slots.len(),
+            "live": live,
+            "on_error": match self.spec.on_error { OnError::Deny => "deny", OnError::Allow => "allow" },
+            "failures": health.failures,
+            "last_failure": health.last_failure,
+            "last_failure_at": health.last_failure_at,
+        })
+    }
 }
 
 /// Attributes of a request that plugins read as properties.
