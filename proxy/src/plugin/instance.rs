@@ -32,6 +32,9 @@ pub enum Fault {
     Trap(String),
     #[error("{0}")]
     Abi(String),
+    /// Every instance is failing and waiting out its backoff.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl Fault {
@@ -41,6 +44,7 @@ impl Fault {
             Fault::MemoryCap(_) => "memory",
             Fault::Trap(_) => "trap",
             Fault::Abi(_) => "abi",
+            Fault::Unavailable(_) => "unavailable",
         }
     }
 }
@@ -93,6 +97,8 @@ pub struct StreamState {
     pub request_trailers: Option<HeaderMap>,
     pub request_body: BytesMut,
     pub response: Option<ResponseHead>,
+    /// The response status once the response phase has begun (`response.code`).
+    pub response_status: Option<StatusCode>,
     pub response_trailers: Option<HeaderMap>,
     pub response_body: BytesMut,
     pub effects: StreamEffects,
@@ -110,6 +116,7 @@ impl StreamState {
             request_trailers: None,
             request_body: BytesMut::new(),
             response: None,
+            response_status: None,
             response_trailers: None,
             response_body: BytesMut::new(),
             effects: StreamEffects::default(),
@@ -210,6 +217,9 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
+/// `proxy_on_http_call_response(context, token, headers, body size, trailers)`.
+pub type CallResponseFn = TypedFunc<(u32, u32, u32, u32, u32), ()>;
+
 /// The guest's exports that the host calls. Optional ones are skipped when absent.
 pub struct Exports {
     pub on_context_create: TypedFunc<(u32, u32), ()>,
@@ -226,7 +236,7 @@ pub struct Exports {
     pub on_delete: Option<TypedFunc<u32, ()>>,
     pub on_tick: Option<TypedFunc<u32, ()>>,
     pub on_queue_ready: Option<TypedFunc<(u32, u32), ()>>,
-    pub on_http_call_response: Option<TypedFunc<(u32, u32, u32, u32, u32), ()>>,
+    pub on_http_call_response: Option<CallResponseFn>,
 }
 
 pub struct Instance {

@@ -367,10 +367,7 @@ impl Chain {
     pub async fn start(&self, info: Arc<StreamInfo>) -> Result<Arc<ChainStream>, ProxyError> {
         let mut bindings = Vec::with_capacity(self.0.len());
         for plugin in self.0.iter() {
-            let slot = plugin.pool.pick().clone();
-            let created = slot
-                .with(None, |inst| inst.create_stream(info.clone()))
-                .await;
+            let (slot, created) = plugin.pool.bind(&info).await;
             match created {
                 Ok((ctx, generation)) => bindings.push(Binding {
                     plugin: plugin.clone(),
@@ -586,14 +583,15 @@ impl ChainStream {
             }
             let n = head.headers.len() as u32 + 4;
             let eos = end_of_stream as u32;
-            let slot_head = std::mem::replace(head, empty_request());
+            // Kept here until the callback runs, so a failure before it loses nothing.
+            let mut carry = Some(std::mem::replace(head, empty_request()));
             let taken = Arc::new(Mutex::new(None));
             let out = taken.clone();
             let result = self
                 .run(
                     b,
                     Dir::Request,
-                    |s| s.request = Some(slot_head),
+                    |s| s.request = carry.take(),
                     |inst, ctx| match inst.exports.on_request_headers.clone() {
                         Some(f) => inst.call(f, (ctx, n, eos)),
                         None => Ok(0),
@@ -610,7 +608,10 @@ impl ChainStream {
                 other => other,
             };
             // Whatever happened, take the head back out of the instance.
-            let back = take_back(&taken, b, |s| s.request.take()).await;
+            let back = match carry.take() {
+                Some(h) => Some(h),
+                None => take_back(&taken, b, |s| s.request.take()).await,
+            };
             *head = back.unwrap_or_else(empty_request);
             match result {
                 Err(fault) => self.policy(b, fault)?,
@@ -647,26 +648,32 @@ impl ChainStream {
             }
             let n = head.headers.len() as u32 + 1;
             let eos = end_of_stream as u32;
-            let slot_head = std::mem::replace(
+            let mut carry = Some(std::mem::replace(
                 head,
                 ResponseHead {
                     status: StatusCode::OK,
                     headers: HeaderMap::new(),
                 },
-            );
+            ));
             let taken = Arc::new(Mutex::new(None));
             let out = taken.clone();
             let result = self
                 .run(
                     b,
                     Dir::Response,
-                    |s| s.response = Some(slot_head),
+                    |s| {
+                        s.response_status = carry.as_ref().map(|h| h.status);
+                        s.response = carry.take();
+                    },
                     |inst, ctx| match inst.exports.on_response_headers.clone() {
                         Some(f) => inst.call(f, (ctx, n, eos)),
                         None => Ok(0),
                     },
-                    // The response head stays readable (as a copy) for on_log and properties.
-                    move |s| *out.lock().unwrap_or_else(|e| e.into_inner()) = s.response.clone(),
+                    move |s| {
+                        // Its status stays readable (`response.code`) for on_log.
+                        s.response_status = s.response.as_ref().map(|h| h.status);
+                        *out.lock().unwrap_or_else(|e| e.into_inner()) = s.response.take();
+                    },
                 )
                 .await;
             let result = match result {
@@ -677,7 +684,10 @@ impl ChainStream {
                 }
                 other => other,
             };
-            let back = take_back(&taken, b, |s| s.response.clone()).await;
+            let back = match carry.take() {
+                Some(h) => Some(h),
+                None => take_back(&taken, b, |s| s.response.take()).await,
+            };
             if let Some(back) = back {
                 *head = back;
             }
@@ -773,6 +783,12 @@ impl ChainStream {
             match result {
                 Err(fault) => {
                     self.policy(b, fault)?;
+                    // Skipped from now on: what it had buffered (this chunk included) goes on.
+                    let buffered =
+                        std::mem::take(&mut *out.lock().unwrap_or_else(|e| e.into_inner()));
+                    if !buffered.is_empty() {
+                        data = buffered;
+                    }
                     continue;
                 }
                 Ok(o) => {
@@ -816,7 +832,7 @@ impl ChainStream {
                 continue;
             }
             let n = trailers.len() as u32;
-            let t = std::mem::take(trailers);
+            let mut carry = Some(std::mem::take(trailers));
             let out = Arc::new(Mutex::new(None));
             let out2 = out.clone();
             let result = self
@@ -824,8 +840,8 @@ impl ChainStream {
                     b,
                     dir,
                     |s| match dir {
-                        Dir::Request => s.request_trailers = Some(t),
-                        Dir::Response => s.response_trailers = Some(t),
+                        Dir::Request => s.request_trailers = carry.take(),
+                        Dir::Response => s.response_trailers = carry.take(),
                     },
                     |inst, ctx| {
                         let f = match dir {
@@ -853,11 +869,16 @@ impl ChainStream {
                 }
                 other => other,
             };
-            let back = take_back(&out, b, |s| match dir {
-                Dir::Request => s.request_trailers.take(),
-                Dir::Response => s.response_trailers.take(),
-            })
-            .await;
+            let back = match carry.take() {
+                Some(t) => Some(t),
+                None => {
+                    take_back(&out, b, |s| match dir {
+                        Dir::Request => s.request_trailers.take(),
+                        Dir::Response => s.response_trailers.take(),
+                    })
+                    .await
+                }
+            };
             *trailers = back.unwrap_or_default();
             match result {
                 Err(fault) => self.policy(b, fault)?,
@@ -902,15 +923,15 @@ impl Drop for ChainStream {
                     tracing::debug!(target: "portico::plugin", "on_log/on_done failed: {fault}");
                 }
             };
-            if !b.slot.try_with(b.generation, end) {
-                if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                    rt.spawn(async move {
-                        let _ = b
-                            .slot
-                            .with(Some(b.generation), |inst| inst.end_stream(ctx))
-                            .await;
-                    });
-                }
+            if !b.slot.try_with(b.generation, end)
+                && let Ok(rt) = tokio::runtime::Handle::try_current()
+            {
+                rt.spawn(async move {
+                    let _ = b
+                        .slot
+                        .with(Some(b.generation), |inst| inst.end_stream(ctx))
+                        .await;
+                });
             }
         }
     }

@@ -86,6 +86,30 @@ impl Pool {
         self.slots[0].pre.module()
     }
 
+    /// Binds a new stream: on the slot [`Pool::pick`] chooses, or, while that one waits out a
+    /// backoff, on the next that can take it.
+    pub async fn bind(
+        &self,
+        info: &Arc<super::StreamInfo>,
+    ) -> (Arc<Slot>, Result<(u32, u64), Fault>) {
+        let first = self.pick().clone();
+        let mut result = first
+            .with(None, |inst| inst.create_stream(info.clone()))
+            .await;
+        if !matches!(result, Err(Fault::Unavailable(_))) {
+            return (first, result);
+        }
+        for slot in self.slots.iter().filter(|s| !Arc::ptr_eq(s, &first)) {
+            result = slot
+                .with(None, |inst| inst.create_stream(info.clone()))
+                .await;
+            if !matches!(result, Err(Fault::Unavailable(_))) {
+                return (slot.clone(), result);
+            }
+        }
+        (first, result)
+    }
+
     /// The slot for a new stream: an idle one if there is one, else the next in turn.
     pub fn pick(&self) -> &Arc<Slot> {
         let n = self.slots.len();
@@ -168,8 +192,8 @@ impl Slot {
         if let Some(t) = state.retry_at
             && Instant::now() < t
         {
-            return Err(Fault::Abi(format!(
-                "plugin is failing repeatedly; next attempt in {:?}",
+            return Err(Fault::Unavailable(format!(
+                "the instance failed; next attempt in {:?}",
                 t - Instant::now()
             )));
         }

@@ -83,7 +83,12 @@ pub fn get(ctx: &mut HostCtx, path: &[u8]) -> Option<Bytes> {
         "connection.requested_server_name" => text(info.sni.as_deref()?),
         "route_name" | "xds.route_name" => text(&info.route),
         "xds.cluster_name" | "upstream.name" => text(info.upstream.as_deref()?),
-        "response.code" => int(stream.response.as_ref()?.status.as_u16() as i64),
+        "response.code" => int(stream
+            .response
+            .as_ref()
+            .map(|r| r.status)
+            .or(stream.response_status)?
+            .as_u16() as i64),
         _ => return None,
     })
 }
