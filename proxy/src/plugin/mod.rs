@@ -1078,18 +1078,17 @@ impl http_body::Body for Filtered {
             };
             let frame = std::task::ready!(Pin::new(inner).poll_frame(cx));
             let end_after = st.inner.as_ref().is_some_and(|b| b.is_end_stream());
-            let step: Step = match frame {
-                None => Step::Data(Bytes::new(), true),
+            let step: Option<Step> = match frame {
+                None => Some(Step::Data(Bytes::new(), true)),
                 Some(Err(e)) => return Poll::Ready(Some(Err(e))),
                 Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => Step::Data(data, end_after),
-                    Err(frame) => match frame.into_trailers() {
-                        Ok(t) => Step::Trailers(t),
-                        Err(_) => continue,
-                    },
+                    Ok(data) => Some(Step::Data(data, end_after)),
+                    Err(frame) => frame.into_trailers().ok().map(Step::Trailers),
                 },
             };
             drop(st);
+            // A frame of another kind: skip it.
+            let Some(step) = step else { continue };
             let state = self.state.clone();
             self.pending = Some(Box::pin(run_step(state, step)));
         }
