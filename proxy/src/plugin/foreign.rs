@@ -38,8 +38,11 @@ pub fn lookup(name: &str) -> Option<Function> {
     FUNCTIONS.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
 }
 
+/// A counter's key: the plugin's name and the counter's name.
+type CounterKey = (String, Vec<u8>);
+
 #[derive(Default)]
-pub struct Counters(Mutex<HashMap<(String, Vec<u8>), std::sync::Arc<AtomicI64>>>);
+pub struct Counters(Mutex<HashMap<CounterKey, std::sync::Arc<AtomicI64>>>);
 
 impl std::fmt::Debug for Counters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

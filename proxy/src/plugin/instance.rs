@@ -210,6 +210,9 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
+/// `proxy_on_http_call_response(context, token, headers, body size, trailers)`.
+type CallResponseArgs = (u32, u32, u32, u32, u32);
+
 /// The guest's exports that the host calls. Optional ones are skipped when absent.
 pub struct Exports {
     pub on_context_create: TypedFunc<(u32, u32), ()>,
@@ -226,7 +229,7 @@ pub struct Exports {
     pub on_delete: Option<TypedFunc<u32, ()>>,
     pub on_tick: Option<TypedFunc<u32, ()>>,
     pub on_queue_ready: Option<TypedFunc<(u32, u32), ()>>,
-    pub on_http_call_response: Option<TypedFunc<(u32, u32, u32, u32, u32), ()>>,
+    pub on_http_call_response: Option<TypedFunc<CallResponseArgs, ()>>,
 }
 
 pub struct Instance {

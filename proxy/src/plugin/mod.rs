@@ -868,15 +868,15 @@ impl Drop for ChainStream {
                     tracing::debug!(target: "portico::plugin", "on_log/on_done failed: {fault}");
                 }
             };
-            if !b.slot.try_with(b.generation, end) {
-                if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                    rt.spawn(async move {
-                        let _ = b
-                            .slot
-                            .with(Some(b.generation), |inst| inst.end_stream(ctx))
-                            .await;
-                    });
-                }
+            if !b.slot.try_with(b.generation, end)
+                && let Ok(rt) = tokio::runtime::Handle::try_current()
+            {
+                rt.spawn(async move {
+                    let _ = b
+                        .slot
+                        .with(Some(b.generation), |inst| inst.end_stream(ctx))
+                        .await;
+                });
             }
         }
     }

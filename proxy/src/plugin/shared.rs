@@ -15,9 +15,12 @@ pub const MAX_KEYS_PER_SCOPE: usize = 100_000;
 pub const MAX_VALUE_BYTES: usize = 1 << 20;
 pub const MAX_QUEUE_ITEMS: usize = 10_000;
 
+/// One plugin's keys: value and CAS token.
+type Scope = HashMap<Bytes, (Bytes, u32)>;
+
 #[derive(Default)]
 pub struct SharedState {
-    data: Mutex<HashMap<String, HashMap<Bytes, (Bytes, u32)>>>,
+    data: Mutex<HashMap<String, Scope>>,
     queues: Mutex<Queues>,
 }
 
