@@ -7,6 +7,7 @@ mod support;
 mod config_errors;
 mod forwarding;
 mod limits;
+mod plugins;
 mod reload;
 mod routing;
 mod shutdown;

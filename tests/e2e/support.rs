@@ -99,6 +99,23 @@ access_log: false
 "#;
 
 // ---------------------------------------------------------------------------------------------
+// Proxy-Wasm test plugins
+
+/// The compiled test plugin `test_<name>.wasm` (tests/plugins/README.md), which
+/// `bash scripts/build-test-plugins.sh` builds (scripts/test.sh runs it before `cargo test`).
+pub fn plugin_wasm(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/test-plugins/wasm32-wasip1/release")
+        .join(format!("test_{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "test plugin {} is missing: run bash scripts/build-test-plugins.sh",
+        path.display()
+    );
+    path
+}
+
+// ---------------------------------------------------------------------------------------------
 // The proxy in-process
 
 /// A Portico started in this process from a YAML file in a temp dir.

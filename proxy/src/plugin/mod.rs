@@ -229,7 +229,7 @@ impl PluginHost {
 
     /// Compiles and links `wasm`, checking that it speaks Proxy-Wasm 0.2.x.
     fn prepare(&self, wasm: &[u8]) -> Result<InstancePre<HostCtx>, String> {
-        let (engine, linker) = self.engine()?;
+        let (engine, _) = self.engine()?;
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, wasm)
             .as_ref()
             .to_vec();
@@ -248,11 +248,18 @@ impl PluginHost {
                 m
             }
         };
-        inspect::check_abi(&module)?;
+        self.link(&module)
+    }
+
+    /// Checks that a compiled module speaks Proxy-Wasm 0.2.x and links it: imports the host
+    /// lacks are defined to fail when called (WASI ones with `ENOSYS`).
+    fn link(&self, module: &Module) -> Result<InstancePre<HostCtx>, String> {
+        let (_, linker) = self.engine()?;
+        inspect::check_abi(module)?;
         let mut linker = linker.clone();
-        wasi::stub_unknown(&mut linker, &module).map_err(|e| e.to_string())?;
+        wasi::stub_unknown(&mut linker, module).map_err(|e| e.to_string())?;
         linker
-            .instantiate_pre(&module)
+            .instantiate_pre(module)
             .map_err(|e| format!("cannot link the module: {e}"))
     }
 
@@ -1206,3 +1213,6 @@ fn _assert_send() {
     send::<PluginHost>();
     let _ = BytesMut::new();
 }
+
+#[cfg(test)]
+mod tests;

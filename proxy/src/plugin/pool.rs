@@ -219,15 +219,19 @@ impl Slot {
         }
     }
 
-    /// Throws the instance away after a fault and schedules its rebuild.
+    /// Throws the instance away after a fault and schedules its rebuild: on next use after the
+    /// first fault since a successful call, with exponential backoff from the second on (a
+    /// rebuild that fails, or faults with no successful call between them).
     fn discard(&self, state: &mut SlotState, fault: &Fault) {
         state.instance = None;
         state.generation += 1;
         state.failures = state.failures.saturating_add(1);
-        let backoff = BACKOFF_MIN
-            .saturating_mul(1 << state.failures.min(16).saturating_sub(1))
-            .min(BACKOFF_MAX);
-        state.retry_at = Some(Instant::now() + backoff);
+        state.retry_at = (state.failures > 1).then(|| {
+            let backoff = BACKOFF_MIN
+                .saturating_mul(1 << (state.failures - 2).min(16))
+                .min(BACKOFF_MAX);
+            Instant::now() + backoff
+        });
         if let Ok(mut t) = self.ticker.lock()
             && let Some(t) = t.take()
         {

@@ -1,0 +1,176 @@
+//! The host with hand-written modules (WebAssembly text, through wasmtime's `wat` feature) and
+//! the compiled compatibility corpus: what it accepts, what it refuses, and in which words.
+
+use wasmtime::Module;
+
+use super::*;
+
+/// A minimal Proxy-Wasm module: memory, a bump allocator, context creation, `exports` (WAT
+/// fields, e.g. the ABI marker), and `vm_start` as the body of `proxy_on_vm_start`, which
+/// returns true after it.
+fn module(host: &PluginHost, imports: &str, exports: &str, vm_start: &str) -> Module {
+    let wat = format!(
+        r#"(module
+  {imports}
+  (memory (export "memory") 1)
+  (global $next (mut i32) (i32.const 1024))
+  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $next))
+    (global.set $next (i32.add (global.get $next) (local.get $n)))
+    (local.get $p))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
+    {vm_start}
+    (i32.const 1))
+  {exports}
+)"#
+    );
+    let (engine, _) = host.engine().expect("engine");
+    Module::new(engine.engine(), wat).expect("valid WAT")
+}
+
+const ABI_0_2_1: &str = r#"(func (export "proxy_abi_version_0_2_1"))"#;
+
+fn spec(host: &PluginHost) -> Arc<PluginSpec> {
+    Arc::new(PluginSpec {
+        name: "t".into(),
+        config: Bytes::new(),
+        vm_config: Bytes::new(),
+        limits: Limits {
+            instances: 1,
+            ..Limits::default()
+        },
+        on_error: OnError::Deny,
+        upstreams: HashMap::new(),
+        host: host.inner.clone(),
+        callouts_inflight: AtomicUsize::new(0),
+    })
+}
+
+/// Starts one instance of `module` the way `PluginHost::load` does.
+fn start(host: &PluginHost, module: &Module) -> Result<Pool, String> {
+    let pre = host.link(module)?;
+    Pool::start(&spec(host), pre, 1).map_err(|f| format!("{} fault: {f}", f.kind()))
+}
+
+#[test]
+fn an_unknown_env_import_links_and_traps_naming_itself_when_called() {
+    let host = PluginHost::default();
+    let import = r#"(import "env" "proxy_frobnicate" (func $frob (param i32) (result i32)))"#;
+
+    // Imported but never called: the module runs.
+    let idle = module(&host, import, ABI_0_2_1, "");
+    start(&host, &idle).expect("an uncalled unknown import is harmless");
+
+    // Called from on_vm_start: the call traps, and the error says which import it was.
+    let calling = module(
+        &host,
+        import,
+        ABI_0_2_1,
+        "(drop (call $frob (i32.const 7)))",
+    );
+    let err = start(&host, &calling)
+        .err()
+        .expect("calling an unknown import fails the start");
+    assert!(err.starts_with("trap fault:"), "{err}");
+    assert!(err.contains("env.proxy_frobnicate"), "{err}");
+    assert!(err.contains("does not provide"), "{err}");
+}
+
+#[test]
+fn an_unknown_wasi_function_answers_enosys_instead_of_trapping() {
+    let host = PluginHost::default();
+    // path_open is not in the WASI subset; 52 is ENOSYS. on_vm_start traps unless it gets it.
+    let m = module(
+        &host,
+        r#"(import "wasi_snapshot_preview1" "path_open"
+             (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))"#,
+        ABI_0_2_1,
+        r#"(if (i32.ne (call $open (i32.const 3) (i32.const 0) (i32.const 0) (i32.const 0)
+                                (i32.const 0) (i64.const 0) (i64.const 0) (i32.const 0)
+                                (i32.const 0))
+                      (i32.const 52))
+             (then unreachable))"#,
+    );
+    start(&host, &m).expect("ENOSYS, not a trap");
+}
+
+#[test]
+fn a_module_without_the_abi_marker_is_refused_with_a_clear_message() {
+    let host = PluginHost::default();
+    let cases = [
+        (
+            "",
+            "the module exports no proxy_abi_version_0_2_1 marker: it is not a Proxy-Wasm plugin",
+        ),
+        (
+            r#"(func (export "proxy_abi_version_0_1_0"))"#,
+            "the module declares proxy_abi_version_0_1_0; Portico runs Proxy-Wasm 0.2.1 and 0.2.0",
+        ),
+    ];
+    for (exports, want) in cases {
+        let m = module(&host, "", exports, "");
+        assert_eq!(inspect::check_abi(&m).err().as_deref(), Some(want));
+        assert_eq!(
+            host.link(&m).err().as_deref(),
+            Some(want),
+            "link refuses too"
+        );
+    }
+    // The marker is all it takes (0.2.0 too).
+    for marker in [ABI_0_2_1, r#"(func (export "proxy_abi_version_0_2_0"))"#] {
+        start(&host, &module(&host, "", marker, "")).expect("a 0.2.x module starts");
+    }
+}
+
+/// The corpus modules `bash scripts/build-test-plugins.sh` builds.
+fn corpus() -> Vec<(String, Vec<u8>)> {
+    let dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-plugins/wasm32-wasip1/release");
+    let names = [
+        "body",
+        "bomb",
+        "callout",
+        "config",
+        "foreign",
+        "headers",
+        "looper",
+        "metrics",
+        "panicker",
+        "properties",
+        "queue",
+        "shared",
+        "tick",
+        "trailers",
+        "utf8",
+    ];
+    names
+        .iter()
+        .map(|name| {
+            let path = dir.join(format!("test_{name}.wasm"));
+            let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e}: run bash scripts/build-test-plugins.sh",
+                    path.display()
+                )
+            });
+            (name.to_string(), bytes)
+        })
+        .collect()
+}
+
+#[test]
+fn inspect_says_every_corpus_module_is_runnable() {
+    for (name, bytes) in corpus() {
+        let (report, runnable) = inspect::report(&bytes).expect("a valid module");
+        assert!(runnable, "{name}:\n{report}");
+        assert!(
+            report.contains("abi: Proxy-Wasm 0.2.1\n"),
+            "{name}:\n{report}"
+        );
+        // Nothing it imports is missing: not even a "runnable: yes, but ..." caveat.
+        assert!(report.ends_with("runnable: yes\n"), "{name}:\n{report}");
+        assert!(!report.contains("(not provided"), "{name}:\n{report}");
+    }
+}
