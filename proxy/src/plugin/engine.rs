@@ -3,6 +3,8 @@
 //! that holds only a weak reference to the engine, and an on-disk cache of compiled modules.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, Module, PoolingAllocationConfig};
@@ -20,6 +22,8 @@ const POOL_SLOTS: u32 = 512;
 pub struct PluginEngine {
     engine: Engine,
     cache_dir: Option<PathBuf>,
+    /// Set by a guest call that has run for more than a tick (see [`PluginEngine::long_call`]).
+    long_call: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for PluginEngine {
@@ -42,12 +46,20 @@ impl PluginEngine {
             }
         };
         let weak = engine.weak();
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let long_call = Arc::new(AtomicBool::new(false));
+        let flag = long_call.clone();
         std::thread::Builder::new()
             .name("portico-epoch".into())
             .spawn(move || {
                 while let Some(engine) = weak.upgrade() {
                     engine.increment_epoch();
                     drop(engine);
+                    if flag.swap(false, Ordering::AcqRel)
+                        && let Some(rt) = &runtime
+                    {
+                        rt.spawn(async {});
+                    }
                     std::thread::sleep(EPOCH_TICK);
                 }
             })
@@ -55,7 +67,17 @@ impl PluginEngine {
         Ok(PluginEngine {
             engine,
             cache_dir: cache_dir(),
+            long_call,
         })
+    }
+
+    /// Called from a guest call's epoch callback once it has run for a few milliseconds. A
+    /// guest call runs on a tokio worker thread and blocks it; if that worker was the one
+    /// polling the network, every connection would wait for the call to end. The ticker thread
+    /// answers by spawning an empty task from outside the runtime, which wakes a parked worker,
+    /// and that worker takes over polling. Ordinary calls (well under a tick) never get here.
+    pub fn long_call(&self) {
+        self.long_call.store(true, Ordering::Release);
     }
 
     pub fn engine(&self) -> &Engine {

@@ -174,6 +174,9 @@ pub struct HostCtx {
     pub recent_logs: VecDeque<String>,
     /// Buffer handed to `proxy_on_foreign_function` / returned by a foreign function.
     pub call_data: Bytes,
+    /// Epoch ticks the running guest call has used, and how many it may use.
+    pub ticks_used: u64,
+    pub ticks_budget: u64,
 }
 
 impl HostCtx {
@@ -273,10 +276,26 @@ impl Instance {
             stderr: Vec::new(),
             recent_logs: VecDeque::new(),
             call_data: Bytes::new(),
+            ticks_used: 0,
+            ticks_budget: deadline_ticks(spec.limits.time_per_call),
         };
         let mut store = Store::new(engine, ctx);
         store.limiter(|ctx| &mut ctx.limiter);
-        store.set_epoch_deadline(deadline_ticks(spec.limits.time_per_call));
+        // The deadline is checked one tick at a time, so that a call that runs long can let
+        // the runtime know (see `engine::long_call`) well before it is stopped.
+        store.epoch_deadline_callback(|mut ctx| {
+            let data = ctx.data_mut();
+            data.ticks_used += 1;
+            if data.ticks_used == 2 {
+                data.spec.host.long_call();
+            }
+            if data.ticks_used >= data.ticks_budget {
+                return Ok(wasmtime::UpdateDeadline::Interrupt);
+            }
+            Ok(wasmtime::UpdateDeadline::Continue(1))
+        });
+        store.data_mut().ticks_used = 0;
+        store.set_epoch_deadline(1);
         let instance = pre
             .instantiate(&mut store)
             .map_err(|e| classify(e, &store))?;
@@ -369,8 +388,8 @@ impl Instance {
         f: TypedFunc<P, R>,
         args: P,
     ) -> Result<R, Fault> {
-        let ticks = deadline_ticks(self.store.data().spec.limits.time_per_call);
-        self.store.set_epoch_deadline(ticks);
+        self.store.data_mut().ticks_used = 0;
+        self.store.set_epoch_deadline(1);
         let result = f.call(&mut self.store, args);
         super::abi::flush_output(self.store.data_mut());
         result.map_err(|e| classify(e, &self.store))

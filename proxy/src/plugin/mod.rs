@@ -142,6 +142,13 @@ impl std::fmt::Debug for HostShared {
 }
 
 impl HostShared {
+    /// See [`engine::PluginEngine::long_call`].
+    fn long_call(&self) {
+        if let Some(Ok((engine, _))) = self.engine.get() {
+            engine.long_call();
+        }
+    }
+
     fn record_failure(&self, plugin: &str, fault: &Fault) {
         tracing::warn!(target: "portico::plugin", plugin, kind = fault.kind(), "plugin failed: {fault}");
         self.metrics_raw
