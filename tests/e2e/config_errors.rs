@@ -55,7 +55,7 @@ routes:
   - name: hello
     direct_respons: { status: 200, body: hi }
 "#,
-        "{dir}/portico.yaml:4:5: routes[0].direct_respons: unknown field `direct_respons`, expected one of `name`, `hosts`, `paths`, `methods`, `headers`, `query`, `upstream`, `backends`, `redirect`, `direct_response`, `rewrite`, `timeouts`, `max_body`",
+        "{dir}/portico.yaml:4:5: routes[0].direct_respons: unknown field `direct_respons`, expected one of `name`, `hosts`, `paths`, `methods`, `headers`, `query`, `upstream`, `backends`, `redirect`, `direct_response`, `rewrite`, `timeouts`, `max_body`, `plugins`",
     )
     .await;
 }
@@ -396,4 +396,67 @@ routes:
     let got = get(bin.addr("web"), "x", "/").await;
     assert_eq!(got.status, 203);
     assert_eq!(got.text(), "hello from the environment");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_naming_an_unknown_plugin_is_refused() {
+    refused(
+        &[],
+        r#"listeners: [{ name: web, address: "127.0.0.1:0" }]
+routes:
+  - name: hello
+    direct_response: { status: 200, body: hi }
+    plugins: [jwtt]
+"#,
+        "{dir}/portico.yaml:5:15: routes[0].plugins[0]: unknown plugin \"jwtt\"",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_module_that_cannot_be_read_is_refused() {
+    refused(
+        &[],
+        r#"listeners: [{ name: web, address: "127.0.0.1:0" }]
+plugins:
+  auth: { module: missing.wasm }
+routes:
+  - { name: hello, direct_response: { status: 200, body: hi }, plugins: [auth] }
+"#,
+        "{dir}/portico.yaml:3:11: plugins.auth.module: cannot read module {dir}/missing.wasm: No such file or directory (os error 2)",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_limits_out_of_range_are_refused() {
+    refused(
+        &[("not.wasm", "plain text")],
+        r#"listeners: [{ name: web, address: "127.0.0.1:0" }]
+plugins:
+  auth: { module: not.wasm, limits: { time_per_call: 0ms } }
+routes:
+  - { name: hello, direct_response: { status: 200, body: hi } }
+"#,
+        "{dir}/portico.yaml:3:39: plugins.auth.limits.time_per_call: must be between 1ms and 10s",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_is_not_a_proxy_wasm_module_is_refused() {
+    // A valid WebAssembly module, but no proxy_abi_version_* export.
+    let wasm: &[u8] = b"\0asm\x01\0\0\0";
+    let text = String::from_utf8(wasm.to_vec()).expect("ascii");
+    refused(
+        &[("empty.wasm", &text)],
+        r#"listeners: [{ name: web, address: "127.0.0.1:0" }]
+plugins:
+  auth: { module: empty.wasm }
+routes:
+  - { name: hello, direct_response: { status: 200, body: hi } }
+"#,
+        "{dir}/portico.yaml:3:3: plugins.auth: plugin \"auth\": the module exports no proxy_abi_version_0_2_1 marker: it is not a Proxy-Wasm plugin",
+    )
+    .await;
 }
