@@ -599,8 +599,7 @@ impl ChainStream {
             let eos = end_of_stream as u32;
             // Kept here until the callback runs, so a failure before it loses nothing.
             let mut carry = Some(std::mem::replace(head, empty_request()));
-            let taken = Arc::new(Mutex::new(None));
-            let out = taken.clone();
+            let mut taken = None;
             let result = self
                 .run(
                     b,
@@ -610,7 +609,7 @@ impl ChainStream {
                         Some(f) => inst.call(f, (ctx, n, eos)),
                         None => Ok(0),
                     },
-                    move |s| *out.lock().unwrap_or_else(|e| e.into_inner()) = s.request.take(),
+                    |s| taken = s.request.take(),
                 )
                 .await;
             let result = match result {
@@ -624,7 +623,7 @@ impl ChainStream {
             // Whatever happened, take the head back out of the instance.
             let back = match carry.take() {
                 Some(h) => Some(h),
-                None => take_back(&taken, b, |s| s.request.take()).await,
+                None => take_back(taken, b, |s| s.request.take()).await,
             };
             *head = back.unwrap_or_else(empty_request);
             match result {
@@ -669,8 +668,7 @@ impl ChainStream {
                     headers: HeaderMap::new(),
                 },
             ));
-            let taken = Arc::new(Mutex::new(None));
-            let out = taken.clone();
+            let mut taken = None;
             let result = self
                 .run(
                     b,
@@ -683,10 +681,10 @@ impl ChainStream {
                         Some(f) => inst.call(f, (ctx, n, eos)),
                         None => Ok(0),
                     },
-                    move |s| {
+                    |s| {
                         // Its status stays readable (`response.code`) for on_log.
                         s.response_status = s.response.as_ref().map(|h| h.status);
-                        *out.lock().unwrap_or_else(|e| e.into_inner()) = s.response.take();
+                        taken = s.response.take();
                     },
                 )
                 .await;
@@ -700,7 +698,7 @@ impl ChainStream {
             };
             let back = match carry.take() {
                 Some(h) => Some(h),
-                None => take_back(&taken, b, |s| s.response.take()).await,
+                None => take_back(taken, b, |s| s.response.take()).await,
             };
             if let Some(back) = back {
                 *head = back;
@@ -735,8 +733,7 @@ impl ChainStream {
             let chunk = data.clone();
             let mut over = false;
             let over_flag = &mut over;
-            let out = Arc::new(Mutex::new(Bytes::new()));
-            let out2 = out.clone();
+            let mut out = Bytes::new();
             let result = self
                 .run(
                     b,
@@ -768,13 +765,12 @@ impl ChainStream {
                             None => Ok(0),
                         }
                     },
-                    move |s| {
+                    |s| {
                         let buf = match dir {
                             Dir::Request => &mut s.request_body,
                             Dir::Response => &mut s.response_body,
                         };
-                        *out2.lock().unwrap_or_else(|e| e.into_inner()) =
-                            std::mem::take(buf).freeze();
+                        out = std::mem::take(buf).freeze();
                     },
                 )
                 .await;
@@ -798,8 +794,7 @@ impl ChainStream {
                 Err(fault) => {
                     self.policy(b, fault)?;
                     // Skipped from now on: what it had buffered (this chunk included) goes on.
-                    let buffered =
-                        std::mem::take(&mut *out.lock().unwrap_or_else(|e| e.into_inner()));
+                    let buffered = std::mem::take(&mut out);
                     if !buffered.is_empty() {
                         data = buffered;
                     }
@@ -814,10 +809,10 @@ impl ChainStream {
                     }
                 }
             }
-            let taken = std::mem::take(&mut *out.lock().unwrap_or_else(|e| e.into_inner()));
+            let taken = std::mem::take(&mut out);
             data = if taken.is_empty() {
                 // Resumed after a pause at the end: the buffer is still inside.
-                take_back(&Arc::new(Mutex::new(None)), b, |s| {
+                take_back(None, b, |s| {
                     Some(
                         std::mem::take(match dir {
                             Dir::Request => &mut s.request_body,
@@ -847,8 +842,7 @@ impl ChainStream {
             }
             let n = trailers.len() as u32;
             let mut carry = Some(std::mem::take(trailers));
-            let out = Arc::new(Mutex::new(None));
-            let out2 = out.clone();
+            let mut out = None;
             let result = self
                 .run(
                     b,
@@ -867,8 +861,8 @@ impl ChainStream {
                             None => Ok(0),
                         }
                     },
-                    move |s| {
-                        *out2.lock().unwrap_or_else(|e| e.into_inner()) = match dir {
+                    |s| {
+                        out = match dir {
                             Dir::Request => s.request_trailers.take(),
                             Dir::Response => s.response_trailers.take(),
                         }
@@ -886,7 +880,7 @@ impl ChainStream {
             let back = match carry.take() {
                 Some(t) => Some(t),
                 None => {
-                    take_back(&out, b, |s| match dir {
+                    take_back(out, b, |s| match dir {
                         Dir::Request => s.request_trailers.take(),
                         Dir::Response => s.response_trailers.take(),
                     })
@@ -954,11 +948,11 @@ impl Drop for ChainStream {
 /// Takes state back out of an instance after a callback that left it inside (a pause, a
 /// fault of the callback itself discards the instance and with it the state).
 async fn take_back<T: Send>(
-    taken: &Arc<Mutex<Option<T>>>,
+    taken: Option<T>,
     b: &Binding,
     take: impl FnOnce(&mut instance::StreamState) -> Option<T>,
 ) -> Option<T> {
-    if let Some(v) = taken.lock().unwrap_or_else(|e| e.into_inner()).take() {
+    if let Some(v) = taken {
         return Some(v);
     }
     let ctx = b.ctx;
