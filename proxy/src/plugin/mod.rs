@@ -458,11 +458,14 @@ struct Outcome {
 const ACTION_PAUSE: u32 = 1;
 
 impl ChainStream {
-    fn order(&self, dir: Dir) -> Box<dyn Iterator<Item = &Binding> + Send + '_> {
-        match dir {
-            Dir::Request => Box::new(self.bindings.iter()),
-            Dir::Response => Box::new(self.bindings.iter().rev()),
-        }
+    /// The bindings in the order a phase visits them: the chain's for requests, reversed for
+    /// responses.
+    fn order(&self, dir: Dir) -> impl Iterator<Item = &Binding> + Send + '_ {
+        let n = self.bindings.len();
+        (0..n).map(move |i| match dir {
+            Dir::Request => &self.bindings[i],
+            Dir::Response => &self.bindings[n - 1 - i],
+        })
     }
 
     /// Runs one callback on `b`'s instance with `load` putting state in before and `unload`
