@@ -154,13 +154,37 @@ pub struct Deferred {
     pub queue_ready: Vec<(Weak<Slot>, u32, u32)>,
 }
 
+/// Stream contexts by id. Ids are a counter, so they hash as themselves: every hostcall looks
+/// its context up here, and SipHash would cost more than the rest of the lookup.
+pub type Streams = HashMap<u32, StreamState, std::hash::BuildHasherDefault<IdHasher>>;
+
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        // Spread the bits a little so hashbrown's top-7-bit control bytes differ.
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 /// Host-side state of one instance.
 pub struct HostCtx {
     pub spec: Arc<PluginSpec>,
     pub memory: Option<Memory>,
     pub malloc: Option<TypedFunc<u32, u32>>,
     pub limiter: MemoryLimiter,
-    pub streams: HashMap<u32, StreamState>,
+    pub streams: Streams,
     /// The context hostcalls act on (`proxy_set_effective_context` changes it).
     pub effective: u32,
     pub callout: Option<CalloutAnswer>,
@@ -265,7 +289,7 @@ impl Instance {
             limiter: MemoryLimiter {
                 max: spec.limits.memory,
             },
-            streams: HashMap::new(),
+            streams: Streams::default(),
             effective: ROOT_CONTEXT,
             callout: None,
             deferred: Deferred::default(),
