@@ -10,7 +10,7 @@ use std::time::Duration;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, Module, PoolingAllocationConfig};
 
 /// How often the ticker advances the epoch; a guest call's deadline is a number of these.
-pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// The largest `limits.memory` a plugin may ask for; also the pooling allocator's slot size.
 pub const MAX_MEMORY: u64 = 1 << 30;
