@@ -416,35 +416,38 @@ impl MapRef<'_> {
         out
     }
 
-    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+    fn get(&self, key: &[u8]) -> Option<Value> {
+        let owned = |b: &[u8]| Some(Value::Owned(b.to_vec()));
         match (self, key) {
-            (MapRef::Request(r), b":authority") => return Some(r.authority.as_bytes().to_vec()),
-            (MapRef::Request(r), b":path") => return Some(r.path.as_bytes().to_vec()),
-            (MapRef::Request(r), b":method") => return Some(r.method.as_str().as_bytes().to_vec()),
-            (MapRef::Request(r), b":scheme") => return Some(r.scheme.as_bytes().to_vec()),
-            (MapRef::Response(r), b":status") => {
-                return Some(r.status.as_str().as_bytes().to_vec());
-            }
+            (MapRef::Request(r), b":authority") => return owned(r.authority.as_bytes()),
+            (MapRef::Request(r), b":path") => return owned(r.path.as_bytes()),
+            (MapRef::Request(r), b":method") => return owned(r.method.as_str().as_bytes()),
+            (MapRef::Request(r), b":scheme") => return owned(r.scheme.as_bytes()),
+            (MapRef::Response(r), b":status") => return owned(r.status.as_str().as_bytes()),
             (MapRef::Pairs(p), _) => {
                 let values: Vec<&[u8]> = p
                     .iter()
                     .filter(|(k, _)| k.eq_ignore_ascii_case(key))
                     .map(|(_, v)| &v[..])
                     .collect();
-                return (!values.is_empty()).then(|| values.join(&b","[..]));
+                return (!values.is_empty()).then(|| Value::Owned(values.join(&b","[..])));
             }
             _ => {}
         }
         let headers = self.headers()?;
-        let name = HeaderName::from_bytes(key).ok()?;
-        let mut values = headers.get_all(&name).iter();
+        // A `&str` key is looked up without building a `HeaderName` (no allocation).
+        let name = std::str::from_utf8(key).ok()?;
+        let mut values = headers.get_all(name).iter();
         let first = values.next()?;
+        let Some(second) = values.next() else {
+            return Some(Value::Header(first.clone()));
+        };
         let mut out = first.as_bytes().to_vec();
-        for v in values {
+        for v in std::iter::once(second).chain(values) {
             out.push(b',');
             out.extend_from_slice(v.as_bytes());
         }
-        Some(out)
+        Some(Value::Owned(out))
     }
 
     fn headers(&self) -> Option<&HeaderMap> {
@@ -520,6 +523,21 @@ impl MapRef<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// A header value read for the guest.
+enum Value {
+    Header(HeaderValue),
+    Owned(Vec<u8>),
+}
+
+impl Value {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Value::Header(v) => v.as_bytes(),
+            Value::Owned(v) => v,
+        }
     }
 }
 
@@ -612,15 +630,19 @@ fn set_map_pairs(mut caller: C, kind: u32, ptr: u32, len: u32) -> R {
 }
 
 fn get_map_value(mut caller: C, kind: u32, kp: u32, kl: u32, ret_ptr: u32, ret_len: u32) -> R {
-    let key = read(&mut caller, kp, kl, MAX_KEY_BYTES)?.to_ascii_lowercase();
-    let value = match map_of(caller.data_mut(), kind) {
+    // The key is read in place and the value borrowed (a header value clone shares its bytes):
+    // the only copy is into the guest's buffer.
+    let memory = caller.data().memory.ok_or_else(oob)?;
+    let (mem, ctx) = memory.data_and_store_mut(&mut caller);
+    let key = slice(mem, kp, kl, MAX_KEY_BYTES)?;
+    let value = match map_of(ctx, kind) {
         Err(s) => return st(s),
         Ok(None) => None,
-        Ok(Some(map)) => map.get(&key),
+        Ok(Some(map)) => map.get(key),
     };
     match value {
         Some(v) => {
-            give(&mut caller, &v, ret_ptr, ret_len)?;
+            give(&mut caller, v.as_bytes(), ret_ptr, ret_len)?;
             st(Status::Ok)
         }
         None => st(Status::NotFound),
@@ -628,23 +650,35 @@ fn get_map_value(mut caller: C, kind: u32, kp: u32, kl: u32, ret_ptr: u32, ret_l
 }
 
 fn change(mut caller: C, op: Op, kind: u32, kp: u32, kl: u32, vp: u32, vl: u32) -> R {
-    let key = read(&mut caller, kp, kl, MAX_KEY_BYTES)?.to_ascii_lowercase();
+    let memory = caller.data().memory.ok_or_else(oob)?;
+    let (mem, ctx) = memory.data_and_store_mut(&mut caller);
+    let key = slice(mem, kp, kl, MAX_KEY_BYTES)?;
     let value = match op {
-        Op::Remove => Vec::new(),
-        _ => read(&mut caller, vp, vl, MAX_VALUE_BYTES)?,
+        Op::Remove => &[][..],
+        _ => slice(mem, vp, vl, MAX_VALUE_BYTES)?,
     };
-    let plugin = caller.data().spec.name.clone();
-    match map_of(caller.data_mut(), kind) {
-        Err(s) => st(s),
+    let outcome = match map_of(ctx, kind) {
+        Err(s) => return st(s),
         // Changing a map that does not exist now changes nothing.
-        Ok(None) => st(Status::Ok),
-        Ok(Some(mut map)) => {
-            if let Err(e) = map.apply(op, &key, &value) {
-                refused(&plugin, &key, &e);
-            }
-            st(Status::Ok)
-        }
+        Ok(None) => Ok(()),
+        Ok(Some(mut map)) => map.apply(op, key, value),
+    };
+    if let Err(e) = outcome {
+        refused(&ctx.spec.name, key, &e);
     }
+    st(Status::Ok)
+}
+
+/// `len` bytes at `ptr` of guest memory, in place.
+fn slice(mem: &[u8], ptr: u32, len: u32, cap: usize) -> wasmtime::Result<&[u8]> {
+    if len as usize > cap {
+        return Err(wasmtime::format_err!(
+            "plugin passed {len} bytes to a hostcall that accepts at most {cap}"
+        ));
+    }
+    let start = ptr as usize;
+    let end = start.checked_add(len as usize).ok_or_else(oob)?;
+    mem.get(start..end).ok_or_else(oob)
 }
 
 /// An invalid header change is dropped, not fatal: the SDK panics on any status but `Ok`.
