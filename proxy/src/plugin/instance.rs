@@ -372,21 +372,16 @@ impl Instance {
             next_context: ROOT_CONTEXT + 1,
         };
         if let Some(init) = init {
-            inst.call(init, ())?;
+            invoke(&mut inst.store, &init, ())?;
         }
         inst.store.data_mut().effective = ROOT_CONTEXT;
-        let create = inst.exports.on_context_create.clone();
-        inst.call(create, (ROOT_CONTEXT, 0))?;
+        inst.call(|e| Some(&e.on_context_create), (ROOT_CONTEXT, 0))?;
         let vm_config_len = spec.vm_config.len() as u32;
-        if let Some(f) = inst.exports.on_vm_start.clone()
-            && inst.call(f, (ROOT_CONTEXT, vm_config_len))? == 0
-        {
+        if inst.call(|e| e.on_vm_start.as_ref(), (ROOT_CONTEXT, vm_config_len))? == Some(0) {
             return Err(inst.refusal("on_vm_start"));
         }
         let config_len = spec.config.len() as u32;
-        if let Some(f) = inst.exports.on_configure.clone()
-            && inst.call(f, (ROOT_CONTEXT, config_len))? == 0
-        {
+        if inst.call(|e| e.on_configure.as_ref(), (ROOT_CONTEXT, config_len))? == Some(0) {
             return Err(inst.refusal("on_configure"));
         }
         Ok(inst)
@@ -406,17 +401,18 @@ impl Instance {
         }
     }
 
-    /// Calls a guest export under the plugin's deadline.
+    /// Calls a guest export under the plugin's deadline; `Ok(None)` when the module does not
+    /// export it. The export is borrowed, never cloned: a `TypedFunc` clone costs reference
+    /// counting in wasmtime's type registry, which showed in profiles.
     pub fn call<P: WasmParams, R: wasmtime::WasmResults>(
         &mut self,
-        f: TypedFunc<P, R>,
+        pick: impl FnOnce(&Exports) -> Option<&TypedFunc<P, R>>,
         args: P,
-    ) -> Result<R, Fault> {
-        self.store.data_mut().ticks_used = 0;
-        self.store.set_epoch_deadline(1);
-        let result = f.call(&mut self.store, args);
-        super::abi::flush_output(self.store.data_mut());
-        result.map_err(|e| classify(e, &self.store))
+    ) -> Result<Option<R>, Fault> {
+        match pick(&self.exports) {
+            Some(f) => invoke(&mut self.store, f, args).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Creates a stream context for a request.
@@ -426,8 +422,7 @@ impl Instance {
         let ctx = self.store.data_mut();
         ctx.streams.insert(id, StreamState::new(info));
         ctx.effective = id;
-        let create = self.exports.on_context_create.clone();
-        self.call(create, (id, ROOT_CONTEXT))?;
+        self.call(|e| Some(&e.on_context_create), (id, ROOT_CONTEXT))?;
         Ok(id)
     }
 
@@ -438,20 +433,27 @@ impl Instance {
         }
         self.store.data_mut().effective = id;
         let result = (|| {
-            if let Some(f) = self.exports.on_log.clone() {
-                self.call(f, id)?;
-            }
-            if let Some(f) = self.exports.on_done.clone() {
-                self.call(f, id)?;
-            }
-            if let Some(f) = self.exports.on_delete.clone() {
-                self.call(f, id)?;
-            }
+            self.call(|e| e.on_log.as_ref(), id)?;
+            self.call(|e| e.on_done.as_ref(), id)?;
+            self.call(|e| e.on_delete.as_ref(), id)?;
             Ok(())
         })();
         self.store.data_mut().streams.remove(&id);
         result
     }
+}
+
+/// One guest call under the deadline, counted tick by tick by the store's epoch callback.
+fn invoke<P: WasmParams, R: wasmtime::WasmResults>(
+    store: &mut Store<HostCtx>,
+    f: &TypedFunc<P, R>,
+    args: P,
+) -> Result<R, Fault> {
+    store.data_mut().ticks_used = 0;
+    store.set_epoch_deadline(1);
+    let result = f.call(&mut *store, args);
+    super::abi::flush_output(store.data_mut());
+    result.map_err(|e| classify(e, store))
 }
 
 /// Epoch ticks for a deadline: rounded up, plus one, so a call always gets at least its time.

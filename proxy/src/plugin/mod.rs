@@ -608,9 +608,9 @@ impl ChainStream {
                     b,
                     Dir::Request,
                     |s| s.request = carry.take(),
-                    |inst, ctx| match inst.exports.on_request_headers.clone() {
-                        Some(f) => inst.call(f, (ctx, n, eos)),
-                        None => Ok(0),
+                    |inst, ctx| {
+                        inst.call(|e| e.on_request_headers.as_ref(), (ctx, n, eos))
+                            .map(|a| a.unwrap_or(0))
                     },
                     |s| taken = s.request.take(),
                 )
@@ -680,9 +680,9 @@ impl ChainStream {
                         s.response_status = carry.as_ref().map(|h| h.status);
                         s.response = carry.take();
                     },
-                    |inst, ctx| match inst.exports.on_response_headers.clone() {
-                        Some(f) => inst.call(f, (ctx, n, eos)),
-                        None => Ok(0),
+                    |inst, ctx| {
+                        inst.call(|e| e.on_response_headers.as_ref(), (ctx, n, eos))
+                            .map(|a| a.unwrap_or(0))
                     },
                     |s| {
                         // Its status stays readable (`response.code`) for on_log.
@@ -759,14 +759,14 @@ impl ChainStream {
                                 Dir::Response => s.response_body.len(),
                             }
                         } as u32;
-                        let f = match dir {
-                            Dir::Request => inst.exports.on_request_body.clone(),
-                            Dir::Response => inst.exports.on_response_body.clone(),
-                        };
-                        match f {
-                            Some(f) => inst.call(f, (ctx, size, eos as u32)),
-                            None => Ok(0),
-                        }
+                        inst.call(
+                            |e| match dir {
+                                Dir::Request => e.on_request_body.as_ref(),
+                                Dir::Response => e.on_response_body.as_ref(),
+                            },
+                            (ctx, size, eos as u32),
+                        )
+                        .map(|a| a.unwrap_or(0))
                     },
                     |s| {
                         let buf = match dir {
@@ -855,14 +855,14 @@ impl ChainStream {
                         Dir::Response => s.response_trailers = carry.take(),
                     },
                     |inst, ctx| {
-                        let f = match dir {
-                            Dir::Request => inst.exports.on_request_trailers.clone(),
-                            Dir::Response => inst.exports.on_response_trailers.clone(),
-                        };
-                        match f {
-                            Some(f) => inst.call(f, (ctx, n)),
-                            None => Ok(0),
-                        }
+                        inst.call(
+                            |e| match dir {
+                                Dir::Request => e.on_request_trailers.as_ref(),
+                                Dir::Response => e.on_response_trailers.as_ref(),
+                            },
+                            (ctx, n),
+                        )
+                        .map(|a| a.unwrap_or(0))
                     },
                     |s| {
                         out = match dir {

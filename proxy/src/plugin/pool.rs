@@ -268,12 +268,9 @@ impl Slot {
                     return;
                 };
                 let _ = owner
-                    .with(None, |inst| match inst.exports.on_queue_ready.clone() {
-                        Some(f) => {
-                            inst.store.data_mut().effective = root;
-                            inst.call(f, (root, queue))
-                        }
-                        None => Ok(()),
+                    .with(None, |inst| {
+                        inst.store.data_mut().effective = root;
+                        inst.call(|e| e.on_queue_ready.as_ref(), (root, queue))
                     })
                     .await;
             });
@@ -299,12 +296,9 @@ impl Slot {
                     return;
                 };
                 let ticked = slot
-                    .with(None, |inst| match inst.exports.on_tick.clone() {
-                        Some(f) => {
-                            inst.store.data_mut().effective = ROOT_CONTEXT;
-                            inst.call(f, ROOT_CONTEXT)
-                        }
-                        None => Ok(()),
+                    .with(None, |inst| {
+                        inst.store.data_mut().effective = ROOT_CONTEXT;
+                        inst.call(|e| e.on_tick.as_ref(), ROOT_CONTEXT)
                     })
                     .await;
                 if ticked.is_err() {
@@ -340,9 +334,6 @@ impl Slot {
                 if context != ROOT_CONTEXT && !ctx.streams.contains_key(&context) {
                     return Ok(());
                 }
-                let Some(f) = inst.exports.on_http_call_response.clone() else {
-                    return Ok(());
-                };
                 let (nh, nb, nt) = (
                     answer.headers.len() as u32,
                     answer.body.len() as u32,
@@ -351,9 +342,12 @@ impl Slot {
                 let ctx = inst.store.data_mut();
                 ctx.callout = Some(answer);
                 ctx.effective = context;
-                let result = inst.call(f, (context, token, nh, nb, nt));
+                let result = inst.call(
+                    |e| e.on_http_call_response.as_ref(),
+                    (context, token, nh, nb, nt),
+                );
                 inst.store.data_mut().callout = None;
-                result
+                result.map(drop)
             })
             .await;
     }
