@@ -3,7 +3,7 @@
 # same route, same machine, same run; and Portico with plugin chains of 0, 1 and 4 plugins
 # (scenario 6). Writes docs/benchmarks.md.
 #
-#   bash bench/run.sh                      # everything, defaults (~8 min after the build)
+#   bash bench/run.sh                      # everything, defaults (~11 min after the build)
 #   PROXIES="nginx haproxy" bash bench/run.sh   # without Portico
 #   SCENARIOS="1 4" DURATION=5s bash bench/run.sh
 #   SCENARIOS=6 bash bench/run.sh          # plugin chains only; keeps the rest of the report
@@ -33,7 +33,7 @@ CONNECTIONS=${CONNECTIONS:-50}        # wrk connections (scenarios 1, 4 and 6)
 IDLE_CONNS=${IDLE_CONNS:-10000}       # scenario 5
 HANDSHAKE_CLIENTS=${HANDSHAKE_CLIENTS:-4}   # parallel `openssl s_time` processes (scenario 3)
 SCENARIOS=${SCENARIOS:-"1 2 3 4 5 6"}
-PLUGIN_ROUNDS=${PLUGIN_ROUNDS:-3}     # scenario 6: rounds over all chains (interleaved)
+PLUGIN_ROUNDS=${PLUGIN_ROUNDS:-5}     # scenario 6: rounds over all chains (interleaved)
 PROXIES=${PROXIES:-"portico nginx haproxy"}
 DIRECT=${DIRECT:-1}                   # also measure load generator -> backend directly
 SKIP_BUILD=${SKIP_BUILD:-0}
@@ -837,11 +837,13 @@ s6_plugins() {
         R[s6.$v.cpu_pct]=$(calc %.0f "${R[s6.$v.sum_ticks]} / $CLK_TCK / (${R[s6.$v.sum_wall]} + 0.001) * 100")
         R[s6.$v.load_core_pct]=$(calc %.0f "${R[s6.$v.sum_load_pct]} / $rounds")
         if (( n > 0 )); then
-            R[s6.$v.cpu_us]=$(calc %.2f "${R[s6.$v.sum_ticks]} * 1e6 / $CLK_TCK / $n")
+            R[s6.$v.pooled_cpu_us]=$(calc %.2f "${R[s6.$v.sum_ticks]} * 1e6 / $CLK_TCK / $n")
+            R[s6.$v.cpu_us]=$(median "${R[s6.$v.rounds]// \/ / }")
         fi
     done
-    # Each chain against the 0-plugin chain (and 5 hostcalls against 0), over all rounds and
-    # per round: the per-round spread shows how far to trust a difference.
+    # Each chain against the 0-plugin chain (and 5 hostcalls against 0): the median over the
+    # rounds of the difference within a round (the two runs minutes apart at most), so that one
+    # disturbed run does not move the result; the range of those differences is the error bar.
     s6_delta p1 none; s6_delta p4 none; s6_delta h0 none; s6_delta h5 none; s6_delta h5 h0
     R[s6.failures]=$(plugin_failures)
     if [[ ${R[s6.failures]} != 0 ]]; then
@@ -849,16 +851,20 @@ s6_plugins() {
     fi
 }
 
-s6_delta() {   # s6_delta V BASE: R[s6.V-BASE.delta] and the per-round range R[s6.V-BASE.spread]
-    local v=$1 base=$2 round d lo="" hi=""
+s6_delta() {   # s6_delta V BASE: R[s6.V-BASE.delta] (median) and R[s6.V-BASE.spread] (range)
+    local v=$1 base=$2 round ds=""
     [[ -n ${R[s6.$v.cpu_us]:-} && -n ${R[s6.$base.cpu_us]:-} ]] || return 0
-    R[s6.$v-$base.delta]=$(calc %+.2f "${R[s6.$v.cpu_us]} - ${R[s6.$base.cpu_us]}")
     for round in $(seq "$PLUGIN_ROUNDS"); do
-        d=$(calc %+.2f "${R[s6.$v.r$round.cpu_us]} - ${R[s6.$base.r$round.cpu_us]}")
-        if [[ -z $lo ]] || awk "BEGIN { exit !($d < $lo) }"; then lo=$d; fi
-        if [[ -z $hi ]] || awk "BEGIN { exit !($d > $hi) }"; then hi=$d; fi
+        ds+=" $(calc %.2f "${R[s6.$v.r$round.cpu_us]} - ${R[s6.$base.r$round.cpu_us]}")"
     done
-    R[s6.$v-$base.spread]="$lo … $hi"
+    R[s6.$v-$base.delta]=$(calc %+.2f "$(median "$ds")")
+    R[s6.$v-$base.spread]=$(tr ' ' '\n' <<<"$ds" | sed '/^$/d' | sort -g |
+        awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%+.2f … %+.2f", lo, hi }')
+}
+
+median() {   # median "X Y Z ..." -> the middle value (the mean of the two middle ones if even)
+    tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -g |
+        awk '{ v[NR] = $1 } END { if (NR % 2) m = v[(NR + 1) / 2]; else m = (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.2f", m }'
 }
 
 run_plugins() {
@@ -1081,9 +1087,9 @@ Produced by \`$(run_cmd)\` (method: [bench/README.md](../bench/README.md#scenari
 - Versions: ${VERSIONS[portico]:-portico (unknown)}; plugin \`tests/plugins/rw\` built with the public \`proxy-wasm\` crate 0.2.5 by \`scripts/build-test-plugins.sh\`; wrk ${VERSIONS[wrk]}
 - Settings: DURATION=$DURATION per run, WARMUP=$WARMUP per chain, CONNECTIONS=$CONNECTIONS, PLUGIN_ROUNDS=$PLUGIN_ROUNDS
 
-Scenario 1's load — \`wrk -t1 -c$CONNECTIONS -d$DURATION --latency\`, HTTP/1.1 keep-alive, body \`hello\\n\` — with one more request header, \`x-rw-in: 1\`, on every chain including the baseline. One Portico serves all chains, a listener each, same route and upstream; the chains are measured interleaved: $PLUGIN_ROUNDS rounds, each running every chain once (a round starts one chain further along), and a row sums its rounds. The plugin is \`rw\` ([tests/plugins/README.md](../tests/plugins/README.md)): \`on_http_request_headers\` makes N header hostcalls, alternating get \`x-rw-in\` and set \`x-rw-<i>\`; its other callbacks are the SDK's defaults, but each plugin still gets every phase (context create, request headers, response headers, log, done, delete). Before measuring, every chain's plugins were shown to run: the backend echoed the headers they wrote. **Δ** is a row's proxy CPU per request minus the 0-plugin row's; "per round" lists each round's µs/req, "Δ per round" the range of the per-round differences.
+Scenario 1's load — \`wrk -t1 -c$CONNECTIONS -d$DURATION --latency\`, HTTP/1.1 keep-alive, body \`hello\\n\` — with one more request header, \`x-rw-in: 1\`, on every chain including the baseline. One Portico serves all chains, a listener each, same route and upstream; the chains are measured interleaved: $PLUGIN_ROUNDS rounds, each running every chain once (a round starts one chain further along). The plugin is \`rw\` ([tests/plugins/README.md](../tests/plugins/README.md)): \`on_http_request_headers\` makes N header hostcalls, alternating get \`x-rw-in\` and set \`x-rw-<i>\`; its other callbacks are the SDK's defaults, but each plugin still gets every phase (context create, request headers, response headers, log, done, delete). Before measuring, every chain's plugins were shown to run: the backend echoed the headers they wrote. A row's proxy CPU µs/req is the median of its rounds (each listed under "per round"); **Δ** is the median over the rounds of (this chain − the 0-plugin chain, both in the same round), and "Δ range" the smallest and largest of those per-round differences: the error bar. Requests, req/s, CPU % and busy % are over all rounds; p50/p99 the mean of the rounds'; "other processes %" the worst round's.
 
-| chain | requests | req/s | p50 ms | p99 ms | errors | proxy CPU % | **proxy CPU µs/req** | per round | **Δ vs 0 plugins, µs** | Δ per round | load core busy % | other processes % |
+| chain | requests | req/s | p50 ms | p99 ms | errors | proxy CPU % | **proxy CPU µs/req** | per round | **Δ vs 0 plugins, µs** | Δ range | load core busy % | other processes % |
 |---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---:|---:|
 EOF
     for v in "${PLUGIN_VARIANTS[@]}"; do
@@ -1095,16 +1101,16 @@ EOF
 
 | target | measured | result |
 |---|---|---|
-| a 4-plugin chain adds ≤ 6 µs of proxy CPU per request (4 plugins − 0 plugins) | ${d4:-—}${d4:+ µs} (per round ${R[s6.p4-none.spread]:-—}) | $(verdict "${d4:+$d4 <= 6}") |
-| stretch: a 4-plugin chain adds ≤ 3 µs | ${d4:-—}${d4:+ µs} | $(verdict "${d4:+$d4 <= 3}") |
-| one plugin's five hostcalls add ≤ 2 µs (1 plugin with 5 hostcalls − the same plugin with 0) | ${d5:-—}${d5:+ µs} (per round ${R[s6.h5-h0.spread]:-—}) | $(verdict "${d5:+$d5 <= 2}") |
-| stricter reading: one plugin with five hostcalls, the plugin included, adds ≤ 2 µs (5 hostcalls − 0 plugins) | ${d5all:-—}${d5all:+ µs} (per round ${R[s6.h5-none.spread]:-—}) | $(verdict "${d5all:+$d5all <= 2}") |
+| a 4-plugin chain adds ≤ 6 µs of proxy CPU per request (4 plugins − 0 plugins) | ${d4:-—}${d4:+ µs} (range ${R[s6.p4-none.spread]:-—}) | $(delta_verdict p4-none 6) |
+| stretch: a 4-plugin chain adds ≤ 3 µs | ${d4:-—}${d4:+ µs} | $(delta_verdict p4-none 3) |
+| one plugin's five hostcalls add ≤ 2 µs (1 plugin with 5 hostcalls − the same plugin with 0) | ${d5:-—}${d5:+ µs} (range ${R[s6.h5-h0.spread]:-—}) | $(delta_verdict h5-h0 2) |
+| stricter reading: one plugin with five hostcalls, the plugin included, adds ≤ 2 µs (5 hostcalls − 0 plugins) | ${d5all:-—}${d5all:+ µs} (range ${R[s6.h5-none.spread]:-—}) | $(delta_verdict h5-none 2) |
 
 EOF
     echo "Derived: per plugin in the 4-chain $(if [[ -n $d4 ]]; then calc '%.2f µs' "$d4 / 4"; else echo —; fi);" \
         "a plugin that makes no hostcall $(v s6.h0-none.delta) µs;" \
         "per hostcall $(if [[ -n $d5 ]]; then calc '%.2f µs' "$d5 / 5"; else echo —; fi) ((5 hostcalls − 0) / 5)." \
-        "CPU is counted in clock ticks of $(calc %.0f "1000 / $CLK_TCK") ms; a row's ticks over all its rounds give a resolution far below 0.1 µs/req, so the per-round spread, not the tick, is the uncertainty." \
+        "CPU is counted in clock ticks of $(calc %.0f "1000 / $CLK_TCK") ms, about 0.01 µs/req over one run; the spread between rounds, not the tick, is the uncertainty." \
         "Plugin failures during the run (portico_plugin_failures_total): $(v s6.failures)."
     if [[ -n ${NOISY[plugins]:-} ]]; then
         echo
@@ -1118,6 +1124,19 @@ EOF
         if [[ -n ${NOISY[plugins]:-} ]]; then
             echo "- noisy runs, other processes took this share of a core: ${NOISY[plugins]}"
         fi
+    fi
+}
+
+# delta_verdict KEY LIMIT: MET / NOT MET on the median difference; when the per-round range
+# reaches across LIMIT, the verdict says the run could not separate the two.
+delta_verdict() {
+    local d=${R[s6.$1.delta]:-} range=${R[s6.$1.spread]:-} lo hi
+    [[ -n $d ]] || { echo "not measured"; return 0; }
+    read -r lo _ hi <<<"$range"
+    if awk "BEGIN { exit !($lo <= $2 && $hi > $2) }"; then
+        echo "$(verdict "$d <= $2") (inconclusive: the rounds range from $lo to $hi µs, across the limit)"
+    else
+        verdict "$d <= $2"
     fi
 }
 
