@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Portico load benchmark: Portico vs nginx vs HAProxy (plus the backend directly),
-# same route, same machine, same run. Writes docs/benchmarks.md.
+# same route, same machine, same run; and Portico with plugin chains of 0, 1 and 4 plugins
+# (scenario 6). Writes docs/benchmarks.md.
 #
-#   bash bench/run.sh                      # everything, defaults (~5 min after the build)
+#   bash bench/run.sh                      # everything, defaults (~11 min after the build)
 #   PROXIES="nginx haproxy" bash bench/run.sh   # without Portico
 #   SCENARIOS="1 4" DURATION=5s bash bench/run.sh
+#   SCENARIOS=6 bash bench/run.sh          # plugin chains only; keeps the rest of the report
 #
 # Method and knobs: bench/README.md. Runs as root on Debian 12 (apt-get installs the tools).
 # Traffic goes to 127.0.0.1 only. Everything it starts is stopped on exit.
@@ -18,19 +20,20 @@ ROOT=$(cd "$BENCH_DIR/.." && pwd)
 # ---------------------------------------------------------------------------------------------
 KNOBS=(DURATION WARMUP UPSTREAM_DURATION CONNECTIONS IDLE_CONNS HANDSHAKE_CLIENTS SCENARIOS
        PROXIES DIRECT SKIP_BUILD SKIP_INSTALL PORTICO_BIN TLS_KEY FORWARD_HEADERS OUTPUT
-       KEEP_TMP PROXY_CPU LOAD_CPU)
+       KEEP_TMP PROXY_CPU LOAD_CPU PLUGIN_ROUNDS)
 SET_KNOBS=()
 for k in "${KNOBS[@]}"; do
     if [[ -n ${!k+x} ]]; then SET_KNOBS+=("$k=${!k@Q}"); fi
 done
 
-DURATION=${DURATION:-10s}             # measured run of scenarios 1, 2, 3
-WARMUP=${WARMUP:-2s}                  # unmeasured run before scenarios 1 and 2
+DURATION=${DURATION:-10s}             # measured run of scenarios 1, 2, 3; each run of 6
+WARMUP=${WARMUP:-2s}                  # unmeasured run before scenarios 1, 2 and 6
 UPSTREAM_DURATION=${UPSTREAM_DURATION:-5s}  # each of scenario 4's runs (cold, warm pool)
-CONNECTIONS=${CONNECTIONS:-50}        # wrk connections (scenarios 1 and 4)
+CONNECTIONS=${CONNECTIONS:-50}        # wrk connections (scenarios 1, 4 and 6)
 IDLE_CONNS=${IDLE_CONNS:-10000}       # scenario 5
 HANDSHAKE_CLIENTS=${HANDSHAKE_CLIENTS:-4}   # parallel `openssl s_time` processes (scenario 3)
-SCENARIOS=${SCENARIOS:-"1 2 3 4 5"}
+SCENARIOS=${SCENARIOS:-"1 2 3 4 5 6"}
+PLUGIN_ROUNDS=${PLUGIN_ROUNDS:-5}     # scenario 6: rounds over all chains (interleaved)
 PROXIES=${PROXIES:-"portico nginx haproxy"}
 DIRECT=${DIRECT:-1}                   # also measure load generator -> backend directly
 SKIP_BUILD=${SKIP_BUILD:-0}
@@ -49,6 +52,18 @@ BACKEND_PORT=18000 BACKEND_TLS_PORT=18001 BACKEND_STATUS_PORT=18009
 declare -A PLAIN_PORT=([portico]=18080 [nginx]=18180 [haproxy]=18280 [direct]=$BACKEND_PORT)
 declare -A TLS_PORT=([portico]=18443 [nginx]=18543 [haproxy]=18643 [direct]=$BACKEND_TLS_PORT)
 PORTICO_ADMIN=19901
+# Scenario 6: one Portico, one listener per plugin chain (same route), its own admin port.
+PLUGIN_VARIANTS=(none p1 p4 h0 h5)
+declare -A PLUGIN_PORT=([none]=18081 [p1]=18082 [p4]=18083 [h0]=18084 [h5]=18085)
+declare -A PLUGIN_CHAIN=([none]="" [p1]="rw-a" [p4]="rw-a, rw-b, rw-c, rw-d" [h0]="rw-h0" [h5]="rw-h5")
+declare -A PLUGIN_LABEL=([none]="0 plugins (baseline)" [p1]="1 plugin (rw, 2 hostcalls)"
+    [p4]="4 plugins (4 × rw, 2 hostcalls each)" [h0]="1 plugin (rw, 0 hostcalls)"
+    [h5]="1 plugin (rw, 5 hostcalls)")
+# What the backend's /rw-echo answers through each chain: the headers rw wrote upstream.
+declare -A PLUGIN_ECHO=([none]="rw-1= rw-3=" [p1]="rw-1=1 rw-3=" [p4]="rw-1=1 rw-3="
+    [h0]="rw-1= rw-3=" [h5]="rw-1=1 rw-3=1")
+PLUGINS_ADMIN=19902
+RW_WASM=$ROOT/target/test-plugins/wasm32-wasip1/release/test_rw.wasm
 
 declare -A R=()        # results: R[scenario.target.metric]=value
 declare -A NOTES=()    # NOTES[target]="problems seen"
@@ -68,7 +83,10 @@ log()  { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die()  { log "ERROR: $*"; exit 1; }
 note() { NOTES[$1]="${NOTES[$1]:-}${NOTES[$1]:+; }$2"; log "$1: $2"; }
 want() { [[ " $SCENARIOS " == *" $1 "* ]]; }
+want_any() { local s; for s in "$@"; do want "$s" && return 0; done; return 1; }
+with_portico() { [[ " $PROXIES " == *" portico "* ]]; }
 calc() { awk "BEGIN { printf \"$1\", ($2) }"; }         # calc FORMAT EXPR
+add() { R[$1]=$(( ${R[$1]:-0} + $2 )); }               # add KEY N: R[KEY] += N
 now_ns() { date +%s%N; }
 secs_of() {                                           # 10s / 2m / 500ms / 7 -> seconds (int, >=1)
     local d=$1
@@ -277,6 +295,17 @@ resolve_portico() {
     [[ -x $PORTICO_BIN ]] || die "$PORTICO_BIN not found (build failed or SKIP_BUILD=1 without a build)"
 }
 
+# Scenario 6's plugin, tests/plugins/rw, built with the rest of the corpus (wasm32-wasip1).
+build_plugins() {
+    want 6 && with_portico || return 0
+    if [[ $SKIP_BUILD != 1 ]]; then
+        log "building the test plugins (scripts/build-test-plugins.sh)"
+        bash "$ROOT/scripts/build-test-plugins.sh" >"$TMP/build-test-plugins.log" 2>&1 ||
+            die "scripts/build-test-plugins.sh failed: $(tail -n5 "$TMP/build-test-plugins.log")"
+    fi
+    [[ -f $RW_WASM ]] || die "$RW_WASM not found (SKIP_BUILD=1 without bash scripts/build-test-plugins.sh?)"
+}
+
 # Is anything listening on 127.0.0.1:PORT (or 0.0.0.0:PORT)? Reads /proc, needs no ss/netstat.
 port_busy() {
     local hex
@@ -285,10 +314,15 @@ port_busy() {
         END { exit !found }' /proc/net/tcp
 }
 
-check_ports() {
-    local p busy=()
-    for p in $BACKEND_PORT $BACKEND_TLS_PORT $BACKEND_STATUS_PORT $PORTICO_ADMIN \
-             "${PLAIN_PORT[@]}" "${TLS_PORT[@]}"; do
+check_ports() {   # the ports of this run's scenarios
+    local p t busy=()
+    local -a ports=("$BACKEND_PORT" "$BACKEND_TLS_PORT" "$BACKEND_STATUS_PORT")
+    if want_any 1 2 3 4 5; then
+        for t in $PROXIES; do ports+=("${PLAIN_PORT[$t]}" "${TLS_PORT[$t]}"); done
+        if with_portico; then ports+=("$PORTICO_ADMIN"); fi
+    fi
+    if want 6 && with_portico; then ports+=("$PLUGINS_ADMIN" "${PLUGIN_PORT[@]}"); fi
+    for p in "${ports[@]}"; do
         if port_busy "$p"; then busy+=("$p"); fi
     done
     ((${#busy[@]} == 0)) || die "ports already in use on 127.0.0.1: ${busy[*]} (a previous run still going?)"
@@ -373,6 +407,8 @@ start_backend() {
         ssl_certificate $TMP/bench.crt;
         ssl_certificate_key $TMP/bench.key;
         location / { return 200 "hello\n"; }
+        # Scenario 6's sanity check: which headers the rw plugins wrote on the way up.
+        location = /rw-echo { return 200 "rw-1=\$http_x_rw_1 rw-3=\$http_x_rw_3\n"; }
     }
     server {
         listen 127.0.0.1:$BACKEND_STATUS_PORT;
@@ -543,8 +579,8 @@ WRK_LUA='done = function(summary, latency, requests)
     latency:percentile(50), latency:percentile(99)))
 end'
 
-run_wrk() {   # run_wrk TARGET PORT DURATION LOGFILE
-    "${LOAD[@]}" wrk -t1 -c"$CONNECTIONS" -d"$3" --latency -s "$TMP/bench.lua" \
+run_wrk() {   # run_wrk TARGET PORT DURATION LOGFILE [WRK ARGS...]
+    "${LOAD[@]}" wrk -t1 -c"$CONNECTIONS" -d"$3" --latency -s "$TMP/bench.lua" "${@:5}" \
         "http://127.0.0.1:$2/" >"$4" 2>&1 || note "$1" "wrk exited with status $?: $(tail -n1 "$4")"
 }
 wrk_field() {   # wrk_field LOGFILE NAME -> the number from the BENCH line (0 if absent)
@@ -690,6 +726,162 @@ s5_conns() {
     fi
 }
 
+# 6. Plugin chains: Portico alone, scenario 1's load, through chains of the rw test plugin
+#    (tests/plugins/rw: N request-header hostcalls, alternating get x-rw-in / set x-rw-<i>).
+#    One Portico serves every chain, one listener each, so the chains are measured in the same
+#    process and interleaved: PLUGIN_ROUNDS rounds, each running every chain once (starting
+#    one further along each round), summed per chain. Differences from the 0-plugin chain are
+#    what the plugins cost.
+start_plugins() {
+    local dir=$TMP/portico-plugins v
+    mkdir -p "$dir"
+    {
+        echo "listeners:"
+        for v in "${PLUGIN_VARIANTS[@]}"; do
+            echo "  - name: chain-$v"
+            echo "    address: \"127.0.0.1:${PLUGIN_PORT[$v]}\""
+            if [[ -n ${PLUGIN_CHAIN[$v]} ]]; then echo "    plugins: [${PLUGIN_CHAIN[$v]}]"; fi
+        done
+        cat <<EOF
+admin:
+  address: "127.0.0.1:$PLUGINS_ADMIN"
+access_log: false
+upstreams:
+  backend:
+    endpoints: ["127.0.0.1:$BACKEND_PORT"]
+plugins:
+  rw-a: { module: "$RW_WASM", config: { hostcalls: 2 } }
+  rw-b: { module: "$RW_WASM", config: { hostcalls: 2 } }
+  rw-c: { module: "$RW_WASM", config: { hostcalls: 2 } }
+  rw-d: { module: "$RW_WASM", config: { hostcalls: 2 } }
+  rw-h0: { module: "$RW_WASM", config: { hostcalls: 0 } }
+  rw-h5: { module: "$RW_WASM", config: { hostcalls: 5 } }
+routes:
+  - name: all
+    paths: [{ type: Prefix, value: / }]
+    upstream: backend
+EOF
+    } >"$dir/portico.yaml"
+    start_bg "$dir/portico" env PORTICO_WORKERS=1 RUST_LOG="${RUST_LOG:-warn}" \
+        PORTICO_PLUGIN_CACHE="$dir/plugin-cache" \
+        taskset -c "$PROXY_CPU" "$PORTICO_BIN" run --config "$dir/portico.yaml"
+    TARGET_PID[plugins]=$BG_PID
+    wait_until 60 "portico (plugin chains) /ready" http_ok "http://127.0.0.1:$PLUGINS_ADMIN/ready"
+}
+
+# Every chain answers the route, and its plugins really run: the backend's /rw-echo shows the
+# headers rw wrote on the way up.
+plugins_sanity() {
+    local v port body
+    for v in "${PLUGIN_VARIANTS[@]}"; do
+        port=${PLUGIN_PORT[$v]}
+        body=$(curl -sS --max-time 5 -H "x-rw-in: 1" "http://127.0.0.1:$port/" 2>&1) || true
+        [[ $body == hello ]] || { note plugins "$v: GET / answered '${body:0:80}', not 'hello'"; return 1; }
+        body=$(curl -sS --max-time 5 -H "x-rw-in: 1" "http://127.0.0.1:$port/rw-echo" 2>&1) || true
+        [[ $body == "${PLUGIN_ECHO[$v]}" ]] ||
+            { note plugins "$v: /rw-echo answered '${body:0:80}', not '${PLUGIN_ECHO[$v]}'"; return 1; }
+    done
+}
+
+plugin_failures() {   # sum of portico_plugin_failures_total on the scenario's admin port, or ?
+    local m
+    m=$(curl -sf --max-time 2 "http://127.0.0.1:$PLUGINS_ADMIN/metrics") || { echo "?"; return 0; }
+    awk '/^portico_plugin_failures_total/ { s += $NF } END { print s + 0 }' <<<"$m"
+}
+
+s6_plugins() {
+    local round i v out n k rounds=$PLUGIN_ROUNDS
+    local -a order
+    # What wrk sends: scenario 1's request plus the header rw reads (so every read finds a
+    # value and copies it into the guest). The baseline gets it too.
+    local -a hdr=(-H "x-rw-in: 1")
+    for v in "${PLUGIN_VARIANTS[@]}"; do
+        run_wrk plugins "${PLUGIN_PORT[$v]}" "$WARMUP" "$TMP/s6.$v.warmup" "${hdr[@]}"
+        for k in ticks requests duration_us errors p50_us p99_us load_pct; do R[s6.$v.sum_$k]=0; done
+        R[s6.$v.sum_wall]=0 R[s6.$v.other_pct]=0 R[s6.$v.rounds]=""
+    done
+    for round in $(seq "$rounds"); do
+        order=()
+        for i in "${!PLUGIN_VARIANTS[@]}"; do
+            order+=("${PLUGIN_VARIANTS[(i + round - 1) % ${#PLUGIN_VARIANTS[@]}]}")
+        done
+        log "plugins: scenario 6, round $round of $rounds (${order[*]})"
+        for v in "${order[@]}"; do
+            out=$TMP/s6.$v.r$round.txt
+            k=s6.plugins.$v.r$round
+            cpu_begin plugins
+            run_wrk plugins "${PLUGIN_PORT[$v]}" "$DURATION" "$out" "${hdr[@]}"
+            cpu_end plugins "$k"
+            n=$(wrk_field "$out" requests)
+            R[s6.$v.r$round.cpu_us]=$(calc %.2f "${R[$k.cpu_ticks]} * 1e6 / $CLK_TCK / ($n + 0.000001)")
+            R[s6.$v.rounds]="${R[s6.$v.rounds]}${R[s6.$v.rounds]:+ / }${R[s6.$v.r$round.cpu_us]}"
+            add "s6.$v.sum_ticks" "${R[$k.cpu_ticks]}"
+            add "s6.$v.sum_requests" "$n"
+            add "s6.$v.sum_duration_us" "$(wrk_field "$out" duration_us)"
+            add "s6.$v.sum_errors" "$(wrk_field "$out" errors)"
+            add "s6.$v.sum_errors" "$(wrk_field "$out" non2xx)"
+            add "s6.$v.sum_p50_us" "$(wrk_field "$out" p50_us)"
+            add "s6.$v.sum_p99_us" "$(wrk_field "$out" p99_us)"
+            add "s6.$v.sum_load_pct" "${R[$k.load_core_pct]}"
+            R[s6.$v.sum_wall]=$(calc %.3f "${R[s6.$v.sum_wall]} + ${R[$k.wall_s]}")
+            if (( ${R[$k.other_pct]} > ${R[s6.$v.other_pct]} )); then R[s6.$v.other_pct]=${R[$k.other_pct]}; fi
+        done
+    done
+    for v in "${PLUGIN_VARIANTS[@]}"; do
+        n=${R[s6.$v.sum_requests]}
+        R[s6.$v.requests]=$n
+        R[s6.$v.errors]=${R[s6.$v.sum_errors]}
+        R[s6.$v.rps]=$(calc %.0f "$n / (${R[s6.$v.sum_duration_us]} + 0.001) * 1e6")
+        R[s6.$v.p50_ms]=$(calc %.3f "${R[s6.$v.sum_p50_us]} / $rounds / 1000")
+        R[s6.$v.p99_ms]=$(calc %.3f "${R[s6.$v.sum_p99_us]} / $rounds / 1000")
+        R[s6.$v.cpu_pct]=$(calc %.0f "${R[s6.$v.sum_ticks]} / $CLK_TCK / (${R[s6.$v.sum_wall]} + 0.001) * 100")
+        R[s6.$v.load_core_pct]=$(calc %.0f "${R[s6.$v.sum_load_pct]} / $rounds")
+        if (( n > 0 )); then
+            R[s6.$v.pooled_cpu_us]=$(calc %.2f "${R[s6.$v.sum_ticks]} * 1e6 / $CLK_TCK / $n")
+            R[s6.$v.cpu_us]=$(median "${R[s6.$v.rounds]// \/ / }")
+        fi
+    done
+    # Each chain against the 0-plugin chain (and 5 hostcalls against 0): the median over the
+    # rounds of the difference within a round (the two runs minutes apart at most), so that one
+    # disturbed run does not move the result; the range of those differences is the error bar.
+    s6_delta p1 none; s6_delta p4 none; s6_delta h0 none; s6_delta h5 none; s6_delta h5 h0
+    R[s6.failures]=$(plugin_failures)
+    if [[ ${R[s6.failures]} != 0 ]]; then
+        note plugins "the plugins failed ${R[s6.failures]} times (portico_plugin_failures_total)"
+    fi
+}
+
+s6_delta() {   # s6_delta V BASE: R[s6.V-BASE.delta] (median) and R[s6.V-BASE.spread] (range)
+    local v=$1 base=$2 round ds=""
+    [[ -n ${R[s6.$v.cpu_us]:-} && -n ${R[s6.$base.cpu_us]:-} ]] || return 0
+    for round in $(seq "$PLUGIN_ROUNDS"); do
+        ds+=" $(calc %.2f "${R[s6.$v.r$round.cpu_us]} - ${R[s6.$base.r$round.cpu_us]}")"
+    done
+    R[s6.$v-$base.delta]=$(calc %+.2f "$(median "$ds")")
+    R[s6.$v-$base.spread]=$(tr ' ' '\n' <<<"$ds" | sed '/^$/d' | sort -g |
+        awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%+.2f … %+.2f", lo, hi }')
+}
+
+median() {   # median "X Y Z ..." -> the middle value (the mean of the two middle ones if even)
+    tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -g |
+        awk '{ v[NR] = $1 } END { if (NR % 2) m = v[(NR + 1) / 2]; else m = (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.2f", m }'
+}
+
+run_plugins() {
+    log "== plugins (scenario 6: Portico with plugin chains of 0, 1 and 4 plugins)"
+    if ! start_plugins; then
+        note plugins "did not start or become ready: $(tail -n3 "$TMP/portico-plugins/portico.log" 2>/dev/null | tr '\n' ' ')"
+        stop_target plugins
+        return 0
+    fi
+    if plugins_sanity; then
+        log "plugins: every chain answers and its plugins run; measuring"
+        s6_plugins
+        alive plugins || note plugins "the process exited during the run"
+    fi
+    stop_target plugins
+}
+
 run_target() {
     local t=$1
     log "== $t"
@@ -733,16 +925,30 @@ verdict() {   # verdict OK-EXPR -> MET / NOT MET / not measured
     if [[ -z $1 ]]; then echo "not measured"; elif awk "BEGIN { exit !($1) }"; then echo "**MET**"; else echo "**NOT MET**"; fi
 }
 
-write_report() {
+# The report is docs/benchmarks.md: a title, then one generated block per group of scenarios
+# (scenarios 1-5: "load"; scenario 6: "plugins") between marker comments, then whatever else the
+# file holds (the criterion numbers). A run regenerates the blocks of the scenarios it ran and
+# keeps the rest of the file as it was, so `SCENARIOS=6` does not erase scenarios 1-5.
+REPORT_TITLE='# Benchmarks
+
+Written by [bench/run.sh](../bench/run.sh) (method: [bench/README.md](../bench/README.md)), except
+the criterion micro-benchmarks at the end. Each generated block names the command and the date
+that produced it. A run replaces only the blocks of the scenarios it ran (scenarios 1-5: Portico
+vs nginx vs HAProxy; scenario 6: plugin chains) and keeps the rest of this file.'
+
+run_cmd() {
+    local cmd="bash bench/run.sh"
+    ((${#SET_KNOBS[@]})) && cmd="${SET_KNOBS[*]} $cmd"
+    echo "$cmd"
+}
+
+# Scenarios 1-5: Portico vs nginx vs HAProxy.
+report_load() {
     local t cmd cpu_model h1 h2 hs reuse rss
     cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
-    cmd="bash bench/run.sh"
-    ((${#SET_KNOBS[@]})) && cmd="${SET_KNOBS[*]} $cmd"
-    mkdir -p "$(dirname "$OUTPUT")"
+    cmd=$(run_cmd)
     {
         cat <<EOF
-# Benchmarks
-
 Produced by \`$cmd\` (method: [bench/README.md](../bench/README.md)).
 
 - Date: $(date -u '+%Y-%m-%d %H:%M UTC')
@@ -863,17 +1069,148 @@ EOF
                 fi
             done
         fi
-    } >"$OUTPUT"
-    log "wrote $OUTPUT"
+    }
+}
+
+# Scenario 6: plugin chains.
+report_plugins() {
+    local v d4 d5 d5all cpu_model
+    cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+    d4=${R[s6.p4-none.delta]:-} d5=${R[s6.h5-h0.delta]:-} d5all=${R[s6.h5-none.delta]:-}
+    cat <<EOF
+## 6. Plugin chains (Portico only)
+
+Produced by \`$(run_cmd)\` (method: [bench/README.md](../bench/README.md#scenarios)).
+
+- Date: $(date -u '+%Y-%m-%d %H:%M UTC')
+- Machine: $(nproc) cores, $cpu_model, Linux ${VERSIONS[kernel]}; Portico pinned to CPU $PROXY_CPU (one worker), backend nginx and wrk pinned to CPU $LOAD_CPU
+- Versions: ${VERSIONS[portico]:-portico (unknown)}; plugin \`tests/plugins/rw\` built with the public \`proxy-wasm\` crate 0.2.5 by \`scripts/build-test-plugins.sh\`; wrk ${VERSIONS[wrk]}
+- Settings: DURATION=$DURATION per run, WARMUP=$WARMUP per chain, CONNECTIONS=$CONNECTIONS, PLUGIN_ROUNDS=$PLUGIN_ROUNDS
+
+Scenario 1's load — \`wrk -t1 -c$CONNECTIONS -d$DURATION --latency\`, HTTP/1.1 keep-alive, body \`hello\\n\` — with one more request header, \`x-rw-in: 1\`, on every chain including the baseline. One Portico serves all chains, a listener each, same route and upstream; the chains are measured interleaved: $PLUGIN_ROUNDS rounds, each running every chain once (a round starts one chain further along). The plugin is \`rw\` ([tests/plugins/README.md](../tests/plugins/README.md)): \`on_http_request_headers\` makes N header hostcalls, alternating get \`x-rw-in\` and set \`x-rw-<i>\`; its other callbacks are the SDK's defaults, but each plugin still gets every phase (context create, request headers, response headers, response body, log, done, delete). Before measuring, every chain's plugins were shown to run: the backend echoed the headers they wrote. A row's proxy CPU µs/req is the median of its rounds (each listed under "per round"); **Δ** is the median over the rounds of (this chain − the 0-plugin chain, both in the same round), and "Δ range" the smallest and largest of those per-round differences: the error bar. Requests, req/s, CPU % and busy % are over all rounds; p50/p99 the mean of the rounds'; "other processes %" the worst round's.
+
+| chain | requests | req/s | p50 ms | p99 ms | errors | proxy CPU % | **proxy CPU µs/req** | per round | **Δ vs 0 plugins, µs** | Δ range | load core busy % | other processes % |
+|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---:|---:|
+EOF
+    for v in "${PLUGIN_VARIANTS[@]}"; do
+        echo "| ${PLUGIN_LABEL[$v]} | $(v s6.$v.requests) | $(v s6.$v.rps) | $(v s6.$v.p50_ms) | $(v s6.$v.p99_ms) | $(v s6.$v.errors) | $(v s6.$v.cpu_pct) | **$(v s6.$v.cpu_us)** | $(v s6.$v.rounds) | $(if [[ $v == none ]]; then echo "(baseline)"; else echo "**$(v s6.$v-none.delta)**"; fi) | $(v s6.$v-none.spread) | $(v s6.$v.load_core_pct) | $(v s6.$v.other_pct) |"
+    done
+    cat <<EOF
+
+### Targets (plugin overhead)
+
+| target | measured | result |
+|---|---|---|
+| a 4-plugin chain adds ≤ 6 µs of proxy CPU per request (4 plugins − 0 plugins) | ${d4:-—}${d4:+ µs} (range ${R[s6.p4-none.spread]:-—}) | $(delta_verdict p4-none 6) |
+| stretch: a 4-plugin chain adds ≤ 3 µs | ${d4:-—}${d4:+ µs} | $(delta_verdict p4-none 3) |
+| one plugin's five hostcalls add ≤ 2 µs (1 plugin with 5 hostcalls − the same plugin with 0) | ${d5:-—}${d5:+ µs} (range ${R[s6.h5-h0.spread]:-—}) | $(delta_verdict h5-h0 2) |
+| stricter reading: one plugin with five hostcalls, the plugin included, adds ≤ 2 µs (5 hostcalls − 0 plugins) | ${d5all:-—}${d5all:+ µs} (range ${R[s6.h5-none.spread]:-—}) | $(delta_verdict h5-none 2) |
+
+EOF
+    echo "Derived: per plugin in the 4-chain $(if [[ -n $d4 ]]; then calc '%.2f µs' "$d4 / 4"; else echo —; fi);" \
+        "a plugin that makes no hostcall $(v s6.h0-none.delta) µs;" \
+        "per hostcall $(if [[ -n $d5 ]]; then calc '%.2f µs' "$d5 / 5"; else echo —; fi) ((5 hostcalls − 0) / 5)." \
+        "CPU is counted in clock ticks of $(calc %.0f "1000 / $CLK_TCK") ms, about 0.01 µs/req over one run; the spread between rounds, not the tick, is the uncertainty." \
+        "Plugin failures during the run (portico_plugin_failures_total): $(v s6.failures)."
+    if [[ -n ${NOISY[plugins]:-} ]]; then
+        echo
+        echo "**Warning: other processes used the CPU during some of these runs; the numbers are noisy. Re-run on a quiet machine before drawing conclusions.**"
+    fi
+    if [[ -n ${NOTES[plugins]:-} || -n ${NOISY[plugins]:-} ]]; then
+        echo
+        echo "### Problems seen during scenario 6"
+        echo
+        if [[ -n ${NOTES[plugins]:-} ]]; then echo "- ${NOTES[plugins]}"; fi
+        if [[ -n ${NOISY[plugins]:-} ]]; then
+            echo "- noisy runs, other processes took this share of a core: ${NOISY[plugins]}"
+        fi
+    fi
+}
+
+# delta_verdict KEY LIMIT: MET / NOT MET on the median difference; when the per-round range
+# reaches across LIMIT, the verdict says the run could not separate the two.
+delta_verdict() {
+    local d=${R[s6.$1.delta]:-} range=${R[s6.$1.spread]:-} lo hi
+    [[ -n $d ]] || { echo "not measured"; return 0; }
+    read -r lo _ hi <<<"$range"
+    if awk "BEGIN { exit !($lo <= $2 && $hi > $2) }"; then
+        echo "$(verdict "$d <= $2") (inconclusive: the rounds range from $lo to $hi µs, across the limit)"
+    else
+        verdict "$d <= $2"
+    fi
+}
+
+# Regenerates the blocks this run produced ($TMP/report.NAME.md) in OUTPUT and keeps the rest.
+# A block missing from the file goes before the first block ("load"), after the load block
+# ("plugins"), or else at the end.
+write_report() {
+    local -a blocks=()
+    if want_any 1 2 3 4 5; then report_load >"$TMP/report.load.md"; blocks+=(load); fi
+    if want 6 && with_portico; then report_plugins >"$TMP/report.plugins.md"; blocks+=(plugins); fi
+    if ((${#blocks[@]} == 0)); then log "no scenario ran: $OUTPUT left as it was"; return 0; fi
+    mkdir -p "$(dirname "$OUTPUT")"
+    if [[ ! -s $OUTPUT ]]; then
+        printf '%s\n' "$REPORT_TITLE" >"$OUTPUT"
+    elif ! grep -q '^<!-- bench/run.sh:' "$OUTPUT"; then
+        # Written before the blocks existed, all of it by scenarios 1-5: make it the load block.
+        { printf '%s\n\n%s\n' "$REPORT_TITLE" "<!-- bench/run.sh:load begin -->"
+          sed '1{/^# /d}' "$OUTPUT"
+          printf '\n%s\n' "<!-- bench/run.sh:load end -->"; } >"$TMP/report.old.md"
+        cat "$TMP/report.old.md" >"$OUTPUT"
+    fi
+    awk -v dir="$TMP" -v fresh="${blocks[*]}" '
+        function emit(name,   line, f) {
+            f = dir "/report." name ".md"
+            print "<!-- bench/run.sh:" name " begin -->"
+            print ""
+            while ((getline line < f) > 0) print line
+            close(f)
+            print ""
+            print "<!-- bench/run.sh:" name " end -->"
+            done[name] = 1
+        }
+        function marker(line, kind) {   # the block name of a begin/end marker line, else ""
+            if (line !~ ("^<!-- bench/run.sh:[a-z]+ " kind " -->")) return ""
+            sub(/^<!-- bench\/run.sh:/, "", line); sub(/ .*/, "", line)
+            return line
+        }
+        BEGIN { n = split(fresh, f, " "); for (i = 1; i <= n; i++) want[f[i]] = 1 }
+        NR == FNR { if ((m = marker($0, "begin")) != "") present[m] = 1; next }   # first pass
+        (m = marker($0, "begin")) != "" {
+            if (want["load"] && !present["load"] && !done["load"]) { emit("load"); print "" }
+            if (want[m]) { emit(m); skipping = 1 } else print
+            next
+        }
+        (m = marker($0, "end")) != "" {
+            if (!skipping) print
+            skipping = 0
+            if (m == "load" && want["plugins"] && !present["plugins"]) { print ""; emit("plugins") }
+            next
+        }
+        skipping { next }
+        { print }
+        END { for (i = 1; i <= n; i++) if (!done[f[i]]) { print ""; emit(f[i]) } }
+    ' "$OUTPUT" "$OUTPUT" >"$TMP/report.new.md"
+    cat "$TMP/report.new.md" >"$OUTPUT"
+    log "wrote $OUTPUT (regenerated: ${blocks[*]}; the rest kept)"
 }
 
 print_summary() {
-    local t
-    for t in $(targets_for); do
-        log "$(printf '%-8s s1 %6s rps %6s µs/req | s2 %6s rps %6s µs/req | s3 %6s µs/hs | s4 %5s%% reused | s5 idle %6s kB %6s KiB/conn' \
-            "$t" "$(v s1.$t.rps)" "$(v s1.$t.cpu_us)" "$(v s2.$t.rps)" "$(v s2.$t.cpu_us)" \
-            "$(v s3.$t.cpu_us)" "$(v s4.$t.warm.reused_pct)" "$(v s5.$t.idle_rss_kb)" "$(v s5.$t.per_conn_kib)")"
-    done
+    local t v
+    if want_any 1 2 3 4 5; then
+        for t in $(targets_for); do
+            log "$(printf '%-8s s1 %6s rps %6s µs/req | s2 %6s rps %6s µs/req | s3 %6s µs/hs | s4 %5s%% reused | s5 idle %6s kB %6s KiB/conn' \
+                "$t" "$(v s1.$t.rps)" "$(v s1.$t.cpu_us)" "$(v s2.$t.rps)" "$(v s2.$t.cpu_us)" \
+                "$(v s3.$t.cpu_us)" "$(v s4.$t.warm.reused_pct)" "$(v s5.$t.idle_rss_kb)" "$(v s5.$t.per_conn_kib)")"
+        done
+    fi
+    if want 6 && with_portico; then
+        for v in "${PLUGIN_VARIANTS[@]}"; do
+            log "$(printf 's6 %-38s %6s rps %7s µs/req  Δ %6s µs' "${PLUGIN_LABEL[$v]}" \
+                "$(v s6.$v.rps)" "$(v s6.$v.cpu_us)" "$(v s6.$v-none.delta)")"
+        done
+        log "s6 5 hostcalls − 0 hostcalls: $(v s6.h5-h0.delta) µs"
+    fi
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -883,17 +1220,23 @@ main() {
         log "fewer than 2 cores: backend and load generator share CPU $PROXY_CPU"
         LOAD_CPU=$PROXY_CPU LOAD=(taskset -c "$PROXY_CPU")
     fi
+    if want 6 && ! with_portico; then log "scenario 6 (plugin chains) needs portico in PROXIES: skipped"; fi
     install_deps
     resolve_portico
     raise_fd_limit
     check_ports
     TMP=$(mktemp -d -t portico-bench.XXXXXX)
+    build_plugins
     printf '%s\n' "$WRK_LUA" >"$TMP/bench.lua"
     make_certs
     collect_versions
     start_backend
-    for t in $PROXIES; do run_target "$t"; done
-    [[ $DIRECT == 1 ]] && run_target direct
+    # Scenarios 1-5 compare the proxies (each started fresh); 6 is Portico with plugins.
+    if want_any 1 2 3 4 5; then
+        for t in $PROXIES; do run_target "$t"; done
+        if [[ $DIRECT == 1 ]]; then run_target direct; fi
+    fi
+    if want 6 && with_portico; then run_plugins; fi
     write_report
     print_summary
 }

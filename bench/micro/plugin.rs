@@ -1,0 +1,180 @@
+//! Criterion micro-benchmarks of the plugin host: one request's whole stream through a chain
+//! (`Chain::start`, `request_headers`, `response_headers`, then the drop that runs `on_log`,
+//! `on_done` and `on_delete`), on a tokio current-thread runtime, through the public API only.
+//!
+//! The guest is `test_rw.wasm` (tests/plugins/rw, the public `proxy-wasm` SDK), which makes N
+//! request-header hostcalls, alternating a read of `x-rw-in` (present, so the value is copied
+//! into the guest) and a write of `x-rw-<i>`. The cases:
+//!
+//! - `no plugins`: an empty chain, the cost of the harness itself (runtime, heads);
+//! - `rw hostcalls=0|2|5`: one plugin; (5 − 0) / 5 is the cost of one hostcall;
+//! - `4 × rw hostcalls=2`: a chain of four.
+//!
+//! Run: `bash scripts/build-test-plugins.sh && cargo bench -p portico --bench plugin`.
+//! Numbers and how to read them: docs/benchmarks.md ("Micro-benchmarks").
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use portico::plugin::{
+    Chain, Limits, OnError, PluginDef, PluginHost, RequestHead, ResponseHead, StreamInfo, Verdict,
+};
+use tokio::runtime::Runtime;
+
+/// Where scripts/build-test-plugins.sh puts the corpus (it always builds into the repository's
+/// target/test-plugins, whatever `CARGO_TARGET_DIR` says).
+fn rw_module() -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/test-plugins/wasm32-wasip1/release/test_rw.wasm");
+    assert!(
+        path.exists(),
+        "{} is missing: run `bash scripts/build-test-plugins.sh` first",
+        path.display()
+    );
+    path
+}
+
+/// One plugin named `name` running `test_rw.wasm` with `{"hostcalls": n}`, one instance (the
+/// benchmark is single-threaded).
+fn rw_chain(host: &PluginHost, names_and_hostcalls: &[(&str, u32)]) -> Chain {
+    let module = rw_module();
+    let plugins = names_and_hostcalls
+        .iter()
+        .map(|&(name, n)| {
+            let def = PluginDef {
+                name: name.to_string(),
+                module: module.clone(),
+                config: Bytes::from(format!("{{\"hostcalls\": {n}}}")),
+                on_error: OnError::Deny,
+                limits: Limits {
+                    instances: 1,
+                    ..Limits::default()
+                },
+            };
+            host.load(&def, HashMap::new())
+                .unwrap_or_else(|e| panic!("loading {name}: {e}"))
+        })
+        .collect();
+    Chain::new(plugins)
+}
+
+/// What a keep-alive wrk request looks like to the plugins (plus the header rw reads).
+fn request_head() -> RequestHead {
+    let mut headers = HeaderMap::with_capacity(8);
+    headers.insert("host", HeaderValue::from_static("127.0.0.1:18080"));
+    headers.insert("x-rw-in", HeaderValue::from_static("1"));
+    RequestHead {
+        method: Method::GET,
+        scheme: "http",
+        authority: "127.0.0.1:18080".to_string(),
+        path: "/".to_string(),
+        headers,
+    }
+}
+
+fn response_head() -> ResponseHead {
+    let mut headers = HeaderMap::with_capacity(8);
+    headers.insert("server", HeaderValue::from_static("nginx"));
+    headers.insert("content-type", HeaderValue::from_static("text/plain"));
+    headers.insert("content-length", HeaderValue::from_static("6"));
+    ResponseHead {
+        status: StatusCode::OK,
+        headers,
+    }
+}
+
+fn stream_info() -> StreamInfo {
+    let source: SocketAddr = "127.0.0.1:40000".parse().expect("address");
+    let destination: SocketAddr = "127.0.0.1:18080".parse().expect("address");
+    StreamInfo {
+        id: "0123456789abcdef0123456789abcdef".to_string(),
+        started: SystemTime::now(),
+        source,
+        destination,
+        tls_version: None,
+        mtls: false,
+        sni: None,
+        protocol: "HTTP/1.1",
+        scheme: "http",
+        method: Method::GET,
+        host: "127.0.0.1:18080".to_string(),
+        path: "/".to_string(),
+        route: "all".to_string(),
+        upstream: Some("backend".to_string()),
+    }
+}
+
+/// One request's whole life through `chain`; the stream's drop ends every plugin's context.
+async fn one_stream(chain: &Chain) {
+    let stream = chain
+        .start(Arc::new(stream_info()))
+        .await
+        .expect("chain start");
+    let mut req = request_head();
+    let verdict = stream
+        .request_headers(&mut req, true)
+        .await
+        .expect("request headers");
+    assert!(matches!(verdict, Verdict::Continue));
+    let mut resp = response_head();
+    let verdict = stream
+        .response_headers(&mut resp, false)
+        .await
+        .expect("response headers");
+    assert!(matches!(verdict, Verdict::Continue));
+    black_box((&req, &resp));
+    drop(stream);
+}
+
+fn streams(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _guard = rt.enter();
+    let host = PluginHost::default();
+    let cases: Vec<(&str, Chain)> = vec![
+        ("no plugins", Chain::new(Vec::new())),
+        ("rw hostcalls=0", rw_chain(&host, &[("rw0", 0)])),
+        ("rw hostcalls=2", rw_chain(&host, &[("rw2", 2)])),
+        ("rw hostcalls=5", rw_chain(&host, &[("rw5", 5)])),
+        (
+            "4 × rw hostcalls=2",
+            rw_chain(&host, &[("rw-a", 2), ("rw-b", 2), ("rw-c", 2), ("rw-d", 2)]),
+        ),
+    ];
+    // The plugin really ran: a stream through rw hostcalls=2 leaves `x-rw-1` on the request.
+    check_rw_ran(&rt, &cases[2].1);
+
+    let mut group = c.benchmark_group("plugin stream");
+    for (name, chain) in &cases {
+        group.bench_function(*name, |b| b.iter(|| rt.block_on(one_stream(chain))));
+    }
+    group.finish();
+}
+
+fn check_rw_ran(rt: &Runtime, chain: &Chain) {
+    rt.block_on(async {
+        let stream = chain.start(Arc::new(stream_info())).await.expect("start");
+        let mut req = request_head();
+        stream
+            .request_headers(&mut req, true)
+            .await
+            .expect("request headers");
+        assert_eq!(
+            req.headers.get("x-rw-1").map(|v| v.as_bytes()),
+            Some(&b"1"[..]),
+            "the rw plugin did not set x-rw-1"
+        );
+    });
+}
+
+criterion_group!(benches, streams);
+criterion_main!(benches);
