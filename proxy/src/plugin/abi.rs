@@ -815,7 +815,9 @@ fn continue_stream(mut caller: C, kind: u32) -> R {
         1 => stream.effects.resume_response = true,
         _ => return st(Status::BadArgument),
     }
-    stream.wake.notify_one();
+    if let Some(wake) = &stream.wake {
+        wake.notify_one();
+    }
     st(Status::Ok)
 }
 
@@ -824,7 +826,9 @@ fn close_stream(mut caller: C, _kind: u32) -> R {
         return st(Status::BadArgument);
     };
     stream.effects.close = true;
-    stream.wake.notify_one();
+    if let Some(wake) = &stream.wake {
+        wake.notify_one();
+    }
     st(Status::Ok)
 }
 
@@ -859,7 +863,9 @@ fn send_local_response(
         body: Bytes::from(body),
         details: String::from_utf8_lossy(&details).into_owned(),
     });
-    stream.wake.notify_one();
+    if let Some(wake) = &stream.wake {
+        wake.notify_one();
+    }
     st(Status::Ok)
 }
 

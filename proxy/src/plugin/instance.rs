@@ -103,8 +103,8 @@ pub struct StreamState {
     pub response_body: BytesMut,
     pub effects: StreamEffects,
     /// Woken when `effects` changes outside the stream's own callbacks (a callout's answer, a
-    /// tick, another context acting on this one).
-    pub wake: Arc<tokio::sync::Notify>,
+    /// tick, another context acting on this one). Made when the stream first pauses.
+    pub wake: Option<Arc<tokio::sync::Notify>>,
     pub properties: HashMap<String, Bytes>,
 }
 
@@ -120,7 +120,7 @@ impl StreamState {
             response_trailers: None,
             response_body: BytesMut::new(),
             effects: StreamEffects::default(),
-            wake: Arc::new(tokio::sync::Notify::new()),
+            wake: None,
             properties: HashMap::new(),
         }
     }

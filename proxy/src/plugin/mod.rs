@@ -452,7 +452,8 @@ struct Outcome {
     local: Option<LocalResponse>,
     resumed: bool,
     close: bool,
-    wake: Arc<tokio::sync::Notify>,
+    /// Set when the stream paused: what the waiter waits on.
+    wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 const ACTION_PAUSE: u32 = 1;
@@ -495,7 +496,7 @@ impl ChainStream {
                     .get_mut(&ctx)
                     .expect("streams are removed only by end_stream");
                 let effects = std::mem::take(&mut state.effects);
-                let outcome = result.map(|action| Outcome {
+                let mut outcome = result.map(|action| Outcome {
                     action,
                     local: effects.local_response,
                     resumed: match dir {
@@ -503,14 +504,20 @@ impl ChainStream {
                         Dir::Response => effects.resume_response,
                     },
                     close: effects.close,
-                    wake: state.wake.clone(),
+                    wake: None,
                 });
                 // A pause leaves the state inside, for whoever resumes; anything else (a
                 // fault included: the instance is about to be discarded) takes it back now.
                 let paused = outcome
                     .as_ref()
                     .is_ok_and(|o| o.action == ACTION_PAUSE && o.local.is_none() && !o.resumed);
-                if !paused {
+                if paused {
+                    // Made only for a pause: most streams never need one.
+                    let wake = state.wake.get_or_insert_with(Default::default).clone();
+                    if let Ok(o) = outcome.as_mut() {
+                        o.wake = Some(wake);
+                    }
+                } else {
                     unload(state);
                 }
                 outcome
@@ -524,8 +531,9 @@ impl ChainStream {
         &self,
         b: &Binding,
         dir: Dir,
-        wake: Arc<tokio::sync::Notify>,
+        wake: Option<Arc<tokio::sync::Notify>>,
     ) -> Result<Outcome, Fault> {
+        let wake = wake.unwrap_or_default();
         let deadline = tokio::time::Instant::now() + b.plugin.spec.limits.pause_timeout;
         loop {
             if tokio::time::timeout_at(deadline, wake.notified())
