@@ -1178,3 +1178,53 @@ async fn a_thousand_plugin_reloads_do_not_grow_memory() {
     );
     server.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Foreign functions (test_foreign.wasm) and the plugin report on /config
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_functions_answer_by_name() {
+    let up = Upstream::echo("up").await;
+    let proxy = proxy_with(&up, "foreign", "").await;
+    let call = |name: &'static str, arg: &'static str| {
+        let proxy = &proxy;
+        async move {
+            let got = get_with(
+                proxy,
+                "/p/f",
+                &[("x-foreign-fn", name), ("x-foreign-arg", arg)],
+            )
+            .await;
+            seen_ok(&got)
+        }
+    };
+    let seen = call("portico.no_such_function", "").await;
+    assert_eq!(header(&seen, "x-foreign-error"), Some("NotFound"));
+    // counter_add takes an 8-byte little-endian delta before the key.
+    let seen = call("portico.counter_add", "abc").await;
+    assert_eq!(header(&seen, "x-foreign-error"), Some("BadArgument"));
+    // "AAAAAAAA" is the delta 0x4141414141414141; the counter starts at 0, so the new value
+    // has the same bytes.
+    let seen = call("portico.counter_add", "AAAAAAAAhits").await;
+    assert_eq!(header(&seen, "x-foreign-result"), Some("AAAAAAAA"));
+    let seen = call("portico.counter_get", "hits").await;
+    assert_eq!(header(&seen, "x-foreign-result"), Some("AAAAAAAA"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_reports_each_plugin_and_its_failures() {
+    let up = Upstream::echo("up").await;
+    let proxy = proxy_with(&up, "panicker", "limits: { instances: 2 }").await;
+    let got = get_with(&proxy, "/p/x", &[("x-panic", "1")]).await;
+    assert_eq!(got.status, 500);
+    let (status, config) = admin_get(&proxy.admin(), "/config").await;
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_str(&config).expect("/config is JSON");
+    let p = &json["plugins"][0];
+    assert_eq!(p["name"], "p", "{config}");
+    assert_eq!(p["instances"], 2, "{config}");
+    assert_eq!(p["on_error"], "deny", "{config}");
+    assert_eq!(p["failures"], 1, "{config}");
+    let last = p["last_failure"].as_str().unwrap_or_default();
+    assert!(last.contains("panicker: asked to panic"), "{config}");
+}
