@@ -80,6 +80,12 @@ impl PluginEngine {
         self.long_call.store(true, Ordering::Release);
     }
 
+    /// The same engine with its compiled-code cache in `dir` (`None`: no cache).
+    pub fn with_cache_dir(mut self, dir: Option<PathBuf>) -> PluginEngine {
+        self.cache_dir = dir;
+        self
+    }
+
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
@@ -182,4 +188,65 @@ fn store_cached(module: &Module, path: &Path) {
         return;
     }
     let _ = std::fs::remove_file(&tmp);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A restart finds the code compiled by an earlier run: the cache file is written, a new
+    /// engine loads a working module from it, and an unusable file is replaced, not fatal.
+    #[test]
+    fn compiled_code_is_cached_on_disk_and_reused() {
+        let dir = std::env::temp_dir().join(format!(
+            "portico-cache-test-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        // (module (func (export "f") (result i32) i32.const 7))
+        let wasm: &[u8] = &[
+            0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+            0x01, 0x05, 0x01, 0x60, 0x00, 0x01, 0x7f, // types: () -> i32
+            0x03, 0x02, 0x01, 0x00, // functions: one of type 0
+            0x07, 0x05, 0x01, 0x01, 0x66, 0x00, 0x00, // exports: "f" = function 0
+            0x0a, 0x06, 0x01, 0x04, 0x00, 0x41, 0x07, 0x0b, // code: i32.const 7
+        ];
+
+        let first = PluginEngine::new()
+            .expect("engine")
+            .with_cache_dir(Some(dir.clone()));
+        first.compile(wasm).expect("compile");
+        let files: Vec<_> = std::fs::read_dir(&dir)
+            .expect("cache dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        assert_eq!(files.len(), 1, "one cached module: {files:?}");
+        let cached = files[0].clone();
+
+        // A second engine (a restart) loads the cached code, and it runs.
+        let second = PluginEngine::new()
+            .expect("engine")
+            .with_cache_dir(Some(dir.clone()));
+        let loaded = load_cached(second.engine(), &cached).expect("cached code loads");
+        let mut store = wasmtime::Store::new(second.engine(), ());
+        store.set_epoch_deadline(1_000);
+        let instance = wasmtime::Instance::new(&mut store, &loaded, &[]).expect("instantiate");
+        let f = instance
+            .get_typed_func::<(), i32>(&mut store, "f")
+            .expect("export");
+        assert_eq!(f.call(&mut store, ()).expect("call"), 7);
+        assert!(second.compile(wasm).is_ok());
+
+        // A corrupt cache file is thrown away and the module compiled again. (Replaced, not
+        // written in place: a loaded module maps its file, as every writer here knows — the
+        // cache itself writes to a temporary file and renames it.)
+        drop((instance, store, loaded));
+        let junk = dir.join("junk");
+        std::fs::write(&junk, b"not machine code").expect("corrupt");
+        std::fs::rename(&junk, &cached).expect("replace");
+        assert!(second.compile(wasm).is_ok());
+        assert!(load_cached(second.engine(), &cached).is_ok(), "rewritten");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
