@@ -76,12 +76,12 @@ impl Filter {
         &self,
         req: &mut Request<Incoming>,
         ex: &mut Exchange,
-        normalised: &mut String,
+        normalised: &mut std::borrow::Cow<'_, str>,
         scheme: &'static str,
     ) -> Result<Decision, ProxyError> {
         let path = match req.uri().query() {
             Some(q) => format!("{normalised}?{q}"),
-            None => normalised.clone(),
+            None => normalised.to_string(),
         };
         let mut head = RequestHead {
             method: req.method().clone(),
@@ -110,7 +110,7 @@ impl Filter {
                 .path
                 .parse()
                 .map_err(|_| ProxyError::internal("a plugin set an invalid :path"))?;
-            *normalised = pq.path().to_string();
+            *normalised = std::borrow::Cow::Owned(pq.path().to_string());
             *req.uri_mut() = http::Uri::from(pq);
         }
         Ok(Decision::Continue)

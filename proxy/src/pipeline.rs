@@ -98,29 +98,21 @@ async fn proxy(
         _ => None,
     };
     ex.upstream = upstream.clone();
+    // The plugin phases wrap the action when the route has a chain.
     let chain = filter::chain_for(snapshot, conn, &target.route);
-    if chain.is_empty() {
-        return act(
-            shared,
-            snapshot,
-            conn,
-            req,
-            ex,
-            &target,
-            &normalised,
-            upstream,
-            None,
-        )
-        .await;
-    }
-    let scheme = if conn.tls.is_some() { "https" } else { "http" };
-    let filter = Filter::start(chain, conn, &req, ex, &target.route).await?;
-    let mut normalised = normalised.into_owned();
-    if let Decision::Respond(resp) = filter
-        .request(&mut req, ex, &mut normalised, scheme)
-        .await?
-    {
-        return Ok((resp, None));
+    let filter = match chain.is_empty() {
+        true => None,
+        false => Some(Filter::start(chain, conn, &req, ex, &target.route).await?),
+    };
+    let mut normalised = normalised;
+    if let Some(filter) = &filter {
+        let scheme = if conn.tls.is_some() { "https" } else { "http" };
+        let decision = filter
+            .request(&mut req, ex, &mut normalised, scheme)
+            .await?;
+        if let Decision::Respond(resp) = decision {
+            return Ok((resp, None));
+        }
     }
     let (resp, closing) = act(
         shared,
@@ -131,10 +123,13 @@ async fn proxy(
         &target,
         &normalised,
         upstream,
-        Some(&filter),
+        filter.as_ref(),
     )
     .await?;
-    Ok((filter.response(resp).await?, closing))
+    match &filter {
+        Some(filter) => Ok((filter.response(resp).await?, closing)),
+        None => Ok((resp, closing)),
+    }
 }
 
 /// The route's action: a direct response, a redirect, or forwarding to the upstream (with the

@@ -458,6 +458,13 @@ struct Outcome {
 
 const ACTION_PAUSE: u32 = 1;
 
+impl Outcome {
+    /// Paused and nothing else: the stream waits for the plugin.
+    fn paused(&self) -> bool {
+        self.action == ACTION_PAUSE && self.local.is_none() && !self.close && !self.resumed
+    }
+}
+
 impl ChainStream {
     /// The bindings in the order a phase visits them: the chain's for requests, reversed for
     /// responses.
@@ -508,9 +515,7 @@ impl ChainStream {
                 });
                 // A pause leaves the state inside, for whoever resumes; anything else (a
                 // fault included: the instance is about to be discarded) takes it back now.
-                let paused = outcome
-                    .as_ref()
-                    .is_ok_and(|o| o.action == ACTION_PAUSE && o.local.is_none() && !o.resumed);
+                let paused = outcome.as_ref().is_ok_and(Outcome::paused);
                 if paused {
                     // Made only for a pause: most streams never need one.
                     let wake = state.wake.get_or_insert_with(Default::default).clone();
@@ -580,6 +585,35 @@ impl ChainStream {
         }
     }
 
+    /// After a callback: a plain pause waits until the plugin resumes, answers or closes the
+    /// stream; any other outcome stands.
+    async fn settle(
+        &self,
+        b: &Binding,
+        dir: Dir,
+        result: Result<Outcome, Fault>,
+    ) -> Result<Outcome, Fault> {
+        match result {
+            Ok(o) if o.paused() => self.wait_resume(b, dir, o.wake).await,
+            other => other,
+        }
+    }
+
+    /// What a settled callback means for the chain: go on (`None`), answer with the plugin's
+    /// local response, or fail (a closed stream, or a fault under `on_error: deny`).
+    fn decide(
+        &self,
+        b: &Binding,
+        result: Result<Outcome, Fault>,
+    ) -> Result<Option<LocalResponse>, ProxyError> {
+        match result {
+            Err(fault) => self.policy(b, fault).map(|()| None),
+            Ok(o) if o.local.is_some() => Ok(o.local),
+            Ok(o) if o.close => Err(closed(b)),
+            Ok(_) => Ok(None),
+        }
+    }
+
     /// Turns a plugin fault into the plugin's policy: `Ok(())` to go on without it.
     fn policy(&self, b: &Binding, fault: Fault) -> Result<(), ProxyError> {
         match b.plugin.spec.on_error {
@@ -623,30 +657,15 @@ impl ChainStream {
                     |s| taken = s.request.take(),
                 )
                 .await;
-            let result = match result {
-                Ok(o)
-                    if o.action == ACTION_PAUSE && o.local.is_none() && !o.close && !o.resumed =>
-                {
-                    self.wait_resume(b, Dir::Request, o.wake).await
-                }
-                other => other,
-            };
+            let result = self.settle(b, Dir::Request, result).await;
             // Whatever happened, take the head back out of the instance.
             let back = match carry.take() {
                 Some(h) => Some(h),
                 None => take_back(taken, b, |s| s.request.take()).await,
             };
             *head = back.unwrap_or_else(empty_request);
-            match result {
-                Err(fault) => self.policy(b, fault)?,
-                Ok(o) => {
-                    if let Some(local) = o.local {
-                        return Ok(Verdict::Respond(local));
-                    }
-                    if o.close {
-                        return Err(closed(b));
-                    }
-                }
+            if let Some(local) = self.decide(b, result)? {
+                return Ok(Verdict::Respond(local));
             }
         }
         Ok(Verdict::Continue)
@@ -699,14 +718,7 @@ impl ChainStream {
                     },
                 )
                 .await;
-            let result = match result {
-                Ok(o)
-                    if o.action == ACTION_PAUSE && o.local.is_none() && !o.close && !o.resumed =>
-                {
-                    self.wait_resume(b, Dir::Response, o.wake).await
-                }
-                other => other,
-            };
+            let result = self.settle(b, Dir::Response, result).await;
             let back = match carry.take() {
                 Some(h) => Some(h),
                 None => take_back(taken, b, |s| s.response.take()).await,
@@ -714,16 +726,8 @@ impl ChainStream {
             if let Some(back) = back {
                 *head = back;
             }
-            match result {
-                Err(fault) => self.policy(b, fault)?,
-                Ok(o) => {
-                    if let Some(local) = o.local {
-                        return Ok(Verdict::Respond(local));
-                    }
-                    if o.close {
-                        return Err(closed(b));
-                    }
-                }
+            if let Some(local) = self.decide(b, result)? {
+                return Ok(Verdict::Respond(local));
             }
         }
         Ok(Verdict::Continue)
@@ -788,37 +792,22 @@ impl ChainStream {
             if over {
                 return Ok(BodyStep::TooLarge(b.plugin.spec.name.clone(), cap));
             }
-            let result = match result {
-                Ok(o)
-                    if o.action == ACTION_PAUSE && o.local.is_none() && !o.close && !o.resumed =>
-                {
-                    if eos {
-                        self.wait_resume(b, dir, o.wake).await
-                    } else {
-                        // Buffering: nothing leaves this plugin yet.
-                        return Ok(BodyStep::Data(Bytes::new()));
-                    }
+            if !eos && result.as_ref().is_ok_and(Outcome::paused) {
+                // Buffering: nothing leaves this plugin yet.
+                return Ok(BodyStep::Data(Bytes::new()));
+            }
+            let result = self.settle(b, dir, result).await;
+            let faulted = result.is_err();
+            if let Some(local) = self.decide(b, result)? {
+                return Ok(BodyStep::Respond(local));
+            }
+            if faulted {
+                // Skipped from now on: what it had buffered (this chunk included) goes on.
+                let buffered = std::mem::take(&mut out);
+                if !buffered.is_empty() {
+                    data = buffered;
                 }
-                other => other,
-            };
-            match result {
-                Err(fault) => {
-                    self.policy(b, fault)?;
-                    // Skipped from now on: what it had buffered (this chunk included) goes on.
-                    let buffered = std::mem::take(&mut out);
-                    if !buffered.is_empty() {
-                        data = buffered;
-                    }
-                    continue;
-                }
-                Ok(o) => {
-                    if let Some(local) = o.local {
-                        return Ok(BodyStep::Respond(local));
-                    }
-                    if o.close {
-                        return Err(closed(b));
-                    }
-                }
+                continue;
             }
             let taken = std::mem::take(&mut out);
             data = if taken.is_empty() {
@@ -880,14 +869,7 @@ impl ChainStream {
                     },
                 )
                 .await;
-            let result = match result {
-                Ok(o)
-                    if o.action == ACTION_PAUSE && o.local.is_none() && !o.close && !o.resumed =>
-                {
-                    self.wait_resume(b, dir, o.wake).await
-                }
-                other => other,
-            };
+            let result = self.settle(b, dir, result).await;
             let back = match carry.take() {
                 Some(t) => Some(t),
                 None => {
@@ -899,16 +881,8 @@ impl ChainStream {
                 }
             };
             *trailers = back.unwrap_or_default();
-            match result {
-                Err(fault) => self.policy(b, fault)?,
-                Ok(o) => {
-                    if let Some(local) = o.local {
-                        return Ok(Some(local));
-                    }
-                    if o.close {
-                        return Err(closed(b));
-                    }
-                }
+            if let Some(local) = self.decide(b, result)? {
+                return Ok(Some(local));
             }
         }
         Ok(None)
