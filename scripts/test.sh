@@ -23,5 +23,7 @@ done
 
 # The Proxy-Wasm test plugins the end-to-end suite loads (tests/plugins/README.md).
 bash scripts/build-test-plugins.sh
+# The first-party plugins and the SDK example (target/plugins/*.wasm).
+bash scripts/build-plugins.sh
 
 cargo test --locked --workspace "$@"

@@ -115,6 +115,20 @@ pub fn plugin_wasm(name: &str) -> PathBuf {
     path
 }
 
+/// A first-party plugin (plugins/<name>) or the SDK's example (`hello`), as
+/// `bash scripts/build-plugins.sh` builds it (scripts/test.sh runs it before `cargo test`).
+pub fn first_party_wasm(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/plugins")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "plugin {} is missing: run bash scripts/build-plugins.sh",
+        path.display()
+    );
+    path
+}
+
 // ---------------------------------------------------------------------------------------------
 // The proxy in-process
 

@@ -58,7 +58,8 @@ impl SharedState {
         data.get(scope)?.get(key).cloned()
     }
 
-    /// Stores `value` if `cas` is 0 or still the key's token; a new token is returned.
+    /// Stores `value` if `cas` is 0 or still the key's token; a new token is returned. An empty
+    /// value with a matching non-zero token removes the key (and returns 0).
     pub fn set(&self, scope: &str, key: &[u8], value: &[u8], cas: u32) -> Result<u32, SetError> {
         if value.len() > MAX_VALUE_BYTES {
             return Err(SetError::TooLarge);
@@ -69,6 +70,12 @@ impl SharedState {
             Some((v, token)) => {
                 if cas != 0 && cas != *token {
                     return Err(SetError::CasMismatch);
+                }
+                if value.is_empty() && cas != 0 {
+                    // Portico's deletion: an empty value written with a token removes the key,
+                    // so plugins can expire what they stored (other hosts keep it, empty).
+                    map.remove(key);
+                    return Ok(0);
                 }
                 *v = Bytes::copy_from_slice(value);
                 // Never 0: 0 means "no CAS" to the guest.
@@ -164,6 +171,19 @@ mod tests {
         assert_ne!(t1, t2);
         assert_eq!(s.set("p", b"k", b"3", t1), Err(SetError::CasMismatch));
         assert_eq!(s.get("other", b"k"), None, "scopes are separate");
+        assert_eq!(s.set("p", b"k", b"", t1), Err(SetError::CasMismatch));
+        assert_eq!(
+            s.set("p", b"k", b"", t2),
+            Ok(0),
+            "empty with a token deletes"
+        );
+        assert_eq!(s.get("p", b"k"), None);
+        let t = s.set("p", b"k", b"", 0).unwrap();
+        assert_eq!(
+            s.get("p", b"k"),
+            Some((Bytes::new(), t)),
+            "empty without a token stores"
+        );
         assert_eq!(
             s.set("p", b"big", &vec![0; MAX_VALUE_BYTES + 1], 0),
             Err(SetError::TooLarge)

@@ -1,0 +1,2 @@
+//! Portico's auth plugin (to be written).
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! Portico's header-rewrite plugin (to be written).
+#![forbid(unsafe_code)]

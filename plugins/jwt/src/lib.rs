@@ -1,0 +1,2 @@
+//! Portico's jwt plugin (to be written).
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! Portico's rate-limit plugin (to be written).
+#![forbid(unsafe_code)]

@@ -1,0 +1,1 @@
+//! The auth plugin end to end (to be written).

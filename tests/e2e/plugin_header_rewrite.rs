@@ -1,0 +1,1 @@
+//! The header_rewrite plugin end to end (to be written).

@@ -1,0 +1,1 @@
+//! The jwt plugin end to end (to be written).

@@ -1,0 +1,1 @@
+//! The rate_limit plugin end to end (to be written).

@@ -1,0 +1,1 @@
+//! The SDK's example plugin end to end (to be written).
