@@ -220,7 +220,17 @@ pub fn on_request_trailers<P: Plugin>(id: u32, _trailers: usize) -> u32 {
     stream_hook::<P>(id, STREAM_REQUEST, |p, http| p.on_request_trailers(http))
 }
 
+/// A local response comes back through the response phase, as in Envoy: the plugin that sent
+/// it sees it in its response hooks too (to decorate it, say), so the guard that stops the
+/// request-phase hooks after [`Http::respond`] is lifted here. Without this, the response hooks
+/// of the responding plugin would answer `Pause` and the host would hold the local response
+/// until its pause timeout.
 pub fn on_response_headers<P: Plugin>(id: u32, _headers: usize, _eos: bool) -> u32 {
+    with::<P, _>(|rt| {
+        if let Some(stream) = rt.streams.get_mut(&id) {
+            stream.responded = false;
+        }
+    });
     stream_hook::<P>(id, STREAM_RESPONSE, |p, http| p.on_response_headers(http))
 }
 
@@ -327,5 +337,43 @@ pub fn on_http_call_response<P: Plugin>(
                 crate::error!("cannot resume the request: {e}");
             }
         }
+    }
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use crate::testing::{Harness, Outcome};
+    use crate::{Flow, Http, LocalResponse, Plugin, Result, Root};
+
+    /// Answers every request with 429, then marks whatever response passes by.
+    struct Deny;
+
+    impl Plugin for Deny {
+        type Config = ();
+        type State = ();
+
+        fn configure(_: (), _: &mut Root) -> Result<Self> {
+            Ok(Deny)
+        }
+
+        fn on_request_headers(&mut self, http: &mut Http<'_, ()>) -> Result<Flow> {
+            http.respond(LocalResponse::new(429))
+        }
+
+        fn on_response_headers(&mut self, http: &mut Http<'_, ()>) -> Result<Flow> {
+            http.response().set("x-seen-by", "deny")?;
+            Ok(Flow::Continue)
+        }
+    }
+
+    #[test]
+    fn a_local_response_runs_through_the_response_hooks_of_the_plugin_that_sent_it() {
+        let h = Harness::<Deny>::new(serde_json::json!(null)).unwrap();
+        let req = h.request();
+        assert!(matches!(req.on_request_headers(), Outcome::Respond(r) if r.status == 429));
+        // The host hands the local response back through the response phase.
+        assert_eq!(req.on_response_headers(429, &[]), Outcome::Continue);
+        assert_eq!(req.response_header("x-seen-by").as_deref(), Some("deny"));
+        assert_eq!(req.on_response_body(b"", true), Outcome::Continue);
     }
 }
