@@ -169,7 +169,9 @@ fn stream_hook<P: Plugin>(
         let Some(stream) = streams.get_mut(&id) else {
             return ACTION_CONTINUE;
         };
-        if stream.responded {
+        // After a local response the request phase is over; the response hooks still run (on
+        // the local response), so plugins can add their headers to it.
+        if stream.responded && kind == STREAM_REQUEST {
             return ACTION_PAUSE;
         }
         let Some(plugin) = roots.get_mut(&stream.root).and_then(|r| r.plugin.as_mut()) else {
@@ -180,7 +182,7 @@ fn stream_hook<P: Plugin>(
             responded: &mut stream.responded,
             state: &mut stream.state,
         };
-        let flow = hook(plugin, &mut http).unwrap_or_else(|e| fail(&mut http, e));
+        let flow = hook(plugin, &mut http).unwrap_or_else(|e| fail(&mut http, kind, e));
         match flow {
             Flow::Continue => {
                 stream.paused = None;
@@ -194,10 +196,15 @@ fn stream_hook<P: Plugin>(
     })
 }
 
-fn fail<S>(http: &mut Http<'_, S>, e: Error) -> Flow {
+fn fail<S>(http: &mut Http<'_, S>, kind: u32, e: Error) -> Flow {
     crate::error!("request failed: {e}");
     if *http.responded {
-        return Flow::Pause;
+        // Already answered: nothing more to say, and holding a response would hang it.
+        return if kind == STREAM_REQUEST {
+            Flow::Pause
+        } else {
+            Flow::Continue
+        };
     }
     http.respond(
         LocalResponse::new(500)
