@@ -27,3 +27,6 @@ bash scripts/build-test-plugins.sh
 bash scripts/build-plugins.sh
 
 cargo test --locked --workspace "$@"
+
+# A newcomer's first plugin: `portico plugin new`, built, tested, loaded and curled.
+bash scripts/test-scaffold.sh

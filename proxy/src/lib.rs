@@ -26,6 +26,7 @@ pub mod listener;
 pub mod pipeline;
 pub mod plugin;
 pub mod route;
+pub mod scaffold;
 pub mod server;
 pub mod snapshot;
 pub mod telemetry;

@@ -1,4 +1,4 @@
-//! The `portico` command: `run`, `check`.
+//! The `portico` command: `run`, `check`, `schema`, `plugin inspect`, `plugin new`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -67,6 +67,19 @@ enum PluginCommand {
         /// The `.wasm` file.
         file: PathBuf,
     },
+    /// Create a plugin crate NAME (in the current directory, or --dir) that builds, tests and
+    /// loads as it stands: the SDK, a typed config, a hook, unit tests and a portico.yaml.
+    New {
+        /// The crate's name: lowercase letters, digits, '-' and '_'.
+        name: String,
+        /// Where to create it (default: the current directory).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The plugin-sdk directory of a Portico checkout (default: the one this binary was
+        /// built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -82,6 +95,26 @@ fn main() -> ExitCode {
         Command::Plugin {
             command: PluginCommand::Inspect { file },
         } => inspect(&file),
+        Command::Plugin {
+            command: PluginCommand::New { name, dir, sdk },
+        } => {
+            let sdk = sdk.unwrap_or_else(portico::scaffold::default_sdk);
+            match portico::scaffold::create(&name, &dir, &sdk) {
+                Ok(root) => {
+                    println!("created {}", root.display());
+                    println!(
+                        "next: cd {} && cargo test && cargo build --target wasm32-wasip1 --release",
+                        root.display()
+                    );
+                    println!("then: portico run --config {}/portico.yaml", root.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("portico plugin new: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 
