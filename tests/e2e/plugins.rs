@@ -1209,6 +1209,10 @@ async fn foreign_functions_answer_by_name() {
     assert_eq!(header(&seen, "x-foreign-result"), Some("AAAAAAAA"));
     let seen = call("portico.counter_get", "hits").await;
     assert_eq!(header(&seen, "x-foreign-result"), Some("AAAAAAAA"));
+    // verify_signature's arguments are binary (see its unit tests); "abc" announces a
+    // 97-byte algorithm name that is not there.
+    let seen = call("portico.verify_signature", "abc").await;
+    assert_eq!(header(&seen, "x-foreign-error"), Some("BadArgument"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

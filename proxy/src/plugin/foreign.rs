@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | `portico.counter_add` | 8-byte LE `i64` delta, then the key | the new value, 8-byte LE `i64` |
 //! | `portico.counter_get` | the key | the value, 8-byte LE `i64` (0 when unknown) |
+//! | `portico.verify_signature` | `u8` len + JWS `alg`, `u32` LE len + key, `u32` LE len + message, then the signature | 1 byte: 1 valid, 0 invalid (key encodings in foreign/verify.rs) |
 //!
 //! Counters are process-wide and scoped by plugin name, like shared data.
 
@@ -15,6 +16,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use super::PluginSpec;
+
+mod verify;
+
+pub use verify::KeyCache;
 
 /// Why a foreign function refused its call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +37,7 @@ const MAX_COUNTERS: usize = 100_000;
 pub const FUNCTIONS: &[(&str, Function)] = &[
     ("portico.counter_add", counter_add),
     ("portico.counter_get", counter_get),
+    ("portico.verify_signature", verify_signature),
 ];
 
 pub fn lookup(name: &str) -> Option<Function> {
@@ -86,4 +92,8 @@ fn counter_get(spec: &PluginSpec, key: &[u8]) -> Result<Vec<u8>, Error> {
         .map(|c| c.load(Ordering::Acquire))
         .unwrap_or(0);
     Ok(value.to_le_bytes().to_vec())
+}
+
+fn verify_signature(spec: &PluginSpec, args: &[u8]) -> Result<Vec<u8>, Error> {
+    verify::verify_signature(&spec.host.keys, args)
 }

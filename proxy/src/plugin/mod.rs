@@ -132,6 +132,7 @@ pub struct HostShared {
     metrics: metrics::PluginMetrics,
     metrics_raw: Metrics,
     counters: foreign::Counters,
+    keys: foreign::KeyCache,
     health: Mutex<HashMap<String, PluginHealth>>,
 }
 
@@ -188,6 +189,7 @@ impl PluginHost {
                 metrics: metrics::PluginMetrics::new(metrics.clone()),
                 metrics_raw: metrics,
                 counters: foreign::Counters::default(),
+                keys: foreign::KeyCache::default(),
                 health: Mutex::new(HashMap::new()),
             }),
         }
