@@ -339,10 +339,10 @@ pub fn on_http_call_response<P: Plugin>(
                 s.paused = None;
             }
         });
-        if let Some(kind) = resume {
-            if let Err(e) = sys::continue_stream(kind) {
-                crate::error!("cannot resume the request: {e}");
-            }
+        if let Some(kind) = resume
+            && let Err(e) = sys::continue_stream(kind)
+        {
+            crate::error!("cannot resume the request: {e}");
         }
     }
 }

@@ -12,6 +12,9 @@ use crate::error::{Error, Status};
 use crate::host::{self, Buffer, Map, MetricKind};
 use crate::http::LocalResponse;
 
+/// A header map as the mock keeps it: lower-case names, raw values.
+pub(crate) type Pairs = Vec<(String, Vec<u8>)>;
+
 #[derive(Debug, Default)]
 pub(crate) struct MockStream {
     pub maps: HashMap<Map, Vec<(String, Vec<u8>)>>,
@@ -55,7 +58,7 @@ pub(crate) struct MockHost {
     pub streams: HashMap<u32, MockStream>,
     pub globals: HashMap<String, Vec<u8>>,
     /// The callout being answered: headers and body.
-    pub answer: Option<(Vec<(String, Vec<u8>)>, Vec<u8>)>,
+    pub answer: Option<(Pairs, Vec<u8>)>,
     pub shared: HashMap<String, (Vec<u8>, u32)>,
     pub queues: Vec<(String, VecDeque<Vec<u8>>)>,
     pub callouts: Vec<SentCallout>,
