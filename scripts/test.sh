@@ -14,17 +14,19 @@ if ! command -v curl >/dev/null 2>&1; then
 fi
 
 cargo build --locked -p portico --bins
+
+# The Proxy-Wasm test plugins the end-to-end suite loads (tests/plugins/README.md).
+bash scripts/build-test-plugins.sh
+# The first-party plugins and the SDK example (target/plugins/*.wasm), which config/demo.yaml
+# and the end-to-end suite load.
+bash scripts/build-plugins.sh
+
 for f in config/*.yaml; do
   case "$f" in
     *.schema.yaml) continue ;;
   esac
   ./target/debug/portico check --config "$f"
 done
-
-# The Proxy-Wasm test plugins the end-to-end suite loads (tests/plugins/README.md).
-bash scripts/build-test-plugins.sh
-# The first-party plugins and the SDK example (target/plugins/*.wasm).
-bash scripts/build-plugins.sh
 
 cargo test --locked --workspace "$@"
 
