@@ -34,8 +34,15 @@ async fn the_example_plugin_adds_its_header_and_answers_hello_itself() {
 
     let hits = up.hits();
     let got = get(proxy.addr("web"), "sdk.test", "/hello").await;
-    assert_eq!((got.status.as_u16(), got.text()), (200, "good day\n".into()));
-    assert_eq!(up.hits(), hits, "a local response never reaches the upstream");
+    assert_eq!(
+        (got.status.as_u16(), got.text()),
+        (200, "good day\n".into())
+    );
+    assert_eq!(
+        up.hits(),
+        hits,
+        "a local response never reaches the upstream"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
