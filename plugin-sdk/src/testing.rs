@@ -93,7 +93,13 @@ impl<P: Plugin> Harness<P> {
                 h.logs
                     .iter()
                     .filter(|(level, _)| *level >= 4)
-                    .map(|(_, m)| m.clone())
+                    // The log line is the error's own text ("invalid configuration: ...");
+                    // `Error::config` says that again.
+                    .map(|(_, m)| {
+                        m.strip_prefix("invalid configuration: ")
+                            .unwrap_or(m)
+                            .to_string()
+                    })
                     .collect::<Vec<_>>()
                     .join("; ")
             });
