@@ -22,7 +22,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 pub struct Pool {
     pub slots: Box<[Arc<Slot>]>,
-    next: AtomicUsize,
 }
 
 pub struct Slot {
@@ -166,7 +165,6 @@ impl Pool {
         }
         Ok(Pool {
             slots: slots.into_boxed_slice(),
-            next: AtomicUsize::new(0),
         })
     }
 
@@ -198,10 +196,13 @@ impl Pool {
         (first, result)
     }
 
-    /// The slot for a new stream: an idle one if there is one, else the next in turn.
+    /// The slot for a new stream: an idle one if there is one, else the next in turn. The search
+    /// starts at the calling thread's own slot, so a worker keeps using one instance (its memory
+    /// stays in that core's caches) and threads do not contend on a shared counter; a thread
+    /// whose slot is busy moves on to the next.
     pub fn pick(&self) -> &Arc<Slot> {
         let n = self.slots.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let start = thread_index();
         for i in 0..n {
             let slot = &self.slots[(start + i) % n];
             if let Ok(state) = slot.state.try_lock()
@@ -212,6 +213,23 @@ impl Pool {
         }
         &self.slots[start % n]
     }
+}
+
+/// A small number per thread, handed out once: threads spread over a pool's slots, each starting
+/// its search at its own.
+fn thread_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+    }
+    INDEX.with(|i| match i.get() {
+        Some(v) => v,
+        None => {
+            let v = NEXT.fetch_add(1, Ordering::Relaxed);
+            i.set(Some(v));
+            v
+        }
+    })
 }
 
 impl SlotState {
