@@ -296,11 +296,7 @@ async fn a_token_from_a_cookie_or_the_query_is_stripped_before_the_upstream() {
 async fn a_remote_jwks_is_fetched_once_rotated_and_refetched_for_an_unknown_kid() {
     let app = Upstream::echo("app").await;
     let idp = Idp::start(&["rsa-a"]).await;
-    let mut config = inline_config(json!({
-        "remote_jwks": { "upstream": "idp", "path": "/jwks", "cache_duration": "10m" },
-    }));
-    config.as_object_mut().expect("an object").remove("jwks");
-    let proxy = Proxy::start(&yaml(&app, Some(&idp), &config)).await;
+    let proxy = Proxy::start(&yaml(&app, Some(&idp), &remote_config("10m", json!({})))).await;
     let old = mint(Alg::RS256, &valid());
     eventually("the JWKS to be loaded", || async {
         with_bearer(&proxy, &old).await.status == 200
@@ -355,4 +351,66 @@ async fn a_configuration_the_plugin_refuses_fails_the_start_with_its_words() {
             .unwrap_or_else(|| panic!("{config} was accepted"));
         assert!(err.contains(words), "{config}: {err}");
     }
+}
+
+/// `inline_config` with the keys from the `idp` upstream instead of inline ones.
+fn remote_config(cache_duration: &str, extra: Value) -> Value {
+    let mut config = inline_config(extra);
+    let c = config.as_object_mut().expect("an object");
+    c.remove("jwks");
+    c.insert(
+        "remote_jwks".into(),
+        json!({ "upstream": "idp", "path": "/jwks", "cache_duration": cache_duration }),
+    );
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_remote_jwks_is_fetched_again_every_cache_duration() {
+    let app = Upstream::echo("app").await;
+    let idp = Idp::start(&["rsa-a"]).await;
+    let proxy = Proxy::start(&yaml(&app, Some(&idp), &remote_config("1s", json!({})))).await;
+    let old = mint(Alg::RS256, &valid());
+    eventually("the JWKS to be loaded", || async {
+        with_bearer(&proxy, &old).await.status == 200
+    })
+    .await;
+
+    // No request asks for it: the refresh alone brings the new key.
+    idp.publish(&["rsa-a", "rsa-b"]);
+    let before = idp.fetches();
+    wait_for("two refreshes", || idp.fetches() >= before + 2).await;
+    let new = mint_with(Alg::RS256, Some("rsa-b"), "rsa-b", &valid());
+    assert_eq!(with_bearer(&proxy, &new).await.status, 200);
+    assert_eq!(with_bearer(&proxy, &old).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_plugin_starts_with_the_keys_already_fetched() {
+    let app = Upstream::echo("app").await;
+    let idp = Idp::start(&["ec-p256"]).await;
+    let proxy = Proxy::start(&yaml(&app, Some(&idp), &remote_config("10m", json!({})))).await;
+    let token = mint(Alg::ES256, &valid());
+    eventually("the JWKS to be loaded", || async {
+        with_bearer(&proxy, &token).await.status == 200
+    })
+    .await;
+    assert_eq!(idp.fetches(), 1);
+
+    let changed = remote_config("10m", json!({ "forward_claims": { "sub": "x-subject" } }));
+    proxy
+        .rewrite_until(&yaml(&app, Some(&idp), &changed), "success")
+        .await;
+    let got = with_bearer(&proxy, &token).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(
+        got.seen().headers.get("x-subject").map(String::as_str),
+        Some("alice"),
+        "the new configuration serves"
+    );
+    assert_eq!(
+        idp.fetches(),
+        1,
+        "its keys came from shared data, not a new fetch"
+    );
 }
