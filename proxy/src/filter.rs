@@ -116,6 +116,12 @@ impl Filter {
         Ok(Decision::Continue)
     }
 
+    /// Whether the request body goes through the chain: only if some plugin has request body or
+    /// trailer callbacks.
+    pub fn filters_request_body(&self) -> bool {
+        self.stream.filters_request_body()
+    }
+
     /// Wraps a request body for the chain's body callbacks; a local response sent from one of
     /// them arrives on the receiver.
     pub fn request_body(

@@ -164,8 +164,11 @@ async fn act(
             actions::check_body_size(&req, target.route.max_body)?;
             forward::prepare(&mut req, conn, snapshot, &ex.host, normalised, target)?;
             let started = Instant::now();
-            // A request that ended with its headers has no body phase.
-            let filter = filter.filter(|_| !http_body::Body::is_end_stream(req.body()));
+            // A request that ended with its headers has no body phase, nor one that no plugin
+            // of the chain has body callbacks for.
+            let filter = filter.filter(|f| {
+                f.filters_request_body() && !http_body::Body::is_end_stream(req.body())
+            });
             let resp = match filter {
                 None => forward::send(shared, conn, limits, &upstream, req, target, None).await,
                 Some(filter) => {

@@ -890,6 +890,14 @@ impl ChainStream {
         Ok(None)
     }
 
+    /// Whether any plugin of the chain has request body or trailer callbacks: without one, the
+    /// request body is not filtered at all.
+    pub fn filters_request_body(&self) -> bool {
+        self.bindings
+            .iter()
+            .any(|b| b.plugin.pool.body_hooks.request)
+    }
+
     /// Wraps the request body so every chunk runs through the chain. A local response sent
     /// from a body callback goes to `local`; the body then ends with an error, which abandons
     /// the upstream request.
@@ -901,9 +909,22 @@ impl ChainStream {
         filtered(self.clone(), Dir::Request, body, Some(local))
     }
 
-    /// Wraps the response body; the chain's stream contexts end when it does.
+    /// Wraps the response body; the chain's stream contexts end when it does. When no plugin
+    /// has response body or trailer callbacks, the frames pass untouched and the wrapper only
+    /// keeps the contexts alive until the body ends (so `on_log` still comes last).
     pub fn response_body(self: &Arc<Self>, body: Body) -> Body {
-        filtered(self.clone(), Dir::Response, body, None)
+        if self
+            .bindings
+            .iter()
+            .any(|b| b.plugin.pool.body_hooks.response)
+        {
+            filtered(self.clone(), Dir::Response, body, None)
+        } else {
+            crate::body::boxed(KeepAlive {
+                inner: body,
+                _chain: self.clone(),
+            })
+        }
     }
 }
 
@@ -997,6 +1018,35 @@ enum BodyStep {
 
 type StepFuture =
     Pin<Box<dyn std::future::Future<Output = Result<Option<Frame<Bytes>>, ProxyError>> + Send>>;
+
+pin_project_lite::pin_project! {
+    /// A body that holds the chain's stream contexts until it ends.
+    struct KeepAlive {
+        #[pin]
+        inner: Body,
+        _chain: Arc<ChainStream>,
+    }
+}
+
+impl http_body::Body for KeepAlive {
+    type Data = Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// A body whose frames pass through the chain.
 struct Filtered {

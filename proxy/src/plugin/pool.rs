@@ -22,6 +22,16 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 pub struct Pool {
     pub slots: Box<[Arc<Slot>]>,
+    /// Which body phases the module exports callbacks for; a direction no plugin of a chain
+    /// handles is not filtered at all.
+    pub body_hooks: BodyHooks,
+}
+
+/// Whether a module exports body or trailer callbacks, per direction.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BodyHooks {
+    pub request: bool,
+    pub response: bool,
 }
 
 pub struct Slot {
@@ -142,6 +152,7 @@ impl Pool {
         n: usize,
     ) -> Result<Pool, Fault> {
         let mut slots = Vec::with_capacity(n);
+        let mut body_hooks = BodyHooks::default();
         for _ in 0..n.max(1) {
             let slot = Arc::new(Slot {
                 spec: spec.clone(),
@@ -155,6 +166,11 @@ impl Pool {
                 ticker: Mutex::new(None),
             });
             let mut instance = Instance::start(&pre, spec, Arc::downgrade(&slot))?;
+            let e = &instance.exports;
+            body_hooks = BodyHooks {
+                request: e.on_request_body.is_some() || e.on_request_trailers.is_some(),
+                response: e.on_response_body.is_some() || e.on_response_trailers.is_some(),
+            };
             let deferred = std::mem::take(&mut instance.store.data_mut().deferred);
             slot.state
                 .try_lock()
@@ -165,6 +181,7 @@ impl Pool {
         }
         Ok(Pool {
             slots: slots.into_boxed_slice(),
+            body_hooks,
         })
     }
 
