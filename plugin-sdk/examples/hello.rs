@@ -7,7 +7,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
-use portico_plugin_sdk::{Flow, Http, LocalResponse, Plugin, Result, Root, export, info};
+use portico_plugin_sdk::{Flow, Http, LocalResponse, Plugin, Result, Root, info, plugin};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -25,6 +25,7 @@ struct Hello {
     greeting: String,
 }
 
+#[plugin]
 impl Plugin for Hello {
     type Config = Config;
     type State = ();
@@ -44,8 +45,6 @@ impl Plugin for Hello {
         Ok(Flow::Continue)
     }
 }
-
-export!(Hello);
 
 #[cfg(test)]
 mod tests {

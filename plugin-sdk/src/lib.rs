@@ -1,14 +1,14 @@
 //! # portico-plugin-sdk
 //!
-//! Write a Portico plugin as an ordinary Rust crate: implement [`Plugin`], name your type in
-//! [`export!`], build with `cargo build --target wasm32-wasip1 --release`, and load the
+//! Write a Portico plugin as an ordinary Rust crate: implement [`Plugin`] in a block marked
+//! [`#[plugin]`](plugin), build with `cargo build --target wasm32-wasip1 --release`, and load the
 //! `.wasm` by naming it in Portico's YAML. The module speaks Proxy-Wasm ABI v0.2.1, so it also
 //! runs in Envoy and other Proxy-Wasm hosts.
 //!
 //! ## A plugin in twenty lines
 //!
 //! ```
-//! use portico_plugin_sdk::{export, Flow, Http, Plugin, Result, Root};
+//! use portico_plugin_sdk::{plugin, Flow, Http, Plugin, Result, Root};
 //! use serde::Deserialize;
 //!
 //! /// Adds a greeting header to every request.
@@ -27,6 +27,7 @@
 //!     "hello".into()
 //! }
 //!
+//! #[plugin]
 //! impl Plugin for Hello {
 //!     type Config = Config;
 //!     type State = ();
@@ -40,8 +41,6 @@
 //!         Ok(Flow::Continue)
 //!     }
 //! }
-//!
-//! export!(Hello);
 //! ```
 //!
 //! `Cargo.toml` needs `crate-type = ["cdylib"]` under `[lib]`. In Portico:
@@ -59,6 +58,9 @@
 //!
 //! ## The model
 //!
+//! - **`#[plugin]` exports it.** It exports the Proxy-Wasm entry points for your type, only
+//!   those of the hooks your `impl` defines: the host never calls into the plugin for a phase
+//!   it does not handle, and a chain with no body hooks streams bodies untouched.
 //! - **One plugin value per configuration.** [`Plugin::configure`] builds it from your typed
 //!   [`Plugin::Config`], deserialised from the YAML `config` with serde. An `Err` refuses the
 //!   configuration: the message reaches the operator through `portico check` and the reload
@@ -115,6 +117,9 @@ use std::time::{Duration, SystemTime};
 
 pub use error::{Error, Result};
 pub use http::{Body, CallResponse, Callout, Flow, Headers, Http, LocalResponse};
+/// Put it on your `impl Plugin for T` block: exports the Proxy-Wasm entry points for `T`, only
+/// those of the hooks the block defines (the host never calls into the plugin for the others).
+pub use portico_plugin_sdk_macros::plugin;
 #[doc(hidden)]
 pub use serde;
 
@@ -239,70 +244,54 @@ pub fn now() -> SystemTime {
     }
 }
 
-/// Exports the Proxy-Wasm entry points for a plugin type. Call it once, at the crate root.
+/// Exports the Proxy-Wasm entry points for a plugin type, every hook included. Prefer the
+/// [`plugin`] attribute, which exports only the hooks your `impl` defines.
 #[macro_export]
 macro_rules! export {
     ($plugin:ty) => {
+        $crate::__export_hooks!($plugin; on_request_headers, on_request_body,
+            on_request_trailers, on_response_headers, on_response_body, on_response_trailers,
+            on_log);
+    };
+}
+
+/// What `#[plugin]` expands to: the lifecycle exports, and one per hook the `impl` defines
+/// (other names — `configure`, helpers — export nothing).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_hooks {
+    ($plugin:ty; $($hook:ident),* $(,)?) => {
+        // On a native target nothing is exported; naming the entry point keeps the plugin type
+        // (and what only it uses) from reading as dead code there.
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: fn(u32, u32) = $crate::dispatch::on_context_create::<$plugin>;
         #[cfg(target_arch = "wasm32")]
         const _: () = {
-            use $crate::dispatch as d;
-            type P = $plugin;
-
             #[unsafe(no_mangle)]
             extern "C" fn proxy_on_context_create(id: u32, root: u32) {
-                d::on_context_create::<P>(id, root)
+                $crate::dispatch::on_context_create::<$plugin>(id, root)
             }
             #[unsafe(no_mangle)]
             extern "C" fn proxy_on_vm_start(root: u32, size: usize) -> u32 {
-                d::on_vm_start::<P>(root, size) as u32
+                $crate::dispatch::on_vm_start::<$plugin>(root, size) as u32
             }
             #[unsafe(no_mangle)]
             extern "C" fn proxy_on_configure(root: u32, size: usize) -> u32 {
-                d::on_configure::<P>(root, size) as u32
-            }
-            #[unsafe(no_mangle)]
-            extern "C" fn proxy_on_tick(root: u32) {
-                d::on_tick::<P>(root)
-            }
-            #[unsafe(no_mangle)]
-            extern "C" fn proxy_on_queue_ready(root: u32, queue: u32) {
-                d::on_queue_ready::<P>(root, queue)
-            }
-            #[unsafe(no_mangle)]
-            extern "C" fn proxy_on_request_headers(id: u32, n: usize, eos: u32) -> u32 {
-                d::on_request_headers::<P>(id, n, eos != 0)
-            }
-            #[unsafe(no_mangle)]
-            extern "C" fn proxy_on_request_body(id: u32, size: usize, eos: u32) -> u32 {
-                d::on_request_body::<P>(id, size, eos != 0)
-            }
-            #[unsafe(no_mangle)]
-            extern "C" fn proxy_on_request_trailers(id: u32, n: usize) -> u32 {
-                d::on_request_trailers::<P>(id, n)
-            }
-            #[unsafe(no_mangle)]
-            extern "C" fn proxy_on_response_headers(id: u32, n: usize, eos: u32) -> u32 {
-                d::on_response_headers::<P>(id, n, eos != 0)
-            }
-            #[unsafe(no_mangle)]
-            extern "C" fn proxy_on_response_body(id: u32, size: usize, eos: u32) -> u32 {
-                d::on_response_body::<P>(id, size, eos != 0)
-            }
-            #[unsafe(no_mangle)]
-            extern "C" fn proxy_on_response_trailers(id: u32, n: usize) -> u32 {
-                d::on_response_trailers::<P>(id, n)
-            }
-            #[unsafe(no_mangle)]
-            extern "C" fn proxy_on_log(id: u32) {
-                d::on_log::<P>(id)
-            }
-            #[unsafe(no_mangle)]
-            extern "C" fn proxy_on_done(id: u32) -> u32 {
-                d::on_done::<P>(id) as u32
+                $crate::dispatch::on_configure::<$plugin>(root, size) as u32
             }
             #[unsafe(no_mangle)]
             extern "C" fn proxy_on_delete(id: u32) {
-                d::on_delete::<P>(id)
+                $crate::dispatch::on_delete::<$plugin>(id)
+            }
+            // Called only when the plugin asked for them (a tick period, a queue, a callout),
+            // so they cost nothing per request.
+            #[unsafe(no_mangle)]
+            extern "C" fn proxy_on_tick(root: u32) {
+                $crate::dispatch::on_tick::<$plugin>(root)
+            }
+            #[unsafe(no_mangle)]
+            extern "C" fn proxy_on_queue_ready(root: u32, queue: u32) {
+                $crate::dispatch::on_queue_ready::<$plugin>(root, queue)
             }
             #[unsafe(no_mangle)]
             extern "C" fn proxy_on_http_call_response(
@@ -312,8 +301,57 @@ macro_rules! export {
                 body: usize,
                 trailers: usize,
             ) {
-                d::on_http_call_response::<P>(id, token, headers, body, trailers)
+                $crate::dispatch::on_http_call_response::<$plugin>(id, token, headers, body, trailers)
             }
+            $( $crate::__export_hook!($plugin, $hook); )*
         };
     };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_hook {
+    ($plugin:ty, on_request_headers) => {
+        #[unsafe(no_mangle)]
+        extern "C" fn proxy_on_request_headers(id: u32, n: usize, eos: u32) -> u32 {
+            $crate::dispatch::on_request_headers::<$plugin>(id, n, eos != 0)
+        }
+    };
+    ($plugin:ty, on_request_body) => {
+        #[unsafe(no_mangle)]
+        extern "C" fn proxy_on_request_body(id: u32, size: usize, eos: u32) -> u32 {
+            $crate::dispatch::on_request_body::<$plugin>(id, size, eos != 0)
+        }
+    };
+    ($plugin:ty, on_request_trailers) => {
+        #[unsafe(no_mangle)]
+        extern "C" fn proxy_on_request_trailers(id: u32, n: usize) -> u32 {
+            $crate::dispatch::on_request_trailers::<$plugin>(id, n)
+        }
+    };
+    ($plugin:ty, on_response_headers) => {
+        #[unsafe(no_mangle)]
+        extern "C" fn proxy_on_response_headers(id: u32, n: usize, eos: u32) -> u32 {
+            $crate::dispatch::on_response_headers::<$plugin>(id, n, eos != 0)
+        }
+    };
+    ($plugin:ty, on_response_body) => {
+        #[unsafe(no_mangle)]
+        extern "C" fn proxy_on_response_body(id: u32, size: usize, eos: u32) -> u32 {
+            $crate::dispatch::on_response_body::<$plugin>(id, size, eos != 0)
+        }
+    };
+    ($plugin:ty, on_response_trailers) => {
+        #[unsafe(no_mangle)]
+        extern "C" fn proxy_on_response_trailers(id: u32, n: usize) -> u32 {
+            $crate::dispatch::on_response_trailers::<$plugin>(id, n)
+        }
+    };
+    ($plugin:ty, on_log) => {
+        #[unsafe(no_mangle)]
+        extern "C" fn proxy_on_log(id: u32) {
+            $crate::dispatch::on_log::<$plugin>(id)
+        }
+    };
+    ($plugin:ty, $other:ident) => {};
 }

@@ -2,7 +2,7 @@
 //! exports would run them inside Wasm, against an in-memory host.
 //!
 //! ```
-//! # use portico_plugin_sdk::{export, Flow, Http, Plugin, Result, Root, LocalResponse};
+//! # use portico_plugin_sdk::{Flow, Http, Plugin, Result, Root, LocalResponse};
 //! # struct Deny;
 //! # impl Plugin for Deny {
 //! #     type Config = ();

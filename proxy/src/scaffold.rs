@@ -105,7 +105,7 @@ const LIB_RS: &str = r#"//! {{name}}: a Portico plugin. It adds a header to ever
 //! carry the header named by `block_if_present` with 403.
 #![forbid(unsafe_code)]
 
-use portico_plugin_sdk::{Flow, Http, LocalResponse, Plugin, Result, Root, export, info};
+use portico_plugin_sdk::{Flow, Http, LocalResponse, Plugin, Result, Root, info, plugin};
 use serde::Deserialize;
 
 /// The plugin's `config:` in Portico's YAML. Unknown keys are refused, so typos surface in
@@ -130,6 +130,8 @@ struct MyPlugin {
     config: Config,
 }
 
+// Exports the plugin: the Proxy-Wasm entry points of the hooks this block defines.
+#[plugin]
 impl Plugin for MyPlugin {
     type Config = Config;
     /// Per-request state; `()` when the plugin needs none.
@@ -153,8 +155,6 @@ impl Plugin for MyPlugin {
         Ok(Flow::Continue)
     }
 }
-
-export!(MyPlugin);
 
 #[cfg(test)]
 mod tests {

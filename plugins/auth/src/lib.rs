@@ -35,7 +35,7 @@ mod util;
 
 use portico_plugin_sdk::metrics::Counter;
 use portico_plugin_sdk::{
-    CallResponse, Flow, Http, LocalResponse, Plugin, Result, Root, debug, export, info,
+    CallResponse, Flow, Http, LocalResponse, Plugin, Result, Root, debug, info, plugin,
 };
 use serde::Deserialize;
 
@@ -80,6 +80,7 @@ pub struct State {
     callout: Option<u32>,
 }
 
+#[plugin]
 impl Plugin for Auth {
     type Config = Config;
     type State = State;
@@ -155,8 +156,6 @@ impl Method {
         }
     }
 }
-
-export!(Auth);
 
 #[cfg(test)]
 mod tests {

@@ -34,7 +34,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use portico_plugin_sdk::metrics::Counter;
 use portico_plugin_sdk::{
-    CallResponse, Error, Flow, Http, LocalResponse, Plugin, Result, Root, debug, export, info, warn,
+    CallResponse, Error, Flow, Http, LocalResponse, Plugin, Result, Root, debug, info, plugin, warn,
 };
 
 use crate::cache::{Cache, Verified};
@@ -109,6 +109,7 @@ enum Outcome {
     NoKey,
 }
 
+#[plugin]
 impl Plugin for Jwt {
     type Config = Config;
     type State = Option<Waiting>;
@@ -386,5 +387,3 @@ fn now_nanos() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
-
-export!(Jwt);
