@@ -81,7 +81,7 @@ impl Plugin for RateLimit {
 
     fn on_request_headers(&mut self, http: &mut Http<'_, State>) -> Result<Flow> {
         let key = self.key(http)?;
-        let decision = table::admit(&mut table::Host, &self.settings.gcra, &key, now_nanos())?;
+        let decision = table::admit(&mut table::Host, &self.settings.gcra, &key, now_nanos)?;
         http.state.decision = Some(decision);
         if decision.allowed {
             count(self.allowed);

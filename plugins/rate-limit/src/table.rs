@@ -83,13 +83,20 @@ pub fn create_shards(store: &mut impl Store) -> Result<()> {
     Ok(())
 }
 
-/// Decides a request for `key` at `now` and records it: exactly one compare-and-swap of the
-/// key's shard lands per admitted request.
-pub fn admit(store: &mut impl Store, gcra: &Gcra, key: &[u8], now: u64) -> Result<Decision> {
+/// Decides a request for `key` and records it: exactly one compare-and-swap of the key's
+/// shard lands per admitted request. `clock` is read after every read of the shard, so a
+/// request that lost a race is decided at a time no earlier than the write it lost to.
+pub fn admit(
+    store: &mut impl Store,
+    gcra: &Gcra,
+    key: &[u8],
+    mut clock: impl FnMut() -> u64,
+) -> Result<Decision> {
     let key = stored_key(key);
     let name = shard_name(shard_of(&key));
     for _ in 0..MAX_ATTEMPTS {
         let current = store.get(&name)?;
+        let now = clock();
         let mut shard = current
             .as_ref()
             .and_then(|e| Shard::decode(&e.value))
@@ -312,7 +319,7 @@ mod tests {
         create_shards(&mut store).unwrap();
         assert_eq!(store.data.len(), SHARDS as usize);
         assert_eq!(store.sets, SHARDS as usize);
-        admit(&mut store, &gcra(5), b"a", 100 * S).unwrap();
+        admit(&mut store, &gcra(5), b"a", || 100 * S).unwrap();
         let before = store.data.clone();
         // Another instance configured later writes nothing.
         create_shards(&mut store).unwrap();
@@ -335,14 +342,40 @@ mod tests {
                     data: std::mem::take(data),
                     ..Fake::default()
                 };
-                admit(&mut other, &gcra(3), b"k", now).unwrap();
+                admit(&mut other, &gcra(3), b"k", || now).unwrap();
                 *data = other.data;
             }
         }));
-        let d = admit(&mut store, &g, b"k", now).unwrap();
+        let d = admit(&mut store, &g, b"k", || now).unwrap();
         assert!(d.allowed);
         assert_eq!(d.remaining, 0, "the third of three");
-        assert!(!admit(&mut store, &g, b"k", now).unwrap().allowed);
+        assert!(!admit(&mut store, &g, b"k", || now).unwrap().allowed);
+    }
+
+    #[test]
+    fn a_request_that_lost_a_race_is_decided_at_the_time_of_its_retry() {
+        let mut store = Fake::default();
+        create_shards(&mut store).unwrap();
+        let t = 100 * S;
+        let ms = S / 1_000;
+        // Two a minute, two at once. A rival admits at t + 10 ms, just before our first write.
+        let mut rival = false;
+        store.before_set = Some(Box::new(move |data| {
+            if !std::mem::replace(&mut rival, true) {
+                let mut other = Fake {
+                    data: std::mem::take(data),
+                    ..Fake::default()
+                };
+                admit(&mut other, &gcra(2), b"k", || t + 10 * ms).unwrap();
+                *data = other.data;
+            }
+        }));
+        // Our clock read t first, t + 20 ms on the retry. Decided at t, the request would find
+        // the bucket 10 ms short of a second token; at t + 20 ms it fits.
+        let mut reads = [t, t + 20 * ms].into_iter();
+        let d = admit(&mut store, &gcra(2), b"k", || reads.next().unwrap()).unwrap();
+        assert!(d.allowed);
+        assert_eq!(reads.next(), None, "the clock was read once per attempt");
     }
 
     #[test]
@@ -350,9 +383,9 @@ mod tests {
         let mut store = Fake::default();
         create_shards(&mut store).unwrap();
         let g = gcra(1);
-        assert!(admit(&mut store, &g, b"k", 100 * S).unwrap().allowed);
+        assert!(admit(&mut store, &g, b"k", || 100 * S).unwrap().allowed);
         let sets = store.sets;
-        assert!(!admit(&mut store, &g, b"k", 100 * S).unwrap().allowed);
+        assert!(!admit(&mut store, &g, b"k", || 100 * S).unwrap().allowed);
         assert_eq!(store.sets, sets);
     }
 
@@ -365,7 +398,7 @@ mod tests {
                 *token += 1;
             }
         }));
-        let err = admit(&mut store, &gcra(1), b"k", S).unwrap_err();
+        let err = admit(&mut store, &gcra(1), b"k", || S).unwrap_err();
         assert!(err.to_string().contains("conflicting writes"), "{err}");
     }
 
@@ -374,7 +407,7 @@ mod tests {
         let mut store = Fake::default();
         create_shards(&mut store).unwrap();
         let g = gcra(2);
-        admit(&mut store, &g, b"idle", 100 * S).unwrap();
+        admit(&mut store, &g, b"idle", || 100 * S).unwrap();
         // Find another key in the same shard.
         let shard = shard_of(&stored_key(b"idle"));
         let other = (0..)
@@ -383,7 +416,7 @@ mod tests {
             .unwrap();
         assert_eq!(shard_of_key(&mut store, b"idle").len(), 1);
         // 60 s later the bucket of "idle" is full again.
-        admit(&mut store, &g, &other, 160 * S).unwrap();
+        admit(&mut store, &g, &other, || 160 * S).unwrap();
         let s = shard_of_key(&mut store, b"idle");
         assert_eq!((s.len(), s.get(b"idle")), (1, None));
     }
@@ -394,7 +427,7 @@ mod tests {
         create_shards(&mut store).unwrap();
         let g = gcra(2);
         for i in 0..5_000 {
-            admit(&mut store, &g, format!("client-{i}").as_bytes(), 100 * S).unwrap();
+            admit(&mut store, &g, format!("client-{i}").as_bytes(), || 100 * S).unwrap();
         }
         assert_eq!(entries(&store), 5_000);
         // Not yet idle: nothing goes.
@@ -431,7 +464,7 @@ mod tests {
         create_shards(&mut store).unwrap();
         let g = gcra(10);
         for i in 0..150_000u32 {
-            admit(&mut store, &g, &i.to_le_bytes(), 100 * S).unwrap();
+            admit(&mut store, &g, &i.to_le_bytes(), || 100 * S).unwrap();
         }
         assert_eq!(store.data.len(), SHARDS as usize);
         let cap = SHARDS as usize * SHARD_CAPACITY;
