@@ -80,7 +80,9 @@ impl Error {
         }
     }
 
-    pub(crate) fn config(message: impl fmt::Display) -> Error {
+    /// A refusal of the plugin's configuration, for `Plugin::configure` (shown to the operator
+    /// as "invalid configuration: ...").
+    pub fn config(message: impl fmt::Display) -> Error {
         Error {
             kind: Kind::Config(message.to_string()),
         }
