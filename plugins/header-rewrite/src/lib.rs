@@ -21,7 +21,7 @@
 pub mod config;
 pub mod template;
 
-use portico_plugin_sdk::{Flow, Headers, Http, Plugin, Result, Root, export};
+use portico_plugin_sdk::{Flow, Headers, Http, Plugin, Result, Root, plugin};
 
 use crate::config::{Config, Rules};
 use crate::template::{Var, Vars};
@@ -38,6 +38,7 @@ pub struct State {
     response_values: Option<Vec<String>>,
 }
 
+#[plugin]
 impl Plugin for HeaderRewrite {
     type Config = Config;
     type State = State;
@@ -142,8 +143,6 @@ impl Vars for Request<'_, '_> {
         })
     }
 }
-
-export!(HeaderRewrite);
 
 #[cfg(test)]
 mod tests;

@@ -23,7 +23,7 @@ pub mod table;
 use std::time::{Duration, UNIX_EPOCH};
 
 use portico_plugin_sdk::{
-    Flow, Http, LocalResponse, Plugin, Result, Root, debug, export, metrics, now,
+    Flow, Http, LocalResponse, Plugin, Result, Root, debug, metrics, now, plugin,
 };
 
 use crate::config::{Config, KeyPart, Settings};
@@ -60,6 +60,7 @@ pub struct State {
     decision: Option<Decision>,
 }
 
+#[plugin]
 impl Plugin for RateLimit {
     type Config = Config;
     type State = State;
@@ -185,8 +186,6 @@ fn now_nanos() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
-
-export!(RateLimit);
 
 #[cfg(test)]
 mod tests;
