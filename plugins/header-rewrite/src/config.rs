@@ -70,9 +70,7 @@ impl Rules {
     /// (`response.set.x-frame-options: ...`).
     pub fn compile(phase: &str, raw: RawRules) -> Result<Rules> {
         let fail = |rule: &str, name: &str, why: String| {
-            Err(Error::new(format!(
-                "invalid configuration: {phase}.{rule}.{name}: {why}"
-            )))
+            Err(Error::config(format!("{phase}.{rule}.{name}: {why}")))
         };
         let mut rules = Rules::default();
         for name in &raw.remove {

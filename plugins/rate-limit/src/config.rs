@@ -52,7 +52,7 @@ pub enum KeyPart {
 impl Settings {
     /// Validates `config`; the error names the key at fault.
     pub fn compile(config: Config) -> Result<Settings> {
-        let fail = |m: String| Err(Error::new(format!("invalid configuration: {m}")));
+        let fail = |m: String| Err(Error::config(m));
         if config.rate == 0 {
             return fail("rate: must be at least 1".into());
         }
