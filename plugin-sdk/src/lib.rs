@@ -244,17 +244,6 @@ pub fn now() -> SystemTime {
     }
 }
 
-/// Exports the Proxy-Wasm entry points for a plugin type, every hook included. Prefer the
-/// [`plugin`] attribute, which exports only the hooks your `impl` defines.
-#[macro_export]
-macro_rules! export {
-    ($plugin:ty) => {
-        $crate::__export_hooks!($plugin; on_request_headers, on_request_body,
-            on_request_trailers, on_response_headers, on_response_body, on_response_trailers,
-            on_log);
-    };
-}
-
 /// What `#[plugin]` expands to: the lifecycle exports, and one per hook the `impl` defines
 /// (other names — `configure`, helpers — export nothing).
 #[doc(hidden)]

@@ -40,7 +40,8 @@ pub fn remove(key: &str, cas: u32) -> Result<()> {
 
 /// Read-modify-write with compare-and-swap, retried on conflict (up to 64 times). `f` gets the
 /// current value (`None` when absent) and returns the new one, or `None` to leave it as is.
-/// Returns what was written.
+/// Returns what was written. Exact once the key exists; the write that creates a key is
+/// unconditional (Proxy-Wasm has no create-if-absent), so create contended keys up front.
 pub fn update(
     key: &str,
     mut f: impl FnMut(Option<&[u8]>) -> Option<Vec<u8>>,
@@ -50,8 +51,10 @@ pub fn update(
         let Some(next) = f(current.as_ref().map(|e| e.value.as_slice())) else {
             return Ok(None);
         };
-        // A missing key is created with token 0 only if still missing; the host treats a
-        // non-zero token on a missing key as a conflict.
+        // A present key is written back with its token, so a rival write in between makes this
+        // one fail and retry. A missing key is written with token 0, which in Proxy-Wasm means
+        // "unconditionally": two instances creating the same key at once can both succeed, and
+        // one update is lost. Create keys up front (in `configure`) where that matters.
         match sys::set_shared(key, &next, current.map_or(0, |e| e.cas)) {
             Ok(()) => return Ok(Some(next)),
             Err(e) if e.is_cas_mismatch() => continue,
@@ -64,7 +67,8 @@ pub fn update(
 }
 
 /// A process-wide atomic counter: Portico's `portico.counter_add` host function where it
-/// exists, a compare-and-swap loop over shared data elsewhere.
+/// exists (exact), a compare-and-swap loop over shared data elsewhere ([`update`]: exact once
+/// the counter exists, its very first increments may race).
 #[derive(Debug, Clone)]
 pub struct Counter {
     key: String,
