@@ -177,6 +177,12 @@ thread_local! {
     static NO_HOST_CRYPTO: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+/// Forgets that the host lacked the verifier (the test harness starts each host afresh).
+#[cfg(all(not(target_arch = "wasm32"), feature = "testing"))]
+pub(crate) fn reset() {
+    NO_HOST_CRYPTO.with(|c| c.set(false));
+}
+
 /// Whether `signature` over `message` is valid for `key` under `alg`. A key that does not fit
 /// the algorithm is never valid. `Err` when the key or arguments are malformed, or when no
 /// verifier is available (see the module docs).

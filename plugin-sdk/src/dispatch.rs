@@ -41,11 +41,34 @@ pub(crate) fn remember_callout(token: u32, context: u32) {
     CALLOUTS.with(|c| c.borrow_mut().insert(token, context));
 }
 
+thread_local! {
+    /// Stream kinds a hook asked to resume (`Http::resume_request`), resumed once the hook has
+    /// returned: a host may run callbacks from inside `proxy_continue_stream`, and those must
+    /// not find the runtime borrowed.
+    static RESUME: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+pub(crate) fn defer_resume(kind: u32) {
+    RESUME.with(|r| r.borrow_mut().push(kind));
+}
+
+fn flush_resumes() {
+    let kinds = RESUME.with(|r| std::mem::take(&mut *r.borrow_mut()));
+    for kind in kinds {
+        if let Err(e) = sys::continue_stream(kind) {
+            crate::error!("cannot resume the request: {e}");
+        }
+    }
+}
+
 /// Drops every context (the test harness starts each plugin afresh).
 #[cfg(all(not(target_arch = "wasm32"), feature = "testing"))]
 pub(crate) fn reset() {
     RUNTIME.with(|r| *r.borrow_mut() = None);
     CALLOUTS.with(|c| c.borrow_mut().clear());
+    RESUME.with(|r| r.borrow_mut().clear());
+    crate::shared::reset();
+    crate::crypto::reset();
 }
 
 fn with<P: Plugin, R>(f: impl FnOnce(&mut Runtime<P>) -> R) -> R {
@@ -131,13 +154,26 @@ pub fn on_configure<P: Plugin>(root: u32, size: usize) -> bool {
     }
 }
 
-/// The configuration as JSON, with the path of the first bad field. No configuration at all
-/// reads as `{}` (or `null` for a `Config` that takes no fields).
+/// The configuration as JSON, with the path of the first bad field. A key the `Config` type
+/// does not read is refused (whether or not it says `deny_unknown_fields`), so a typo never
+/// passes silently. No configuration at all reads as `{}` (or `null` for a `Config` that takes
+/// no fields).
 pub(crate) fn parse_config<C: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<C, Error> {
     let text = std::str::from_utf8(bytes).map_err(|_| Error::config("not UTF-8"))?;
     let text = if text.trim().is_empty() { "{}" } else { text };
     let de = &mut serde_json::Deserializer::from_str(text);
+    let mut unknown = Vec::new();
+    let mut note = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+    let de = serde_ignored::Deserializer::new(de, &mut note);
     match serde_path_to_error::deserialize::<_, C>(de) {
+        Ok(_) if !unknown.is_empty() => Err(Error::config(format!(
+            "unknown key {}",
+            unknown
+                .iter()
+                .map(|p| format!("`{p}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
         Ok(c) => Ok(c),
         Err(e) => {
             if text == "{}" || text == "null" {
@@ -160,6 +196,16 @@ pub(crate) fn parse_config<C: serde::de::DeserializeOwned>(bytes: &[u8]) -> Resu
 /// Runs a stream hook with the plugin and the request's state; an `Err` fails the request with
 /// 500 (logged), so a failing plugin never lets a request through by accident.
 fn stream_hook<P: Plugin>(
+    id: u32,
+    kind: u32,
+    hook: impl FnOnce(&mut P, &mut Http<'_, P::State>) -> Result<Flow, Error>,
+) -> u32 {
+    let action = stream_action::<P>(id, kind, hook);
+    flush_resumes();
+    action
+}
+
+fn stream_action<P: Plugin>(
     id: u32,
     kind: u32,
     hook: impl FnOnce(&mut P, &mut Http<'_, P::State>) -> Result<Flow, Error>,
@@ -280,6 +326,8 @@ pub fn on_delete<P: Plugin>(id: u32) {
             rt.roots.remove(&id);
         }
     });
+    // A callout whose request is gone is never answered (the host drops the answer): forget it.
+    CALLOUTS.with(|c| c.borrow_mut().retain(|_, context| *context != id));
 }
 
 fn root_hook<P: Plugin>(
@@ -294,7 +342,8 @@ fn root_hook<P: Plugin>(
         if let Err(e) = hook(plugin, &mut Root { id: root }) {
             crate::error!("{what}: {e}");
         }
-    })
+    });
+    flush_resumes();
 }
 
 pub fn on_tick<P: Plugin>(root: u32) {

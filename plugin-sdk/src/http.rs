@@ -30,7 +30,8 @@ impl Headers {
         Headers { map }
     }
 
-    /// The first value of `name` as text; `None` when absent. A value that is not UTF-8 is an
+    /// The value of `name` as text (several values joined with `,`, as Portico and Envoy
+    /// present them); `None` when absent. A value that is not UTF-8 is an
     /// error (Portico refuses such requests before plugins run, other hosts may not).
     pub fn get(&self, name: &str) -> Result<Option<String>> {
         match self.get_bytes(name)? {
@@ -41,7 +42,7 @@ impl Headers {
         }
     }
 
-    /// The first value of `name` as bytes.
+    /// The value of `name` as bytes (several values joined with `,`).
     pub fn get_bytes(&self, name: &str) -> Result<Option<Vec<u8>>> {
         sys::get_map_value(self.map, name)
     }
@@ -51,13 +52,16 @@ impl Headers {
         Ok(self.get_bytes(name)?.is_some())
     }
 
-    /// Sets `name` to `value`, replacing every value it had.
+    /// Sets `name` to `value`, replacing every value it had. An invalid name or value is an
+    /// error ([`Error::is_invalid`]), never silently dropped.
     pub fn set(&self, name: &str, value: impl AsRef<[u8]>) -> Result<()> {
+        check_header(name, value.as_ref())?;
         sys::replace_map_value(self.map, name, value.as_ref())
     }
 
-    /// Adds a value to `name`, keeping those it had.
+    /// Adds a value to `name`, keeping those it had. An invalid name or value is an error.
     pub fn add(&self, name: &str, value: impl AsRef<[u8]>) -> Result<()> {
+        check_header(name, value.as_ref())?;
         sys::add_map_value(self.map, name, value.as_ref())
     }
 
@@ -91,6 +95,28 @@ impl Headers {
         let bytes = host::serialize_pairs(pairs.iter().map(|(k, v)| (k.as_ref(), v.as_ref())));
         sys::set_map(self.map, &bytes)
     }
+}
+
+/// Whether `name` and `value` can be a header (RFC 9110: a token name, or a pseudo-header; a
+/// value of visible characters, spaces and tabs). Hosts drop invalid changes quietly, and the
+/// ABI gives no way to tell, so the SDK checks before it asks.
+pub fn check_header(name: &str, value: &[u8]) -> Result<()> {
+    let token = name.strip_prefix(':').unwrap_or(name);
+    let name_ok = !token.is_empty()
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !name_ok {
+        return Err(Error::invalid(format!(
+            "{name:?} is not a valid header name"
+        )));
+    }
+    if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(Error::invalid(format!(
+            "the value for header {name} has a control character"
+        )));
+    }
+    Ok(())
 }
 
 /// A body chunk as a body hook sees it. With [`Flow::Pause`] the host buffers chunks until the
@@ -454,13 +480,13 @@ impl<S> Http<'_, S> {
     }
 
     /// Resumes a request paused in the request phase (normally done for you when
-    /// `on_http_call_response` returns `Flow::Continue`).
-    pub fn resume_request(&self) -> Result<()> {
-        sys::continue_stream(STREAM_REQUEST)
+    /// `on_http_call_response` returns `Flow::Continue`). Takes effect when the hook returns.
+    pub fn resume_request(&self) {
+        crate::dispatch::defer_resume(STREAM_REQUEST)
     }
 
-    /// Resumes a request paused in the response phase.
-    pub fn resume_response(&self) -> Result<()> {
-        sys::continue_stream(STREAM_RESPONSE)
+    /// Resumes a request paused in the response phase. Takes effect when the hook returns.
+    pub fn resume_response(&self) {
+        crate::dispatch::defer_resume(STREAM_RESPONSE)
     }
 }

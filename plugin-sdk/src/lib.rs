@@ -43,17 +43,21 @@
 //! }
 //! ```
 //!
-//! `Cargo.toml` needs `crate-type = ["cdylib"]` under `[lib]`. In Portico:
+//! `Cargo.toml` needs `crate-type = ["cdylib", "rlib"]` under `[lib]` (the `.wasm`, and a
+//! library for `cargo test`). In Portico:
 //!
 //! ```yaml
+//! upstreams:
+//!   app: { endpoints: ["127.0.0.1:9000"] }
 //! plugins:
 //!   hello:
 //!     module: target/wasm32-wasip1/release/hello.wasm
 //!     config: { greeting: hi }
 //! routes:
-//!   - host: example.com
+//!   - name: app
+//!     hosts: [example.com]
 //!     plugins: [hello]
-//!     forward: { upstream: app }
+//!     upstream: app
 //! ```
 //!
 //! ## The model
@@ -64,7 +68,7 @@
 //! - **One plugin value per configuration.** [`Plugin::configure`] builds it from your typed
 //!   [`Plugin::Config`], deserialised from the YAML `config` with serde. An `Err` refuses the
 //!   configuration: the message reaches the operator through `portico check` and the reload
-//!   error. Use `#[serde(deny_unknown_fields)]` so typos are refused too.
+//!   error. A key your `Config` does not read is refused too, so typos never pass silently.
 //! - **Hooks per phase**, all defaulted: [`Plugin::on_request_headers`],
 //!   [`Plugin::on_request_body`], [`Plugin::on_response_headers`], ... Each gets an [`Http`]:
 //!   the request's headers, body, properties, and your per-request [`Plugin::State`].
@@ -116,7 +120,7 @@ use mock as sys;
 use std::time::{Duration, SystemTime};
 
 pub use error::{Error, Result};
-pub use http::{Body, CallResponse, Callout, Flow, Headers, Http, LocalResponse};
+pub use http::{Body, CallResponse, Callout, Flow, Headers, Http, LocalResponse, check_header};
 /// Put it on your `impl Plugin for T` block: exports the Proxy-Wasm entry points for `T`, only
 /// those of the hooks the block defines (the host never calls into the plugin for the others).
 pub use portico_plugin_sdk_macros::plugin;

@@ -206,10 +206,13 @@ pub fn get_map_value(kind: Map, key: &str) -> Result<Option<Vec<u8>>, Error> {
             Map::CalloutHeaders => h.answer.as_ref().map(|a| a.0.clone()).unwrap_or_default(),
             _ => h.map(kind)?.clone(),
         };
-        Ok(map
+        // As Portico: every value of the header, joined with ','.
+        let values: Vec<&[u8]> = map
             .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v.clone()))
+            .filter(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.as_slice())
+            .collect();
+        Ok((!values.is_empty()).then(|| values.join(&b","[..])))
     })
 }
 

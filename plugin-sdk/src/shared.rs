@@ -78,6 +78,12 @@ thread_local! {
     static NO_HOST_COUNTERS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+/// Forgets that the host lacked the counter functions (the test harness starts each host afresh).
+#[cfg(all(not(target_arch = "wasm32"), feature = "testing"))]
+pub(crate) fn reset() {
+    NO_HOST_COUNTERS.with(|c| c.set(false));
+}
+
 impl Counter {
     pub fn new(key: impl Into<String>) -> Counter {
         Counter { key: key.into() }

@@ -82,8 +82,26 @@ impl<P: Plugin> Harness<P> {
 
     /// Configures the plugin with raw configuration bytes.
     pub fn with_config_bytes(config: Vec<u8>) -> Result<Harness<P>, Error> {
+        Self::start(config, true)
+    }
+
+    /// Like [`Harness::new`], on a host like Envoy: no `portico.*` foreign functions, from the
+    /// start (configure included). `shared::Counter` then falls back to shared data, and
+    /// `crypto::verify` to the in-guest verifier (feature `crypto-fallback`) or an
+    /// [`Error::is_unsupported`] error.
+    pub fn in_other_host(config: serde_json::Value) -> Result<Harness<P>, Error> {
+        let bytes = if config.is_null() {
+            Vec::new()
+        } else {
+            serde_json::to_vec(&config).map_err(Error::new)?
+        };
+        Self::start(bytes, false)
+    }
+
+    fn start(config: Vec<u8>, portico_functions: bool) -> Result<Harness<P>, Error> {
         d::reset();
         let mut fresh = MockHost::new(config.clone());
+        fresh.portico_functions = portico_functions;
         fresh.globals.insert("plugin_name".into(), b"test".to_vec());
         mock::HOST.with(|h| *h.borrow_mut() = Some(fresh));
         d::on_context_create::<P>(ROOT, 0);
@@ -109,12 +127,6 @@ impl<P: Plugin> Harness<P> {
             next_id: Cell::new(ROOT + 1),
             _plugin: PhantomData,
         })
-    }
-
-    /// Behave like a Proxy-Wasm host other than Portico: no `portico.*` foreign functions.
-    pub fn without_portico_functions(self) -> Self {
-        host(|h| h.portico_functions = false);
-        self
     }
 
     /// A new request: `GET /` to `example.com` over http from `192.0.2.1:50000` until the

@@ -45,9 +45,11 @@ pub fn decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The value of cookie `name` in a `Cookie` header.
+/// The value of cookie `name` in a `Cookie` header. Pairs are split on `;` and on `,`: Portico
+/// joins repeated `Cookie` fields (HTTP/2 sends one per cookie) with a comma, and a cookie value
+/// cannot contain one (RFC 6265).
 pub fn cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
-    header.split(';').find_map(|c| {
+    header.split([';', ',']).find_map(|c| {
         let (k, v) = c.trim().split_once('=')?;
         (k == name).then(|| v.trim_matches('"'))
     })
@@ -74,6 +76,12 @@ mod tests {
     fn cookies_and_addresses() {
         assert_eq!(cookie("a=1; session=xyz; b=2", "session"), Some("xyz"));
         assert_eq!(cookie("a=1", "session"), None);
+        assert_eq!(
+            cookie("a=1,session=xyz", "session"),
+            Some("xyz"),
+            "HTTP/2, joined"
+        );
+        assert_eq!(cookie("a=1,b=2", "a"), Some("1"));
         assert_eq!(parse_ip("10.0.0.1:443"), Some("10.0.0.1".parse().unwrap()));
         assert_eq!(parse_ip("[::1]:80"), Some("::1".parse().unwrap()));
         assert_eq!(parse_ip("::1"), Some("::1".parse().unwrap()));

@@ -139,7 +139,7 @@ impl Plugin for MyPlugin {
 
     fn configure(config: Config, _root: &mut Root) -> Result<Self> {
         if config.value.is_empty() {
-            return Err(portico_plugin_sdk::Error::new("value: must not be empty"));
+            return Err(portico_plugin_sdk::Error::config("value: must not be empty"));
         }
         info!("adding {} to every request", config.header);
         Ok(MyPlugin { config })
