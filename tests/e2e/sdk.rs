@@ -65,3 +65,36 @@ async fn a_config_the_plugin_refuses_names_the_field_and_keeps_the_old_snapshot(
     let got = get(proxy.addr("web"), "sdk.test", "/hello").await;
     assert_eq!(got.text(), "hello\n", "the default greeting still serves");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portico_check_shows_the_plugins_own_refusal() {
+    let up = Upstream::echo("up").await;
+    let dir = TempDir::new();
+    let bad = dir.write(
+        "portico.yaml",
+        with_test_settings(&config(&up, r#", config: { greting: hi }"#)),
+    );
+    let check = tokio::process::Command::new(Binary::path())
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .await
+        .expect("run portico check");
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert_eq!(check.status.code(), Some(1), "{out}");
+    assert!(out.contains("portico.yaml"), "names the file: {out}");
+    assert!(out.contains("unknown field `greting`"), "{out}");
+
+    let good = dir.write("good.yaml", with_test_settings(&config(&up, "")));
+    let check = tokio::process::Command::new(Binary::path())
+        .args(["check", "--config"])
+        .arg(&good)
+        .output()
+        .await
+        .expect("run portico check");
+    assert_eq!(check.status.code(), Some(0));
+}
