@@ -9,7 +9,9 @@
 //! | `portico.counter_get` | the key | the value, 8-byte LE `i64` (0 when unknown) |
 //! | `portico.verify_signature` | `u8` len + JWS `alg`, `u32` LE len + key, `u32` LE len + message, then the signature | 1 byte: 1 valid, 0 invalid (key encodings in foreign/verify.rs) |
 //!
-//! Counters are process-wide and scoped by plugin name, like shared data.
+//! Counters are process-wide and scoped by plugin name, like shared data; each plugin may hold
+//! up to 100,000 (past that, `counter_add` of a new key fails with `InternalFailure`), so one
+//! plugin keying counters per client cannot exhaust them for the others.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -44,8 +46,8 @@ pub fn lookup(name: &str) -> Option<Function> {
     FUNCTIONS.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
 }
 
-/// (plugin, key) → counter.
-type CounterMap = HashMap<(String, Vec<u8>), std::sync::Arc<AtomicI64>>;
+/// plugin → key → counter.
+type CounterMap = HashMap<String, HashMap<Vec<u8>, std::sync::Arc<AtomicI64>>>;
 
 #[derive(Default)]
 pub struct Counters(Mutex<CounterMap>);
@@ -59,14 +61,18 @@ impl std::fmt::Debug for Counters {
 impl Counters {
     fn get(&self, scope: &str, key: &[u8], create: bool) -> Option<std::sync::Arc<AtomicI64>> {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let k = (scope.to_string(), key.to_vec());
-        if let Some(c) = map.get(&k) {
+        // Looked up by reference: no allocation for a counter that exists.
+        if let Some(c) = map.get(scope).and_then(|keys| keys.get(key)) {
             return Some(c.clone());
         }
-        if !create || map.len() >= MAX_COUNTERS {
+        if !create {
             return None;
         }
-        Some(map.entry(k).or_default().clone())
+        let keys = map.entry(scope.to_string()).or_default();
+        if keys.len() >= MAX_COUNTERS {
+            return None;
+        }
+        Some(keys.entry(key.to_vec()).or_default().clone())
     }
 }
 
@@ -96,4 +102,30 @@ fn counter_get(spec: &PluginSpec, key: &[u8]) -> Result<Vec<u8>, Error> {
 
 fn verify_signature(spec: &PluginSpec, args: &[u8]) -> Result<Vec<u8>, Error> {
     verify::verify_signature(&spec.host.keys, args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_capped_per_plugin_not_per_process() {
+        let c = Counters::default();
+        for i in 0..MAX_COUNTERS as u32 {
+            assert!(c.get("greedy", &i.to_le_bytes(), true).is_some());
+        }
+        assert!(c.get("greedy", b"one more", true).is_none(), "capped");
+        assert!(
+            c.get("greedy", &0u32.to_le_bytes(), true).is_some(),
+            "existing still work"
+        );
+        assert!(
+            c.get("other", b"k", true).is_some(),
+            "another plugin is not starved"
+        );
+        assert!(
+            c.get("other", b"absent", false).is_none(),
+            "get never creates"
+        );
+    }
 }
