@@ -1,17 +1,20 @@
 //! The jwt plugin (plugins/jwt, built by scripts/build-plugins.sh) through the real proxy:
 //! tokens of every algorithm minted with jsonwebtoken, the attacks of its spec answered 401
 //! before any upstream sees them, tokens taken from a cookie or the query and stripped, and a
-//! remote JWKS fetched, rotated and refetched for an unknown `kid` while the request waits.
+//! remote JWKS fetched, rotated and refetched for an unknown `kid` while the request waits (and
+//! fetched again when that request's client leaves before the answer).
 
 #[path = "../../plugins/jwt/testdata/mint.rs"]
 mod mint;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{Request, Response};
 use mint::{ALGORITHMS, Alg, claims, jwks, mint, mint_with};
 use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
 
 use crate::support::*;
 
@@ -26,19 +29,24 @@ fn valid() -> Value {
     claims(now(), json!({}))
 }
 
-/// An identity provider: `GET /jwks` answers the current JWKS (settable), counted.
+/// An identity provider: `GET /jwks` answers the current JWKS (settable), counted; the next
+/// answer can be made to take a while.
 struct Idp {
     upstream: Upstream,
     document: Arc<Mutex<String>>,
+    delay_next_ms: Arc<AtomicU64>,
 }
 
 impl Idp {
     async fn start(kids: &[&str]) -> Idp {
         let document = Arc::new(Mutex::new(jwks(kids).to_string()));
-        let doc = document.clone();
+        let delay_next_ms = Arc::new(AtomicU64::new(0));
+        let (doc, delay) = (document.clone(), delay_next_ms.clone());
         let upstream = Upstream::with_handler(move |req| {
             let body = doc.lock().unwrap().clone();
+            let delay = Duration::from_millis(delay.swap(0, Ordering::SeqCst));
             Box::pin(async move {
+                tokio::time::sleep(delay).await;
                 if req.uri().path() != "/jwks" {
                     return Response::builder()
                         .status(404)
@@ -52,7 +60,17 @@ impl Idp {
             })
         })
         .await;
-        Idp { upstream, document }
+        Idp {
+            upstream,
+            document,
+            delay_next_ms,
+        }
+    }
+
+    /// The next fetch is answered after `delay`.
+    fn delay_next(&self, delay: Duration) {
+        self.delay_next_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     fn publish(&self, kids: &[&str]) {
@@ -171,7 +189,7 @@ async fn attacks_are_answered_401_and_never_reach_the_upstream() {
         ),
         (
             "HS256 signed with the RSA public key",
-            mint::mint_hmac_with_secret("rsa-a", rsa_public.as_bytes(), &valid()),
+            mint::mint_hmac_with_secret(Some("rsa-a"), rsa_public.as_bytes(), &valid()),
             invalid("algorithm not accepted"),
         ),
         (
@@ -219,6 +237,16 @@ async fn attacks_are_answered_401_and_never_reach_the_upstream() {
             invalid("token too large"),
         ),
     ];
+    let mut table = table;
+    // The same without a kid, with every form of the public key as the secret: only the HMAC
+    // key fits HS256, and it did not sign them.
+    for (what, secret) in mint::rsa_public_secrets() {
+        table.push((
+            what,
+            mint::mint_hmac_with_secret(None, &secret, &valid()),
+            invalid("invalid signature"),
+        ));
+    }
     for (what, token, challenge) in table {
         let got = with_bearer(&proxy, &token).await;
         assert_eq!(got.status, 401, "{what}: {}", got.text());
@@ -250,6 +278,21 @@ async fn attacks_are_answered_401_and_never_reach_the_upstream() {
 
     // The same proxy lets the good token through.
     assert_eq!(with_bearer(&proxy, &good).await.status, 200);
+    assert_eq!(app.hits(), 1);
+
+    // With RSA keys alone, no key fits a kid-less HS256 token at all.
+    let rsa_only = inline_config(json!({ "jwks": jwks(&["rsa-a", "rsa-b"]) }));
+    let proxy = Proxy::start(&yaml(&app, None, &rsa_only)).await;
+    for (what, secret) in mint::rsa_public_secrets() {
+        let token = mint::mint_hmac_with_secret(None, &secret, &valid());
+        let got = with_bearer(&proxy, &token).await;
+        assert_eq!(got.status, 401, "{what}: {}", got.text());
+        assert_eq!(
+            got.header("www-authenticate"),
+            Some(invalid("unknown signing key").as_str()),
+            "{what}"
+        );
+    }
     assert_eq!(app.hits(), 1);
 }
 
@@ -344,6 +387,15 @@ async fn a_configuration_the_plugin_refuses_fails_the_start_with_its_words() {
             "jwks.keys[0] (kid \"big\"): unsupported curve \"P-521\"",
         ),
         (inline_config(json!({ "leeway": "a minute" })), "leeway"),
+        // A point off the curve: Portico's verifier itself refuses it, at configuration.
+        (
+            json!({ "jwks": { "keys": [corrupt(mint::jwk("ec-p256"), "y", |b| b ^ 1)] } }),
+            "jwks.keys[0] (kid \"ec-p256\"): the signature verifier refuses this ES256 key",
+        ),
+        (
+            json!({ "jwks": { "keys": [corrupt(mint::jwk("rsa-a"), "n", |b| b & 0xfe)] } }),
+            "jwks.keys[0] (kid \"rsa-a\"): n is even",
+        ),
     ] {
         let err = Proxy::try_start_in(TempDir::new(), &yaml(&app, None, &config))
             .await
@@ -351,6 +403,15 @@ async fn a_configuration_the_plugin_refuses_fails_the_start_with_its_words() {
             .unwrap_or_else(|| panic!("{config} was accepted"));
         assert!(err.contains(words), "{config}: {err}");
     }
+}
+
+/// `jwk` with the last byte of its base64url member `member` changed by `f`.
+fn corrupt(mut jwk: Value, member: &str, f: impl Fn(u8) -> u8) -> Value {
+    let mut bytes = mint::unb64(jwk[member].as_str().expect("a base64url member"));
+    let last = bytes.last_mut().expect("not empty");
+    *last = f(*last);
+    jwk[member] = json!(mint::b64(&bytes));
+    jwk
 }
 
 /// `inline_config` with the keys from the `idp` upstream instead of inline ones.
@@ -412,5 +473,45 @@ async fn a_reloaded_plugin_starts_with_the_keys_already_fetched() {
         idp.fetches(),
         1,
         "its keys came from shared data, not a new fetch"
+    );
+}
+
+/// The attack of a client that sends a token with an unknown `kid` and hangs up: the refetch it
+/// triggered was sent from its request, whose answer Portico drops once the request is gone.
+/// The plugin sends the fetch again from its own context, so the rotated key still loads at
+/// once rather than after the 30 s refetch budget (or `cache_duration`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refetch_survives_the_client_that_triggered_it_leaving() {
+    let app = Upstream::echo("app").await;
+    let idp = Idp::start(&["rsa-a"]).await;
+    let proxy = Proxy::start(&yaml(&app, Some(&idp), &remote_config("10m", json!({})))).await;
+    let old = mint(Alg::RS256, &valid());
+    eventually("the JWKS to be loaded", || async {
+        with_bearer(&proxy, &old).await.status == 200
+    })
+    .await;
+    assert_eq!(idp.fetches(), 1);
+
+    idp.publish(&["rsa-a", "rsa-b"]);
+    idp.delay_next(Duration::from_secs(3));
+    let new = mint_with(Alg::RS256, Some("rsa-b"), "rsa-b", &valid());
+    let mut client = tokio::net::TcpStream::connect(proxy.addr("web"))
+        .await
+        .expect("connect");
+    let request =
+        format!("GET /api HTTP/1.1\r\nhost: jwt.test\r\nauthorization: Bearer {new}\r\n\r\n");
+    client.write_all(request.as_bytes()).await.expect("write");
+    wait_for("the refetch", || idp.fetches() == 2).await;
+    drop(client);
+
+    // Long before the 30 s budget allows another refetch, the key is there.
+    eventually("the rotated key to be accepted", || async {
+        with_bearer(&proxy, &new).await.status == 200
+    })
+    .await;
+    assert_eq!(
+        idp.fetches(),
+        3,
+        "the lost fetch, and the same sent once more from the plugin's own context"
     );
 }

@@ -4,10 +4,16 @@
 //! names it. Keys fetched from a remote JWKS are the identity provider's: one that cannot be
 //! used (an encryption key, a curve not supported) is skipped with a warning, and symmetric
 //! (`oct`) keys are never taken from there — a key anybody can fetch signs nothing.
+//!
+//! "Usable" is what Portico's verifier (`portico.verify_signature`) takes: an RSA modulus that is
+//! odd and of 2048 to 8192 bits, an odd exponent of 2 to 33 bits, EC coordinates of the curve's
+//! size that make a point on it, a 32-byte Ed25519 key. The shapes are checked here, and every
+//! public key is then shown to the verifier itself once, with a dummy signature: a key it
+//! refuses (a point off the curve) would otherwise fail every request that names it.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use portico_plugin_sdk::crypto::{Algorithm, Curve, Key};
+use portico_plugin_sdk::crypto::{self, Algorithm, Curve, Key};
 use serde_json::Value;
 
 /// A key a token may be verified with.
@@ -37,6 +43,10 @@ impl VerifyKey {
 
 /// The smallest RSA modulus accepted.
 const MIN_RSA_BITS: usize = 2048;
+/// The largest RSA modulus the verifier takes.
+const MAX_RSA_BITS: usize = 8192;
+/// The bit lengths of an RSA public exponent the verifier takes.
+const RSA_EXPONENT_BITS: std::ops::RangeInclusive<usize> = 2..=33;
 /// The shortest HMAC secret accepted (HS256's output size).
 const MIN_HMAC_BYTES: usize = 32;
 
@@ -128,18 +138,26 @@ fn parse_key(jwk: &Value, inline: bool) -> Result<VerifyKey, String> {
         "RSA" => {
             let n = bytes("n")?;
             let n = strip_leading_zeros(&n);
-            let bits = n
-                .first()
-                .map_or(0, |b| n.len() * 8 - b.leading_zeros() as usize);
+            let bits = bit_len(n);
             if bits < MIN_RSA_BITS {
                 return Err(format!(
                     "an RSA key of {bits} bits (at least {MIN_RSA_BITS} are required)"
                 ));
             }
+            if bits > MAX_RSA_BITS {
+                return Err(format!(
+                    "an RSA key of {bits} bits (at most {MAX_RSA_BITS} are supported)"
+                ));
+            }
+            if !odd(n) {
+                return Err("n is even, so not an RSA modulus".into());
+            }
             let e = bytes("e")?;
             let e = strip_leading_zeros(&e);
-            if e.is_empty() || e.len() > 8 {
-                return Err("e is not a usable RSA exponent".into());
+            if !odd(e) || !RSA_EXPONENT_BITS.contains(&bit_len(e)) {
+                return Err(
+                    "e is not a usable RSA exponent (an odd number of 2 to 33 bits)".into(),
+                );
             }
             Key::Rsa {
                 n: n.to_vec(),
@@ -204,12 +222,50 @@ fn parse_key(jwk: &Value, inline: bool) -> Result<VerifyKey, String> {
             Some(alg)
         }
     };
+    probe(&key, alg)?;
     Ok(VerifyKey { kid, alg, key })
+}
+
+/// Shows a public key to the signature verifier with a dummy signature: a key it cannot use
+/// is an error (`Err` with [`portico_plugin_sdk::Error::is_invalid`]), a signature it merely
+/// finds wrong is not. Outside a host (the module's own unit tests) there is no verifier, and
+/// nothing is concluded.
+fn probe(key: &Key, alg: Option<Algorithm>) -> Result<(), String> {
+    let alg = match (alg, key) {
+        (Some(alg), _) => alg,
+        (None, Key::Rsa { .. }) => Algorithm::RS256,
+        (None, Key::Ec { curve, .. }) if *curve == Curve::P384 => Algorithm::ES384,
+        (None, Key::Ec { .. }) => Algorithm::ES256,
+        (None, Key::Ed25519(_)) => Algorithm::EdDSA,
+        // Any secret of the accepted length keys an HMAC.
+        (None, _) => return Ok(()),
+    };
+    if alg.family() == crypto::Family::Hmac {
+        return Ok(());
+    }
+    match crypto::verify(alg, key, b"portico jwt key probe", &[0]) {
+        Err(e) if e.is_invalid() => Err(format!(
+            "the signature verifier refuses this {} key ({e})",
+            alg.name()
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
     let first = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
     &bytes[first..]
+}
+
+/// The bit length of a big-endian integer without leading zeros.
+fn bit_len(bytes: &[u8]) -> usize {
+    bytes
+        .first()
+        .map_or(0, |b| bytes.len() * 8 - b.leading_zeros() as usize)
+}
+
+fn odd(bytes: &[u8]) -> bool {
+    bytes.last().is_some_and(|b| b & 1 == 1)
 }
 
 #[cfg(test)]
@@ -239,25 +295,26 @@ mod tests {
     #[test]
     fn usable_keys_of_every_type() {
         let keys = parse_inline(&json!({ "keys": [
-            with(rsa(2048), "kid", json!("r")),
+            with(with(rsa(2048), "kid", json!("r")), "e", json!(b64(&[1, 0, 0, 0, 1]))),
+            with(rsa(8192), "e", json!(b64(&[0, 3]))),
             with(ec("P-256", 32), "alg", json!("ES256")),
             ec("P-384", 48),
             { "kty": "OKP", "crv": "Ed25519", "x": b64(&[7; 32]), "use": "sig" },
             { "kty": "oct", "k": b64(&[9; 32]), "key_ops": ["sign", "verify"] },
         ]}))
         .unwrap();
-        assert_eq!(keys.len(), 5);
+        assert_eq!(keys.len(), 6);
         assert_eq!(keys[0].kid.as_deref(), Some("r"));
-        assert_eq!(keys[1].alg, Some(Algorithm::ES256));
+        assert_eq!(keys[2].alg, Some(Algorithm::ES256));
         assert!(matches!(
-            keys[2].key,
+            keys[3].key,
             Key::Ec {
                 curve: Curve::P384,
                 ..
             }
         ));
-        assert!(matches!(keys[3].key, Key::Ed25519(_)));
-        assert!(matches!(keys[4].key, Key::Hmac(_)));
+        assert!(matches!(keys[4].key, Key::Ed25519(_)));
+        assert!(matches!(keys[5].key, Key::Hmac(_)));
     }
 
     #[test]
@@ -282,6 +339,30 @@ mod tests {
                 "an RSA key of 0 bits",
             ),
             (rsa(1024), "an RSA key of 1024 bits (at least 2048"),
+            (
+                rsa(8200),
+                "an RSA key of 8200 bits (at most 8192 are supported)",
+            ),
+            (
+                with(rsa(2048), "n", json!(b64(&[0xd1; 256].map(|b| b & 0xfe)))),
+                "n is even, so not an RSA modulus",
+            ),
+            (
+                with(rsa(2048), "e", json!(b64(&[1, 0, 0]))),
+                "e is not a usable RSA exponent (an odd number of 2 to 33 bits)",
+            ),
+            (
+                with(rsa(2048), "e", json!(b64(&[1]))),
+                "e is not a usable RSA exponent",
+            ),
+            (
+                with(rsa(2048), "e", json!(b64(&[3, 0, 0, 0, 1]))),
+                "e is not a usable RSA exponent",
+            ),
+            (
+                with(rsa(2048), "e", json!("")),
+                "e is not a usable RSA exponent",
+            ),
             (with(rsa(2048), "n", json!("a+b/")), "n is not base64url"),
             (with(rsa(2048), "e", json!(65537)), "e is not a string"),
             (ec("P-521", 66), "unsupported curve \"P-521\" for kty EC"),

@@ -3,8 +3,9 @@
 //! Portico's JSON Web Token plugin: a request passes only with a valid JWS-signed token
 //! (RFC 7519) from the configured place (`Authorization: Bearer` by default), signed by a key of
 //! an inline JWKS or of a remote one, with acceptable `exp`, `nbf`, `iat`, `iss` and `aud`.
-//! Anything else is answered `401` with `WWW-Authenticate: Bearer` (RFC 6750) and never reaches
-//! the upstream. Chosen claims go upstream as request headers. The configuration and its
+//! Anything else is answered `401` with `WWW-Authenticate: Bearer` (RFC 6750) — `400` for more
+//! than one token, `503` while only a remote JWKS not yet loaded could vouch for it — and never
+//! reaches the upstream. Chosen claims go upstream as request headers. The configuration and its
 //! defaults are in README.md.
 //!
 //! A request's path through the plugin, top-down ([`Jwt::decide`]):
@@ -14,7 +15,9 @@
 //! 3. parse it strictly, check the signature with the keys that fit, then the claims
 //!    ([`token`]); a failure → 401 `invalid_token` with a short description;
 //! 4. no key could have signed it and a remote JWKS is configured ([`remote`]): take a newer
-//!    shared copy, or refetch (single-flight, once per 30 s) and wait for the answer;
+//!    shared copy, or refetch (single-flight, once per 30 s) and wait for the answer; if the
+//!    request leaves first, its answer is lost, and the next tick fetches again from the root
+//!    context (`on_log`);
 //! 5. admit: set the claim headers, strip the token if asked, cache the result.
 //!
 //! Signatures are checked by [`portico_plugin_sdk::crypto::verify`], natively in Portico.
@@ -53,8 +56,12 @@ pub struct Jwt {
     settings: Settings,
     remote: Option<RemoteKeys>,
     cache: Cache,
-    /// The refresh this instance's root context is waiting for.
+    /// The fetch this instance's root context is waiting for.
     root_fetch: Option<u32>,
+    /// A request that was waiting for a fetch it sent left before the answer: the host drops
+    /// the answer of a request that is gone, so the next tick sends the fetch again, from the
+    /// root context, whose answers are never dropped.
+    handover: bool,
     ticked: bool,
     metrics: Metrics,
 }
@@ -69,6 +76,7 @@ pub struct Waiting {
 
 struct Metrics {
     denied: Option<Counter>,
+    verifications: Option<Counter>,
     fetches: Option<Counter>,
     fetch_failures: Option<Counter>,
 }
@@ -77,14 +85,21 @@ impl Metrics {
     fn define() -> Metrics {
         Metrics {
             denied: Counter::define("denied").ok(),
+            verifications: Counter::define("verifications").ok(),
             fetches: Counter::define("jwks_fetches").ok(),
             fetch_failures: Counter::define("jwks_fetch_failures").ok(),
         }
     }
 
     fn count(counter: &Option<Counter>) {
-        if let Some(c) = counter {
-            let _ = c.increment(1);
+        Metrics::add(counter, 1);
+    }
+
+    fn add(counter: &Option<Counter>, n: u64) {
+        if let Some(c) = counter
+            && n > 0
+        {
+            let _ = c.increment(n);
         }
     }
 }
@@ -115,10 +130,11 @@ impl Plugin for Jwt {
     type State = Option<Waiting>;
 
     fn configure(config: Config, root: &mut Root) -> Result<Self> {
-        let settings = Settings::compile(config)
-            .map_err(|e| Error::new(format!("invalid configuration: {e}")))?;
+        let settings = Settings::compile(config).map_err(Error::config)?;
         let mut remote = settings.remote.clone().map(RemoteKeys::new);
         if let Some(remote) = &mut remote {
+            // The fetch record exists before any instance can race to claim it.
+            remote.create()?;
             // A reload finds the keys an earlier generation fetched.
             remote.sync()?;
             root.set_tick_period(FIRST_TICK)?;
@@ -142,6 +158,7 @@ impl Plugin for Jwt {
             settings,
             remote,
             root_fetch: None,
+            handover: false,
             ticked: false,
             metrics: Metrics::define(),
         })
@@ -167,6 +184,17 @@ impl Plugin for Jwt {
         self.decide(http, waiting.token, waiting.source, false)
     }
 
+    /// A request that leaves while it waits for a fetch takes the fetch's answer with it: the
+    /// host drops answers for requests that are gone. The fetch is sent again from the root
+    /// context on the next tick, so the document is never lost and the record is released when
+    /// it arrives.
+    fn on_log(&mut self, http: &mut Http<'_, Option<Waiting>>) {
+        if http.state.take().is_some() {
+            debug!("a request left while waiting for the JWKS: fetching it again on the next tick");
+            self.handover = true;
+        }
+    }
+
     fn on_tick(&mut self, root: &mut Root) -> Result<()> {
         if !self.ticked {
             self.ticked = true;
@@ -178,8 +206,19 @@ impl Plugin for Jwt {
         if remote.sync()? {
             self.cache.clear();
         }
+        if self.root_fetch.is_some() {
+            return Ok(());
+        }
         let now = now_nanos();
-        if self.root_fetch.is_none() && remote.due(now) && remote.try_begin(now, Reason::Refresh)? {
+        let send = if self.handover {
+            // The fetch record is still this instance's: keep it, for the new callout.
+            self.handover = false;
+            remote.renew(now)?;
+            true
+        } else {
+            remote.due(now) && remote.try_begin(now, Reason::Refresh)?
+        };
+        if send {
             Metrics::count(&self.metrics.fetches);
             match root.http_call(&remote.callout()) {
                 Ok(token) => self.root_fetch = Some(token),
@@ -281,7 +320,10 @@ impl Jwt {
         };
         let remote_keys = self.remote.iter().flat_map(|r| r.keys.iter());
         let keys = self.settings.keys.iter().chain(remote_keys);
-        match token::check_signature(&jws, keys)? {
+        let mut tried = 0;
+        let checked = token::check_signature(&jws, keys, &mut tried);
+        Metrics::add(&self.metrics.verifications, tried);
+        match checked? {
             SignatureCheck::Valid => {}
             SignatureCheck::Invalid(reject) => return Ok(Outcome::Invalid(reject)),
             SignatureCheck::NoKey if self.remote.is_some() => return Ok(Outcome::NoKey),

@@ -8,13 +8,17 @@
 //! - `jwt.fetch.<id>`: a small record taken by compare-and-swap — whether a fetch is in flight
 //!   (and until when it counts as alive), when the last refetch for an unknown `kid` started,
 //!   and when a failed fetch may be retried. Whoever writes "in flight" first fetches; the
-//!   others wait for its result to show up in the document.
+//!   others wait for its result to show up in the document. The record is created in
+//!   `configure` ([`RemoteKeys::create`]), before any request or tick: Proxy-Wasm has no
+//!   create-if-absent, so the write that creates a key is unconditional, and two instances that
+//!   both found it missing would both win. Every later write is a compare-and-swap.
 //!
 //! Shared data outlives a reload of the plugin, so new instances start with the keys at once.
 
 use std::time::Duration;
 
-use portico_plugin_sdk::{CallResponse, Callout, Result, shared, warn};
+use portico_plugin_sdk::shared::Entry;
+use portico_plugin_sdk::{CallResponse, Callout, Error, Result, shared, warn};
 
 use crate::config::Remote;
 use crate::jwk::{self, VerifyKey};
@@ -85,6 +89,52 @@ impl Lock {
     }
 }
 
+/// Shared data as the fetch record is read and written: the host's, or in tests one that lets
+/// a rival instance write between a read and its write.
+pub trait Store {
+    fn get(&mut self, key: &str) -> Result<Option<Entry>>;
+    /// `cas`: the token of the read this write follows; `None` writes unconditionally.
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<()>;
+}
+
+/// The host's shared data.
+pub struct Host;
+
+impl Store for Host {
+    fn get(&mut self, key: &str) -> Result<Option<Entry>> {
+        shared::get(key)
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<()> {
+        shared::set(key, value, cas)
+    }
+}
+
+/// Read-modify-write of the fetch record with compare-and-swap, retried on conflict. `f` gets
+/// the record and returns the new one, or `None` to leave it. Returns whether it wrote.
+fn update_lock(
+    store: &mut impl Store,
+    key: &str,
+    mut f: impl FnMut(Lock) -> Option<Lock>,
+) -> Result<bool> {
+    for _ in 0..64 {
+        let current = store.get(key)?;
+        let Some(next) = f(Lock::decode(current.as_ref().map(|e| e.value.as_slice()))) else {
+            return Ok(false);
+        };
+        // A missing record (never after `create`) is written unconditionally: the only write
+        // that is.
+        match store.set(key, &next.encode(), current.map(|e| e.cas)) {
+            Ok(()) => return Ok(true),
+            Err(e) if e.is_cas_mismatch() => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::new(format!(
+        "shared data {key}: too much contention (64 conflicting writes)"
+    )))
+}
+
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -130,6 +180,17 @@ impl RemoteKeys {
         &self.lock_key
     }
 
+    /// Creates the fetch record if no instance has yet. Called from `configure`, before this
+    /// instance serves a request or ticks: instances are configured one after another, so the
+    /// first creates it and the others find it, and from then on every write is a
+    /// compare-and-swap that only one of two rivals wins.
+    pub fn create(&self) -> Result<()> {
+        if shared::get(&self.lock_key)?.is_none() {
+            shared::set(&self.lock_key, &Lock::default().encode(), None)?;
+        }
+        Ok(())
+    }
+
     /// Whether a document has ever been loaded.
     pub fn loaded(&self) -> bool {
         self.fetched_at.is_some()
@@ -170,8 +231,12 @@ impl RemoteKeys {
 
     /// Claims the fetch for this caller if nobody is fetching and `reason` allows one now.
     pub fn try_begin(&self, now: u64, reason: Reason) -> Result<bool> {
-        let written = shared::update(&self.lock_key, |old| {
-            let mut lock = Lock::decode(old);
+        self.try_begin_in(&mut Host, now, reason)
+    }
+
+    /// [`RemoteKeys::try_begin`] on `store`.
+    pub fn try_begin_in(&self, store: &mut impl Store, now: u64, reason: Reason) -> Result<bool> {
+        update_lock(store, &self.lock_key, |mut lock| {
             if now < lock.in_flight_until {
                 return None;
             }
@@ -189,13 +254,25 @@ impl RemoteKeys {
                 Reason::UnknownKid => lock.last_kid_refetch = now,
                 Reason::Refresh => {}
             }
-            // One second beyond the callout's own timeout: a fetcher that died frees it then.
-            lock.in_flight_until = now
-                .saturating_add(nanos(self.config.timeout))
-                .saturating_add(nanos(Duration::from_secs(1)));
-            Some(lock.encode())
+            lock.in_flight_until = self.alive_until(now);
+            Some(lock)
+        })
+    }
+
+    /// Keeps the fetch this caller claimed in flight for another timeout, from `now`: it is
+    /// being sent again (its first answer was lost with the request that sent it).
+    pub fn renew(&self, now: u64) -> Result<()> {
+        update_lock(&mut Host, &self.lock_key, |mut lock| {
+            lock.in_flight_until = self.alive_until(now);
+            Some(lock)
         })?;
-        Ok(written.is_some())
+        Ok(())
+    }
+
+    /// One second beyond the callout's own timeout: a fetcher that died frees the record then.
+    fn alive_until(&self, now: u64) -> u64 {
+        now.saturating_add(nanos(self.config.timeout))
+            .saturating_add(nanos(Duration::from_secs(1)))
     }
 
     /// The fetch as a callout.
@@ -214,15 +291,14 @@ impl RemoteKeys {
     pub fn finish(&mut self, now: u64, response: &CallResponse) -> Result<Fetched> {
         let outcome = self.accept(now, response);
         let failed = outcome.is_err();
-        shared::update(&self.lock_key, |old| {
-            let mut lock = Lock::decode(old);
+        update_lock(&mut Host, &self.lock_key, |mut lock| {
             lock.in_flight_until = 0;
             lock.retry_at = if failed {
                 now.saturating_add(nanos(RETRY_AFTER_FAILURE))
             } else {
                 0
             };
-            Some(lock.encode())
+            Some(lock)
         })?;
         match outcome {
             Ok(changed) => Ok(Fetched { ok: true, changed }),

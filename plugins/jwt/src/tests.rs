@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::Jwt;
 use crate::config::Remote;
-use crate::remote::RemoteKeys;
+use crate::remote::{self, Reason, RemoteKeys, Store};
 
 /// The harness clock, in seconds since the epoch.
 const NOW: u64 = 1_700_000_000;
@@ -85,12 +85,10 @@ fn invalid(description: &str) -> Verdict {
     ))
 }
 
-/// How many signatures have been checked (the plugin logs each success at debug level).
-fn verifications(h: &Harness<Jwt>) -> usize {
-    h.logs()
-        .iter()
-        .filter(|l| l.starts_with("verified a"))
-        .count()
+/// How many signatures have been checked: the plugin's `verifications` metric.
+fn verifications(h: &Harness<Jwt>) -> i64 {
+    h.metric("verifications")
+        .expect("the verifications metric is defined")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -268,7 +266,7 @@ fn a_token_signed_by_another_key_of_the_right_type_is_refused() {
     let token = mint_with(Alg::RS256, None, "rsa-b", &valid());
     assert_eq!(check(&h, &token), Ok(()));
     // An HMAC token with another secret.
-    let token = mint::mint_hmac_with_secret("hmac", &[7; 64], &valid());
+    let token = mint::mint_hmac_with_secret(Some("hmac"), &[7; 64], &valid());
     assert_eq!(check(&h, &token), invalid("invalid signature"));
 }
 
@@ -301,12 +299,12 @@ fn attacks_are_refused() {
         ),
         (
             "HS256 with the RSA public key as secret",
-            mint::mint_hmac_with_secret("rsa-a", rsa_public.as_bytes(), &valid()),
+            mint::mint_hmac_with_secret(Some("rsa-a"), rsa_public.as_bytes(), &valid()),
             invalid("algorithm not accepted"),
         ),
         (
             "HS256 naming the EC key",
-            mint::mint_hmac_with_secret("ec-p256", b"x", &valid()),
+            mint::mint_hmac_with_secret(Some("ec-p256"), b"x", &valid()),
             invalid("algorithm not accepted"),
         ),
         (
@@ -436,6 +434,107 @@ fn attacks_are_refused() {
     for (what, token, expected) in table {
         assert_eq!(check(&h, &token), expected, "{what}");
     }
+}
+
+/// The confusion without a `kid`: an HS256 token signed with the RSA public key in any form a
+/// server might hold it. No key is named, so the token tries every key that fits HS256: only
+/// HMAC keys, never the RSA key, and with no HMAC key configured no HMAC is computed at all.
+#[test]
+fn hs256_signed_with_the_rsa_public_key_and_no_kid_is_refused() {
+    let h = harness(config(json!({})));
+    for (what, secret) in mint::rsa_public_secrets() {
+        let token = mint::mint_hmac_with_secret(None, &secret, &valid());
+        let before = verifications(&h);
+        assert_eq!(check(&h, &token), invalid("invalid signature"), "{what}");
+        assert_eq!(
+            verifications(&h),
+            before + 1,
+            "{what}: checked with the HMAC key alone"
+        );
+    }
+
+    let h = harness(config(json!({ "jwks": jwks(&["rsa-a", "rsa-b"]) })));
+    for (what, secret) in mint::rsa_public_secrets() {
+        let token = mint::mint_hmac_with_secret(None, &secret, &valid());
+        assert_eq!(check(&h, &token), invalid("unknown signing key"), "{what}");
+    }
+    assert_eq!(verifications(&h), 0, "no HMAC with a public key, ever");
+    assert_eq!(check(&h, &mint(Alg::RS256, &valid())), Ok(()));
+}
+
+/// `jwk` with the named base64url member changed in its last byte.
+fn corrupt(mut jwk: Value, member: &str) -> Value {
+    let mut bytes = mint::unb64(jwk[member].as_str().expect("a base64url member"));
+    *bytes.last_mut().expect("not empty") ^= 1;
+    jwk[member] = json!(mint::b64(&bytes));
+    jwk
+}
+
+/// The shapes Portico's verifier refuses are refused at configuration, and every public key is
+/// shown to the verifier once: a point off its curve is refused there, naming the key, rather
+/// than failing every request that names it.
+#[test]
+fn keys_the_verifier_cannot_use_are_refused_at_configuration() {
+    let mut even = mint::jwk("rsa-a");
+    let mut n = mint::unb64(even["n"].as_str().unwrap());
+    *n.last_mut().unwrap() &= 0xfe;
+    even["n"] = json!(mint::b64(&n));
+    let table: Vec<(Value, &str)> = vec![
+        (
+            corrupt(mint::jwk("ec-p256"), "y"),
+            "jwks.keys[0] (kid \"ec-p256\"): the signature verifier refuses this ES256 key",
+        ),
+        (
+            corrupt(mint::jwk("ec-p384"), "x"),
+            "jwks.keys[0] (kid \"ec-p384\"): the signature verifier refuses this ES384 key",
+        ),
+        (
+            even,
+            "jwks.keys[0] (kid \"rsa-a\"): n is even, so not an RSA modulus",
+        ),
+    ];
+    for (jwk, expected) in table {
+        let err = Harness::<Jwt>::new(json!({ "jwks": { "keys": [jwk] } }))
+            .err()
+            .unwrap_or_else(|| panic!("{jwk} was accepted"));
+        assert!(err.is_config(), "{err}");
+        assert!(err.to_string().contains(expected), "{err}");
+    }
+    // The keys as they are pass.
+    for kid in ALL_KEYS {
+        assert!(
+            Harness::<Jwt>::new(json!({ "jwks": jwks(&[kid]) })).is_ok(),
+            "{kid}"
+        );
+    }
+}
+
+#[test]
+fn remote_keys_the_verifier_cannot_use_are_skipped_with_one_warning() {
+    let h = harness(remote_config(json!({})));
+    h.tick();
+    let document = json!({ "keys": [corrupt(mint::jwk("ec-p256"), "y"), mint::jwk("rsa-a")] });
+    h.answer_callout(one_fetch(&h), 200, &[], document.to_string().as_bytes());
+    let warnings: Vec<String> = h
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("(kid \"ec-p256\") skipped: the signature verifier refuses"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(check(&h, &mint(Alg::RS256, &valid())), Ok(()));
+    // A token naming the skipped key is refused, with no warning per request.
+    let req = bearer(&h, &mint(Alg::ES256, &valid()));
+    assert_eq!(
+        req.on_request_headers(),
+        Outcome::Pause,
+        "an unknown kid refetches"
+    );
+    h.answer_callout(one_fetch(&h), 200, &[], document.to_string().as_bytes());
+    assert_eq!(
+        verdict(Outcome::Respond(req.local_response().expect("answered"))),
+        invalid("unknown signing key")
+    );
+    assert!(!h.logged("could not verify"));
 }
 
 #[test]
@@ -1065,6 +1164,65 @@ fn an_unknown_kid_refetches_once_and_the_request_waits_for_the_answer() {
     );
 }
 
+/// Portico drops the answer of a callout whose request is gone. A client that leaves while its
+/// request waits for a refetch must not lose the document, nor keep the fetch record held, nor
+/// spend the 30 s budget for nothing: the fetch is sent again from the root context.
+#[test]
+fn a_refetch_whose_request_left_is_sent_again_from_the_root_context() {
+    let h = loaded(&["rsa-a"]);
+    let token = mint(Alg::ES256, &valid());
+    let req = bearer(&h, &token);
+    assert_eq!(req.on_request_headers(), Outcome::Pause);
+    let lost = one_fetch(&h);
+    req.finish();
+    // Its answer comes to a request that no longer exists: nobody hears it.
+    h.answer_callout(lost, 200, &[], &body(&["rsa-a", "ec-p256"]));
+    assert_eq!(check(&h, &token), invalid("unknown signing key"));
+    assert!(
+        h.callouts().is_empty(),
+        "the budget is spent, the record held"
+    );
+
+    // The next tick sends it again, from the root context.
+    h.advance(Duration::from_millis(500));
+    h.tick();
+    let again = one_fetch(&h);
+    assert_eq!(h.callouts()[0].context, 1, "the root context");
+    h.answer_callout(again, 200, &[], &body(&["rsa-a", "ec-p256"]));
+    assert_eq!(check(&h, &token), Ok(()));
+    assert_eq!(h.metric("jwks_fetches"), Some(3));
+
+    // The record is free again, and the 30 s budget stands: an unknown kid waits for it.
+    h.tick();
+    assert!(
+        h.callouts().is_empty(),
+        "sent again once, not on every tick"
+    );
+    assert_eq!(
+        check(&h, &mint(Alg::EdDSA, &valid())),
+        invalid("unknown signing key")
+    );
+    assert!(h.callouts().is_empty());
+    h.advance(Duration::from_secs(30));
+    let req = bearer(&h, &mint(Alg::EdDSA, &valid()));
+    assert_eq!(
+        req.on_request_headers(),
+        Outcome::Pause,
+        "the record was released"
+    );
+    h.answer_callout(
+        one_fetch(&h),
+        200,
+        &[],
+        &body(&["rsa-a", "ec-p256", "ed25519"]),
+    );
+    assert!(req.resumed());
+    // That request stayed to the end: nothing to send again.
+    req.finish();
+    h.tick();
+    assert!(h.callouts().is_empty());
+}
+
 #[test]
 fn before_any_jwks_is_loaded_a_request_fetches_it_or_gets_503() {
     let h = harness(remote_config(json!({})));
@@ -1155,8 +1313,59 @@ fn shared_names() -> RemoteKeys {
     })
 }
 
+/// Shared data as the host has it, except that the first read lets `rival` (another instance)
+/// claim the fetch before the write that follows it: the race of two instances' first ticks.
+struct Rival<'r> {
+    rival: Option<&'r RemoteKeys>,
+    now: u64,
+    rival_claimed: bool,
+}
+
+impl Store for Rival<'_> {
+    fn get(
+        &mut self,
+        key: &str,
+    ) -> portico_plugin_sdk::Result<Option<portico_plugin_sdk::shared::Entry>> {
+        let read = remote::Host.get(key);
+        if let Some(rival) = self.rival.take() {
+            self.rival_claimed = rival.try_begin(self.now, Reason::Refresh)?;
+        }
+        read
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> portico_plugin_sdk::Result<()> {
+        remote::Host.set(key, value, cas)
+    }
+}
+
 #[test]
 fn instances_share_one_copy_and_one_fetch() {
+    {
+        // Two instances claim the first fetch at the same moment: one wins. That holds only
+        // because configure created the fetch record: a first write is unconditional.
+        let h = harness(remote_config(json!({})));
+        let (a, b) = (shared_names(), shared_names());
+        assert!(
+            h.shared(a.lock_key()).is_some(),
+            "configure creates the record"
+        );
+        let now = NOW * 1_000_000_000;
+        let mut store = Rival {
+            rival: Some(&b),
+            now,
+            rival_claimed: false,
+        };
+        let a_claimed = a.try_begin_in(&mut store, now, Reason::Refresh).unwrap();
+        assert!(store.rival_claimed);
+        assert!(
+            !a_claimed,
+            "the rival's claim came between the read and the write"
+        );
+        // This instance's first tick finds the fetch in flight too.
+        h.tick();
+        assert!(h.callouts().is_empty());
+    }
+
     let h = loaded(&["rsa-a"]);
     // What the fetch left in shared data.
     let names = shared_names();

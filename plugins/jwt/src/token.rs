@@ -149,10 +149,12 @@ pub enum SignatureCheck {
 /// `kid` too, when none has it), or, for a token without `kid`, every key. A key fits when its
 /// `alg` (or, without one, its type and curve) is the token's `alg`, so a token can never pick
 /// how a key is used: an `HS256` token naming an RSA key's `kid` is refused without any HMAC
-/// being computed. `Err` only when no verifier is available at all.
+/// being computed. `Err` only when no verifier is available at all. `tried` counts the
+/// signature checks made (one per key tried).
 pub fn check_signature<'k>(
     jws: &Jws<'_>,
     keys: impl Iterator<Item = &'k VerifyKey> + Clone,
+    tried: &mut u64,
 ) -> portico_plugin_sdk::Result<SignatureCheck> {
     let fitting = |k: &&VerifyKey| k.fits(jws.alg);
     let candidates: Vec<&VerifyKey> = match &jws.kid {
@@ -177,6 +179,7 @@ pub fn check_signature<'k>(
     }
     let message = jws.signing_input.as_bytes();
     for key in candidates {
+        *tried += 1;
         match crypto::verify(jws.alg, &key.key, message, &jws.signature) {
             Ok(true) => {
                 portico_plugin_sdk::debug!(

@@ -172,11 +172,31 @@ pub fn mint(alg: Alg, claims: &Value) -> String {
 }
 
 /// An HS256 token whose HMAC key is `secret` (the classic confusion: an RSA public key used
-/// as an HMAC secret).
-pub fn mint_hmac_with_secret(kid: &str, secret: &[u8], claims: &Value) -> String {
+/// as an HMAC secret), naming `kid` or no key at all.
+pub fn mint_hmac_with_secret(kid: Option<&str>, secret: &[u8], claims: &Value) -> String {
     let mut header = Header::new(Alg::HS256);
-    header.kid = Some(kid.to_string());
+    header.kid = kid.map(str::to_string);
     jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(secret)).expect("mint")
+}
+
+/// The public half of the RSA test key `rsa-a` in every form a server might hold it, to be
+/// tried as an HMAC secret: the JWK as JSON text, its `n` bytes, `n` then `e`, and the PEM
+/// texts (SubjectPublicKeyInfo and PKCS#1, made with `openssl rsa -pubout` and
+/// `-RSAPublicKey_out`).
+pub fn rsa_public_secrets() -> Vec<(&'static str, Vec<u8>)> {
+    let jwk = jwk("rsa-a");
+    let n = unb64(jwk["n"].as_str().expect("n"));
+    let e = unb64(jwk["e"].as_str().expect("e"));
+    vec![
+        ("the JWK text", jwk.to_string().into_bytes()),
+        ("the JWK's n", n.clone()),
+        ("the JWK's n and e", [n, e].concat()),
+        ("the SPKI PEM", include_bytes!("rsa-a.pub.pem").to_vec()),
+        (
+            "the PKCS#1 PEM",
+            include_bytes!("rsa-a.rsapub.pem").to_vec(),
+        ),
+    ]
 }
 
 /// A token around any header and any payload text (valid JSON or not), signed with `alg` by
@@ -203,6 +223,27 @@ pub fn b64(bytes: &[u8]) -> String {
             .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
         for i in 0..=chunk.len() {
             out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// The bytes of base64url text without padding.
+pub fn unb64(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in text.bytes() {
+        let v = ALPHABET
+            .iter()
+            .position(|&a| a == c)
+            .expect("base64url without padding") as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
         }
     }
     out
@@ -248,5 +289,8 @@ mod self_tests {
         assert_eq!(b64(b"foo"), "Zm9v");
         assert_eq!(b64(b"foob"), "Zm9vYg");
         assert_eq!(b64(&[0xfb, 0xff]), "-_8");
+        for bytes in [&b""[..], b"f", b"fo", b"foo", b"foob", &[0xfb, 0xff]] {
+            assert_eq!(unb64(&b64(bytes)), bytes);
+        }
     }
 }
