@@ -66,7 +66,7 @@ pub struct ApiKey {
 
 impl ApiKey {
     pub fn new(config: Config) -> Result<ApiKey> {
-        let err = |m: String| Error::new(format!("api_key: {m}"));
+        let err = |m: String| Error::config(format!("api_key: {m}"));
         let source = match (config.header, config.query) {
             (Some(_), Some(_)) => return Err(err("give header or query, not both".into())),
             (None, Some(q)) if q.is_empty() => return Err(err("query is empty".into())),

@@ -10,12 +10,12 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use portico_plugin_sdk::metrics::Counter;
 use portico_plugin_sdk::{Error, Http, LocalResponse, Result, warn};
 use serde::Deserialize;
 use sha_crypt::{PasswordHashRef, PasswordVerifier as _, ShaCrypt};
 
 use crate::Verdict;
+use crate::metric::Metric;
 use crate::util::{self, Digest};
 
 /// The longest `Authorization` value that is looked at; a longer one is refused unread.
@@ -27,6 +27,11 @@ pub const MAX_PASSWORD: usize = 256;
 /// `limits.time_per_call` (50ms): cost 10 took 65 ms inside Wasm on the machine Portico is
 /// tested on, and every step doubles it.
 const SLOW_BCRYPT_COST: u32 = 10;
+/// SHA-crypt's rounds when a hash names none.
+const SHA_CRYPT_DEFAULT_ROUNDS: u32 = 5_000;
+/// The longest `cache.ttl`. It bounds how long a removed user or a changed password stays
+/// admitted by an instance that is not reloaded, and keeps `now + ttl` far from overflowing.
+pub const MAX_CACHE_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// `type: basic`.
 #[derive(Debug, Deserialize)]
@@ -91,14 +96,30 @@ pub struct Basic {
     user_header: Option<String>,
     forward_credentials: bool,
     cache: Cache,
-    verifications: Counter,
-    cache_hits: Counter,
+    /// What an unknown user's password is verified against (see [`decoy`]).
+    decoy: User,
+    verifications: Metric,
+    cache_hits: Metric,
 }
 
 struct User {
     name: String,
     hash: String,
     scheme: Scheme,
+    work: Work,
+}
+
+/// What one verification of a hash costs: its algorithm and cost parameter. Two hashes with
+/// the same `Work` take the same time to verify the same password (SHA-crypt's varies a little
+/// with the salt's length, up to 16 characters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Work {
+    /// bcrypt (`$2a$`, `$2b$`, `$2y$`: one algorithm) at this cost.
+    Bcrypt(u32),
+    /// SHA-crypt `$5$` with this many rounds.
+    Sha256Crypt(u32),
+    /// SHA-crypt `$6$` with this many rounds.
+    Sha512Crypt(u32),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,19 +135,19 @@ impl Basic {
             .chars()
             .any(|c| c == '"' || c == '\\' || c.is_control())
         {
-            return Err(Error::new(format!(
+            return Err(Error::config(format!(
                 "basic: realm {realm:?} may not hold quotes, backslashes or control characters"
             )));
         }
         if config.users.is_empty() {
-            return Err(Error::new("basic: users is empty"));
+            return Err(Error::config("basic: users is empty"));
         }
         let mut users: Vec<User> = Vec::with_capacity(config.users.len());
         for (i, line) in config.users.iter().enumerate() {
             let user =
-                User::parse(line).map_err(|e| Error::new(format!("basic: users[{i}]{e}")))?;
+                User::parse(line).map_err(|e| Error::config(format!("basic: users[{i}]{e}")))?;
             if users.iter().any(|u| u.name == user.name) {
-                return Err(Error::new(format!(
+                return Err(Error::config(format!(
                     "basic: users[{i}] ({:?}) is a second entry for that user",
                     user.name
                 )));
@@ -145,9 +166,16 @@ impl Basic {
             .user_header
             .map(|h| util::header_name(&h))
             .transpose()
-            .map_err(|e| Error::new(format!("basic: user_header: {e}")))?;
+            .map_err(|e| Error::config(format!("basic: user_header: {e}")))?;
         let ttl = util::parse_duration(&config.cache.ttl)
-            .map_err(|e| Error::new(format!("basic: cache.ttl: {e}")))?;
+            .map_err(|e| Error::config(format!("basic: cache.ttl: {e}")))?;
+        if ttl > MAX_CACHE_TTL {
+            return Err(Error::config(format!(
+                "basic: cache.ttl: {:?} is more than 24h",
+                config.cache.ttl.trim()
+            )));
+        }
+        let decoy = decoy(&users);
         let mut salt = [0u8; 16];
         getrandom::fill(&mut salt)
             .map_err(|e| Error::new(format!("basic: no randomness for the cache's salt: {e}")))?;
@@ -158,8 +186,9 @@ impl Basic {
             user_header,
             forward_credentials: config.forward_credentials,
             cache: Cache::new(salt, config.cache.size, ttl),
-            verifications: Counter::define("basic_verifications")?,
-            cache_hits: Counter::define("basic_cache_hits")?,
+            decoy,
+            verifications: Metric::define("basic_verifications"),
+            cache_hits: Metric::define("basic_cache_hits"),
         })
     }
 
@@ -184,11 +213,11 @@ impl Basic {
         let digest = self.cache.digest(&value);
         let user = match self.cache.get(&digest, now) {
             Some(user) => {
-                self.cache_hits.increment(1)?;
+                self.cache_hits.count();
                 user
             }
             None => {
-                let Some(user) = self.verify(&value)? else {
+                let Some(user) = self.verify(&value) else {
                     return Ok(self.challenge("wrong credentials"));
                 };
                 self.cache.insert(digest, user, now);
@@ -206,24 +235,25 @@ impl Basic {
     }
 
     /// The index of the user `value` (an `Authorization` value) names, if its password is
-    /// right. An unknown user costs a verification too, so timing does not tell which users
-    /// exist.
-    fn verify(&self, value: &[u8]) -> Result<Option<usize>> {
-        let Some((name, password)) = credentials(value) else {
-            return Ok(None);
-        };
+    /// right. An unknown user costs a verification too, against the [`decoy`], so timing does
+    /// not tell which users exist (as far as their hashes cost the same, see there).
+    fn verify(&self, value: &[u8]) -> Option<usize> {
+        let (name, password) = credentials(value)?;
         if password.len() > MAX_PASSWORD {
-            return Ok(None);
+            return None;
         }
         let found = self.users.iter().position(|u| u.name.as_bytes() == name);
-        let right = self.verify_password(&self.users[found.unwrap_or(0)], &password)?;
-        Ok(found.filter(|_| right))
+        let hash = found.map_or(&self.decoy, |i| &self.users[i]);
+        let right = self.verify_password(hash, &password);
+        found.filter(|_| right)
     }
 
     /// The one place a hash is computed (counted in `basic_verifications`).
-    fn verify_password(&self, user: &User, password: &[u8]) -> Result<bool> {
-        self.verifications.increment(1)?;
-        Ok(user.verify(password))
+    fn verify_password(&self, user: &User, password: &[u8]) -> bool {
+        self.verifications.count();
+        #[cfg(test)]
+        tests::VERIFIED.with_borrow_mut(|v| v.push(user.hash.clone()));
+        user.verify(password)
     }
 
     fn challenge(&self, why: &str) -> Verdict {
@@ -241,10 +271,56 @@ fn slowest_bcrypt(users: &[User]) -> Option<(usize, &User, u32)> {
     users
         .iter()
         .enumerate()
-        .filter(|(_, u)| u.scheme == Scheme::Bcrypt)
-        .filter_map(|(i, u)| Some((i, u, u.hash.get(4..6)?.parse::<u32>().ok()?)))
+        .filter_map(|(i, u)| match u.work {
+            Work::Bcrypt(cost) => Some((i, u, cost)),
+            _ => None,
+        })
         .filter(|(_, _, cost)| *cost >= SLOW_BCRYPT_COST)
         .max_by_key(|(i, _, cost)| (*cost, std::cmp::Reverse(*i)))
+}
+
+/// The hash an unknown user's password is verified against: the [`Work`] most users' hashes
+/// have (on a tie, the slower; then the one listed first), so an unknown name takes as long
+/// as most known ones. It is a copy of the first such user's hash (the same salt length too)
+/// with its checksum zeroed: well-formed, so it is verified in full, and matched by no
+/// password anyone knows. A user whose hash has another `Work` still answers in a time of its
+/// own, which tells that the name exists: give every user the same scheme and cost to hide
+/// them all.
+fn decoy(users: &[User]) -> User {
+    // Each `Work` present: how many users have it, and the first of them.
+    let mut kinds: Vec<(Work, usize, &User)> = Vec::new();
+    for user in users {
+        match kinds.iter_mut().find(|(work, _, _)| *work == user.work) {
+            Some((_, n, _)) => *n += 1,
+            None => kinds.push((user.work, 1, user)),
+        }
+    }
+    let mut model = &users[0];
+    let mut best = (0, 0);
+    for (work, n, first) in kinds {
+        // `>`: on a full tie, the one listed first.
+        if (n, work.estimate()) > best {
+            best = (n, work.estimate());
+            model = first;
+        }
+    }
+    // The checksum is the last field; '.' is 0 in bcrypt's and crypt's base64.
+    let checksum = model.hash.rfind('$').map_or(0, |i| i + 1);
+    let checksum = match model.scheme {
+        Scheme::Bcrypt => checksum + 22, // the salt, then the checksum, in one field
+        Scheme::ShaCrypt => checksum,
+    };
+    let hash = format!(
+        "{}{}",
+        &model.hash[..checksum],
+        ".".repeat(model.hash.len() - checksum)
+    );
+    User {
+        name: String::new(),
+        hash,
+        scheme: model.scheme,
+        work: model.work,
+    }
 }
 
 /// The user name and password of a `Basic` credential.
@@ -281,6 +357,7 @@ impl User {
             name: name.to_string(),
             hash: hash.to_string(),
             scheme,
+            work: Work::of(hash),
         })
     }
 
@@ -290,6 +367,35 @@ impl User {
             Scheme::ShaCrypt => ShaCrypt::default()
                 .verify_password(password, self.hash.as_str())
                 .is_ok(),
+        }
+    }
+}
+
+impl Work {
+    /// The work of a hash [`Scheme::of`] accepted.
+    fn of(hash: &str) -> Work {
+        let number = |s: Option<&str>| s.and_then(|s| s.parse::<u32>().ok());
+        if hash.starts_with("$2") {
+            return Work::Bcrypt(number(hash.get(4..6)).unwrap_or(0));
+        }
+        let rounds = number(
+            hash.get(3..)
+                .and_then(|s| s.strip_prefix("rounds=")?.split('$').next()),
+        )
+        .unwrap_or(SHA_CRYPT_DEFAULT_ROUNDS);
+        if hash.starts_with("$5$") {
+            Work::Sha256Crypt(rounds)
+        } else {
+            Work::Sha512Crypt(rounds)
+        }
+    }
+
+    /// Roughly how long a verification takes, in nanoseconds (README's measures inside Wasm:
+    /// 65 ms for bcrypt cost 10, about 0.5 µs a SHA-crypt round): only to order hashes.
+    fn estimate(self) -> u64 {
+        match self {
+            Work::Bcrypt(cost) => (65_000_000u64 << cost.min(31)) >> 10,
+            Work::Sha256Crypt(rounds) | Work::Sha512Crypt(rounds) => u64::from(rounds) * 500,
         }
     }
 }
@@ -417,11 +523,15 @@ impl Cache {
         if self.capacity == 0 || self.ttl.is_zero() {
             return;
         }
+        // A clock near the end of time: not remembered rather than a panic.
+        let Some(expires) = now.checked_add(self.ttl) else {
+            return;
+        };
         let key = Cache::key(&digest);
         let entry = Entry {
             digest,
             user,
-            expires: now + self.ttl,
+            expires,
         };
         if self.entries.insert(key, entry).is_none() {
             self.order.push_back(key);

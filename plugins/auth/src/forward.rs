@@ -91,7 +91,7 @@ pub struct Forward {
 
 impl Forward {
     pub fn new(config: Config) -> Result<Forward> {
-        let err = |m: String| Error::new(format!("forward: {m}"));
+        let err = |m: String| Error::config(format!("forward: {m}"));
         if config.upstream.is_empty() {
             return Err(err("upstream is empty".into()));
         }

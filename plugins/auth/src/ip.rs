@@ -41,14 +41,16 @@ pub struct Ip {
 impl Ip {
     pub fn new(config: Config) -> Result<Ip> {
         if config.allow.is_empty() && config.deny.is_empty() {
-            return Err(Error::new("ip: give an allow list, a deny list, or both"));
+            return Err(Error::config(
+                "ip: give an allow list, a deny list, or both",
+            ));
         }
         let parse = |list: &[String], key: &str| -> Result<Vec<Cidr>> {
             list.iter()
                 .enumerate()
                 .map(|(i, text)| {
                     let (addr, prefix) = Cidr::parts(text)
-                        .map_err(|e| Error::new(format!("ip: {key}[{i}] ({text:?}): {e}")))?;
+                        .map_err(|e| Error::config(format!("ip: {key}[{i}] ({text:?}): {e}")))?;
                     let cidr = Cidr {
                         network: mask(addr, prefix),
                         prefix,

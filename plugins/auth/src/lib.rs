@@ -31,13 +31,15 @@ pub mod api_key;
 pub mod basic;
 pub mod forward;
 pub mod ip;
+mod metric;
 mod util;
 
-use portico_plugin_sdk::metrics::Counter;
 use portico_plugin_sdk::{
     CallResponse, Flow, Http, LocalResponse, Plugin, Result, Root, debug, info, plugin,
 };
 use serde::Deserialize;
+
+use crate::metric::Metric;
 
 /// The plugin's configuration: the method and its settings.
 #[derive(Debug, Deserialize)]
@@ -63,8 +65,8 @@ pub enum Verdict {
 /// The configured plugin.
 pub struct Auth {
     method: Method,
-    allowed: Counter,
-    denied: Counter,
+    allowed: Metric,
+    denied: Metric,
 }
 
 enum Method {
@@ -86,17 +88,12 @@ impl Plugin for Auth {
     type State = State;
 
     fn configure(config: Config, _root: &mut Root) -> Result<Self> {
-        let method = match config {
-            Config::Basic(c) => Method::Basic(basic::Basic::new(c)?),
-            Config::ApiKey(c) => Method::ApiKey(api_key::ApiKey::new(c)?),
-            Config::Forward(c) => Method::Forward(forward::Forward::new(c)?),
-            Config::Ip(c) => Method::Ip(ip::Ip::new(c)?),
-        };
+        let method = Method::new(config)?;
         info!("auth: {}", method.describe());
         Ok(Auth {
             method,
-            allowed: Counter::define("allowed")?,
-            denied: Counter::define("denied")?,
+            allowed: Metric::define("allowed"),
+            denied: Metric::define("denied"),
         })
     }
 
@@ -133,11 +130,11 @@ impl Auth {
     fn settle(&self, http: &mut Http<'_, State>, verdict: Verdict) -> Result<Flow> {
         match verdict {
             Verdict::Allow => {
-                self.allowed.increment(1)?;
+                self.allowed.count();
                 Ok(Flow::Continue)
             }
             Verdict::Deny(response) => {
-                self.denied.increment(1)?;
+                self.denied.count();
                 debug!("auth: {} ({})", response.status, response.details);
                 http.respond(response)
             }
@@ -147,6 +144,16 @@ impl Auth {
 }
 
 impl Method {
+    /// The method `config` describes; a refusal is an [`Error::config`](portico_plugin_sdk::Error::config).
+    fn new(config: Config) -> Result<Method> {
+        Ok(match config {
+            Config::Basic(c) => Method::Basic(basic::Basic::new(c)?),
+            Config::ApiKey(c) => Method::ApiKey(api_key::ApiKey::new(c)?),
+            Config::Forward(c) => Method::Forward(forward::Forward::new(c)?),
+            Config::Ip(c) => Method::Ip(ip::Ip::new(c)?),
+        })
+    }
+
     fn describe(&self) -> String {
         match self {
             Method::Basic(m) => m.describe(),
@@ -160,7 +167,7 @@ impl Method {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portico_plugin_sdk::testing::Harness;
+    use portico_plugin_sdk::testing::{Harness, Outcome};
     use serde_json::json;
 
     #[test]
@@ -194,6 +201,51 @@ mod tests {
         assert_eq!(
             (h.metric("allowed"), h.metric("denied")),
             (Some(1), Some(2))
+        );
+    }
+
+    #[test]
+    fn every_method_refuses_a_bad_configuration_as_a_configuration_error() {
+        for config in [
+            json!({ "type": "basic", "users": [] }),
+            json!({ "type": "api_key", "keys": [] }),
+            json!({ "type": "api_key", "keys": [{ "name": "a", "sha256": "00" }] }),
+            json!({ "type": "forward", "upstream": "" }),
+            json!({ "type": "forward", "upstream": "auth", "timeout": "2m" }),
+            json!({ "type": "ip" }),
+            json!({ "type": "ip", "deny": ["10.0.0.0/33"] }),
+        ] {
+            let parsed: Config = serde_json::from_value(config.clone()).unwrap();
+            let err = Method::new(parsed).err().expect("refused");
+            assert!(err.is_config(), "{config}: {err:?}");
+            assert!(
+                err.to_string().starts_with("invalid configuration: "),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_host_without_metrics_still_decides() {
+        // The host refuses to define metrics (as one without them would), then to count them.
+        metric::host::BROKEN.set(true);
+        let h = Harness::<Auth>::new(json!({ "type": "ip", "allow": ["192.0.2.0/24"] }));
+        let h = h.expect("configured without metrics");
+        assert_eq!(h.request().on_request_headers(), Outcome::Continue);
+        let denied = h.request().source("198.51.100.1:1").on_request_headers();
+        assert!(matches!(denied, Outcome::Respond(r) if r.status == 403));
+        metric::host::BROKEN.set(false);
+        assert_eq!((h.metric("allowed"), h.metric("denied")), (None, None));
+
+        let h = Harness::<Auth>::new(json!({ "type": "ip", "allow": ["192.0.2.0/24"] })).unwrap();
+        metric::host::BROKEN.set(true);
+        assert_eq!(h.request().on_request_headers(), Outcome::Continue);
+        let denied = h.request().source("198.51.100.1:1").on_request_headers();
+        assert!(matches!(denied, Outcome::Respond(r) if r.status == 403));
+        metric::host::BROKEN.set(false);
+        assert_eq!(
+            (h.metric("allowed"), h.metric("denied")),
+            (Some(0), Some(0))
         );
     }
 }

@@ -1,3 +1,4 @@
+use std::cell::RefCell;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -16,6 +17,24 @@ const ERIN: &str = "erin:$2a$04$IJRIXGwlqhDwHe6KGM9yOeafDbXFzD3YMlZzU.q7Qe.OeorM
 const CAROL: &str = "carol:$5$rounds=1000$carolsalt$kWQNWRHnPNUHMwa4wgw9u33hqxjpazuLHFL5PtzhN55"; // sha256 pass
 const DAVE: &str = "dave:$6$abcdefgh$LXshl1mbTFG0r5cuODMCBhxKBlvExt6Nh/PRtr4IFNN5HcWgD5TLZ5pex7Hhp6uD5aBLvBENKmAvSzWZS6Cak1"; // p@ss:w0rd
 const ZOE: &str = "zoë:$2y$04$o0DpGwppRvTnOI4iuzQ1eeEHC5iieEJR3wVCrQGRuDc5teCVojk5K"; // pässword
+const FRANK: &str = "frank:$2y$05$D2v4HAeq119XZKO/Z.xjTOuLxrOPu3b8v4mxxZ1s5i6sEwI6hEFKi"; // frankpw
+const GRACE: &str = "grace:$2y$05$.YodcpTP2GhXQ1/G0fWPY.b0EQOwO9dMXsAMrqZJfGU90ONzR.gyG"; // gracepw
+const HEIDI: &str = "heidi:$6$heidisalt$CSX0vA51Rs/LZIzN96YcQ73Y5VCinFtrNbfcoA07Ls1E4ikoR0eGeiB889v9nDn66sx5TTlPsDuVsIxdQxI2A0"; // heidipw
+const IVAN: &str = "ivan:$5$ivansalt$EDCM3Y3svEUpwRXQFD5KdUBIurfLKcA93pdmPqs1aSA"; // ivanpw
+
+thread_local! {
+    /// Every hash verified on this thread, in order (pushed by `Basic::verify_password`).
+    pub(super) static VERIFIED: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The hash the last verification used.
+fn last_verified() -> String {
+    VERIFIED.with_borrow(|v| v.last().cloned().expect("a verification"))
+}
+
+fn hash_of(line: &str) -> &str {
+    line.split_once(':').unwrap().1
+}
 
 fn basic(user: &str, password: &str) -> String {
     format!("Basic {}", STANDARD.encode(format!("{user}:{password}")))
@@ -432,4 +451,191 @@ fn a_bcrypt_cost_beyond_the_default_deadline_is_warned_about() {
     );
     let h = Harness::<Auth>::new(json!({ "type": "basic", "users": [ALICE, BOB, CAROL] })).unwrap();
     assert!(!h.logged("bcrypt cost"), "{:?}", h.logs());
+}
+
+#[test]
+fn an_unknown_user_costs_what_most_users_cost_not_what_the_first_one_costs() {
+    // alice, listed first, has bcrypt cost 4; most users have cost 5. An unknown name must
+    // take as long as most known ones: verified at cost 5, against no user's hash.
+    let h = Harness::<Auth>::new(
+        json!({ "type": "basic", "realm": "test", "users": [ALICE, BOB, FRANK, GRACE] }),
+    )
+    .unwrap();
+    assert_challenged(
+        with_authorization(&h, &basic("mallory", "builder")).on_request_headers(),
+        "unknown user",
+    );
+    let decoy = last_verified();
+    // bob's cost and salt (the first user of cost 5), a zeroed checksum.
+    assert_eq!(
+        decoy,
+        format!("{}{}", &hash_of(BOB)[..29], ".".repeat(31)),
+        "verified against {decoy}"
+    );
+    // Well-formed, so bcrypt computes it in full (a malformed hash would fail fast), and no
+    // password matches it: not even that of the user it was made from.
+    assert_eq!(bcrypt::verify("builder", &decoy).ok(), Some(false));
+    assert_eq!(h.metric("basic_verifications"), Some(1));
+    // A known user is verified against its own hash, whatever its cost.
+    assert_eq!(
+        with_authorization(&h, &basic("alice", "wonderland")).on_request_headers(),
+        Outcome::Continue
+    );
+    assert_eq!(last_verified(), hash_of(ALICE));
+    assert_eq!(
+        with_authorization(&h, &basic("grace", "gracepw")).on_request_headers(),
+        Outcome::Continue
+    );
+    assert_eq!(last_verified(), hash_of(GRACE));
+}
+
+#[test]
+fn the_decoy_follows_the_most_common_scheme_and_cost_then_the_slower() {
+    let decoy_of = |users: &[&str]| {
+        let h = Harness::<Auth>::new(json!({ "type": "basic", "realm": "test", "users": users }))
+            .unwrap();
+        assert_challenged(
+            with_authorization(&h, &basic("nobody", "pw")).on_request_headers(),
+            "unknown user",
+        );
+        last_verified()
+    };
+    let bcrypt_decoy = |line: &str| format!("{}{}", &hash_of(line)[..29], ".".repeat(31));
+    let sha_decoy = |line: &str| {
+        let hash = hash_of(line);
+        let cut = hash.rfind('$').unwrap() + 1;
+        format!("{}{}", &hash[..cut], ".".repeat(hash.len() - cut))
+    };
+    // SHA-512-crypt, 5000 rounds, twice; SHA-256-crypt at 1000 rounds and bcrypt 4 once.
+    let d = decoy_of(&[CAROL, ALICE, DAVE, HEIDI]);
+    assert_eq!(d, sha_decoy(DAVE));
+    assert!(
+        ShaCrypt::default()
+            .verify_password(b"p@ss:w0rd", d.as_str())
+            .is_err_and(|e| matches!(e, sha_crypt::password_hash::Error::PasswordInvalid)),
+        "the decoy is well-formed and matches nothing"
+    );
+    // One each: the slowest (bcrypt 5 before bcrypt 4 before 1000 SHA-crypt rounds).
+    assert_eq!(decoy_of(&[CAROL, ALICE, BOB]), bcrypt_decoy(BOB));
+    assert_eq!(decoy_of(&[CAROL, ALICE]), bcrypt_decoy(ALICE));
+    // $2a$, $2b$ and $2y$ are one algorithm: alice and erin (cost 4) outnumber bob (cost 5).
+    assert_eq!(decoy_of(&[BOB, ERIN, ALICE]), bcrypt_decoy(ERIN));
+    // The same work: the first listed.
+    assert_eq!(decoy_of(&[IVAN, CAROL]), sha_decoy(IVAN));
+    let d = decoy_of(&[IVAN]);
+    assert_eq!(d, sha_decoy(IVAN));
+    assert!(
+        ShaCrypt::default()
+            .verify_password(b"ivanpw", d.as_str())
+            .is_err_and(|e| matches!(e, sha_crypt::password_hash::Error::PasswordInvalid))
+    );
+}
+
+#[test]
+fn the_cache_ttl_is_at_most_a_day() {
+    let config = |ttl: &str| -> Config {
+        serde_json::from_value(json!({ "users": [ALICE], "cache": { "ttl": ttl } })).unwrap()
+    };
+    // Far past a day, up to what would overflow the clock: a configuration error.
+    for ttl in ["25h", "86401s", "18446744073709551615s"] {
+        let err = Basic::new(config(ttl)).err().expect(ttl);
+        assert!(err.is_config(), "{ttl}: {err:?}");
+        assert_eq!(
+            err.to_string(),
+            format!("invalid configuration: basic: cache.ttl: {ttl:?} is more than 24h")
+        );
+    }
+    // A day is fine, and a login is remembered for that long.
+    let h = harness(json!({ "cache": { "ttl": "24h" } }));
+    let value = basic("alice", "wonderland");
+    for _ in 0..2 {
+        assert_eq!(
+            with_authorization(&h, &value).on_request_headers(),
+            Outcome::Continue
+        );
+        h.advance(Duration::from_secs(24 * 3600 - 1));
+    }
+    assert_eq!(h.metric("basic_verifications"), Some(1));
+}
+
+#[test]
+fn a_ttl_past_the_end_of_time_is_not_remembered_rather_than_a_panic() {
+    let now = SystemTime::now();
+    for ttl in [Duration::MAX, Duration::from_secs(u64::MAX / 2)] {
+        let mut cache = Cache::new([1; 16], 8, ttl);
+        let digest = cache.digest(b"Basic YWxpY2U6d29uZGVybGFuZA==");
+        cache.insert(digest, 0, now);
+        assert_eq!(cache.get(&digest, now), None);
+    }
+}
+
+#[test]
+fn configuration_errors_are_config_errors() {
+    for config in [
+        json!({ "users": [] }),
+        json!({ "users": ["root:hunter2"] }),
+        json!({ "users": [ALICE, ALICE] }),
+        json!({ "users": [ALICE], "realm": "a\"b" }),
+        json!({ "users": [ALICE], "user_header": "x y" }),
+        json!({ "users": [ALICE], "cache": { "ttl": "5" } }),
+    ] {
+        let parsed: Config = serde_json::from_value(config.clone()).unwrap();
+        let err = Basic::new(parsed).err().expect("refused");
+        assert!(err.is_config(), "{config}: {err:?}");
+    }
+}
+
+/// Breaks the mock host's metrics until dropped.
+struct NoMetrics;
+
+impl NoMetrics {
+    fn start() -> NoMetrics {
+        crate::metric::host::BROKEN.set(true);
+        NoMetrics
+    }
+}
+
+impl Drop for NoMetrics {
+    fn drop(&mut self) {
+        crate::metric::host::BROKEN.set(false);
+    }
+}
+
+#[test]
+fn metrics_that_fail_change_no_decision() {
+    // Metrics that cannot be counted (the host refuses): every decision is as usual.
+    let h = harness(json!({}));
+    let broken = NoMetrics::start();
+    let value = basic("alice", "wonderland");
+    for what in ["verified", "from the cache"] {
+        let req = with_authorization(&h, &value);
+        assert_eq!(req.on_request_headers(), Outcome::Continue, "{what}");
+        assert_eq!(req.request_header("x-auth-user").as_deref(), Some("alice"));
+    }
+    assert_challenged(
+        with_authorization(&h, &basic("alice", "guess")).on_request_headers(),
+        "wrong password",
+    );
+    assert_challenged(
+        with_authorization(&h, &basic("mallory", "guess")).on_request_headers(),
+        "unknown user",
+    );
+    assert_challenged(h.request().on_request_headers(), "no credentials");
+    drop(broken);
+    assert_eq!(h.metric("basic_verifications"), Some(0), "none counted");
+
+    // Metrics the host cannot even define: the configuration stands.
+    let broken = NoMetrics::start();
+    let h = harness(json!({}));
+    assert_eq!(
+        with_authorization(&h, &value).on_request_headers(),
+        Outcome::Continue
+    );
+    assert_challenged(
+        with_authorization(&h, &basic("bob", "guess")).on_request_headers(),
+        "wrong password",
+    );
+    drop(broken);
+    assert_eq!(h.metric("basic_verifications"), None, "never defined");
+    assert_eq!(h.metric("allowed"), None);
 }
