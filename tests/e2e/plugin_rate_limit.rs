@@ -1,9 +1,16 @@
 //! The rate-limit plugin (plugins/rate-limit) end to end: the real proxy, its plugin instances
-//! on several threads, real clients and an echo upstream.
+//! on several threads, real clients and an echo upstream; and behind the jwt plugin, keyed on
+//! the user it forwards.
 
-use std::time::{Duration, Instant};
+// The jwt tests' token minting; plugin_jwt.rs includes it too, privately.
+#[allow(clippy::duplicate_mod)]
+#[path = "../../plugins/jwt/testdata/mint.rs"]
+mod mint;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::Request;
+use serde_json::json;
 
 use crate::support::*;
 
@@ -274,4 +281,105 @@ async fn an_invalid_configuration_fails_the_start_naming_the_key() {
             .unwrap_or_else(|| panic!("{plugin_config} started"));
         assert!(err.contains(want), "{plugin_config}: {err}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_header_values_that_collide_unkeyed_keep_their_own_buckets() {
+    // Two x-api-key values, 69 bytes each, the same up to the last 15 and the same FNV-1a as
+    // keys: once stored as one key, so either client could drain the other's bucket.
+    let up = Upstream::echo("up").await;
+    let proxy = proxy(
+        &up,
+        "{ rate: 1, per: 1h, burst: 1, key: \"header:x-api-key\" }",
+        "instances: 2",
+    )
+    .await;
+    let value = |suffix: &str| format!("{}{suffix}", "A".repeat(54));
+    let (a, b) = (value(COLLIDING.0), value(COLLIDING.1));
+    let status = async |v: &str| {
+        get_with(&proxy, "/", &[("x-api-key", v)])
+            .await
+            .status
+            .as_u16()
+    };
+    assert_eq!(status(&a).await, 200);
+    assert_eq!(status(&b).await, 200, "b has a bucket of its own");
+    assert_eq!(status(&a).await, 429);
+    assert_eq!(status(&b).await, 429);
+}
+
+/// The suffixes of plugins/rate-limit/src/table.rs's colliding keys.
+const COLLIDING: (&str, &str) = ("0EE52031FC9248!", "30CA853B7EAC36^");
+
+/// The jwt plugin (HS256 key `hmac` inline, `sub` forwarded as `x-user`) before a rate limit
+/// keyed on `x-user`: two a hour per user.
+fn per_user_config(up: &Upstream) -> String {
+    let jwt = json!({
+        "jwks": mint::jwks(&["hmac"]),
+        "forward_claims": { "sub": "x-user" },
+    });
+    format!(
+        r#"
+listeners: [{{ name: web, address: "127.0.0.1:0" }}]
+admin: {{ address: "127.0.0.1:0" }}
+upstreams:
+  up: {{ endpoints: ["{}"] }}
+plugins:
+  jwt: {{ module: "{}", config: {jwt} }}
+  per-user:
+    module: "{}"
+    config: {{ rate: 1, per: 1h, burst: 2, key: "header:x-user", headers: true }}
+routes:
+  - {{ name: api, upstream: up, plugins: [jwt, per-user] }}
+"#,
+        up.endpoint(),
+        first_party_wasm("jwt").display(),
+        first_party_wasm("rate-limit").display(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_forwarded_by_the_jwt_plugin_has_a_bucket_the_client_cannot_pick() {
+    let up = Upstream::echo("up").await;
+    let proxy = Proxy::start(&per_user_config(&up)).await;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let token = |sub: &str| {
+        let claims = mint::claims(now, json!({ "sub": sub }));
+        format!("Bearer {}", mint::mint(mint::Alg::HS256, &claims))
+    };
+    let (alice, bob) = (token("alice"), token("bob"));
+    // (status, RateLimit-Remaining) of a request with `authorization` and, if given, the
+    // client's own x-user; a request that passes reaches the upstream as its token's user.
+    let ask = async |authorization: &str, x_user: Option<&str>, user: &str| {
+        let mut headers = vec![("authorization", authorization)];
+        headers.extend(x_user.map(|v| ("x-user", v)));
+        let got = get_with(&proxy, "/api", &headers).await;
+        if got.status == 200 {
+            assert_eq!(
+                got.seen().headers.get("x-user").map(String::as_str),
+                Some(user),
+                "the upstream's x-user"
+            );
+        }
+        (got.status.as_u16(), number(&got, "ratelimit-remaining"))
+    };
+
+    // alice spends her two; a name of her choosing in x-user does not buy her more.
+    assert_eq!(ask(&alice, None, "alice").await, (200, 1));
+    assert_eq!(ask(&alice, Some("mallory"), "alice").await, (200, 0));
+    assert_eq!(ask(&alice, None, "alice").await, (429, 0));
+    assert_eq!(ask(&alice, Some("fresh-bucket"), "alice").await, (429, 0));
+    assert_eq!(ask(&alice, Some(""), "alice").await, (429, 0));
+    // bob's bucket is his own: alice's drained one is not his, even when he names her.
+    assert_eq!(ask(&bob, Some("alice"), "bob").await, (200, 1));
+    assert_eq!(ask(&bob, None, "bob").await, (200, 0));
+    assert_eq!(ask(&bob, None, "bob").await, (429, 0));
+    // Without a token the jwt plugin answers; the limiter never sees the request.
+    let got = get_with(&proxy, "/api", &[("x-user", "carol")]).await;
+    assert_eq!(got.status, 401);
+    assert_eq!(got.header("ratelimit-limit"), None);
+    assert_eq!(up.hits(), 4);
 }

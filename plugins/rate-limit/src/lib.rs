@@ -28,6 +28,7 @@ use portico_plugin_sdk::{
 
 use crate::config::{Config, KeyPart, Settings};
 use crate::gcra::{Decision, seconds_up};
+use crate::table::Salt;
 
 /// Names of the metrics the plugin defines (`portico_plugin_counter{plugin,name}`).
 pub mod metric {
@@ -48,6 +49,8 @@ const SEPARATOR: u8 = 0x1f;
 /// One configured rate limit.
 pub struct RateLimit {
     settings: Settings,
+    /// The keys of the table's hashes, shared by every instance.
+    salt: Salt,
     allowed: Option<metrics::Counter>,
     limited: Option<metrics::Counter>,
     /// The next shard this instance sweeps.
@@ -68,11 +71,13 @@ impl Plugin for RateLimit {
     fn configure(config: Config, root: &mut Root) -> Result<Self> {
         let settings = Settings::compile(config)?;
         table::create_shards(&mut table::Host)?;
+        let salt = table::create_salt(&mut table::Host, Salt::random())?;
         root.set_tick_period(SWEEP_PERIOD)?;
         // Instances start their sweeps at different shards.
         let sweep_at = (now_nanos() % u64::from(table::SHARDS)) as u32;
         Ok(RateLimit {
             settings,
+            salt,
             // Metrics are a courtesy: a host without them still limits.
             allowed: metrics::Counter::define(metric::ALLOWED).ok(),
             limited: metrics::Counter::define(metric::LIMITED).ok(),
@@ -82,7 +87,13 @@ impl Plugin for RateLimit {
 
     fn on_request_headers(&mut self, http: &mut Http<'_, State>) -> Result<Flow> {
         let key = self.key(http)?;
-        let decision = table::admit(&mut table::Host, &self.settings.gcra, &key, now_nanos)?;
+        let decision = table::admit(
+            &mut table::Host,
+            &self.settings.gcra,
+            &self.salt,
+            &key,
+            now_nanos,
+        )?;
         http.state.decision = Some(decision);
         if decision.allowed {
             count(self.allowed);
@@ -121,6 +132,12 @@ impl Plugin for RateLimit {
     }
 
     fn on_tick(&mut self, _root: &mut Root) -> Result<()> {
+        // Portico configures instances one after the other, so they read the salt the first
+        // one stored; a host that configures them at once could have two write theirs. The
+        // one that stays in shared data is then every instance's from the next tick on.
+        if let Some(salt) = table::read_salt(&mut table::Host)? {
+            self.salt = salt;
+        }
         self.sweep_at = table::sweep(&mut table::Host, self.sweep_at, SWEEP_SHARDS, now_nanos())?;
         Ok(())
     }

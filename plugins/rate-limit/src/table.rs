@@ -16,6 +16,15 @@
 //! in a full shard evicts the key closest to a full bucket (which then starts full again: the
 //! limiter errs towards letting a request through, never towards refusing one). Keys longer
 //! than [`MAX_RAW_KEY`] bytes are stored as a prefix and a hash.
+//!
+//! Both hashes, the one that picks a key's shard and the one that stands for a long key, are
+//! keyed by a [`Salt`]: random, made by the first instance ([`create_salt`], from `configure`,
+//! like the shards) and read from shared data by every other, so all instances agree on where
+//! a key lives while a client, who never sees the salt, can neither make two of its keys share
+//! a bucket nor pile its keys onto one shard.
+
+use std::fmt;
+use std::hash::{BuildHasher, Hasher, RandomState};
 
 use portico_plugin_sdk::{Error, Result, shared};
 
@@ -31,6 +40,12 @@ pub const MAX_RAW_KEY: usize = 64;
 const MAX_ATTEMPTS: usize = 1_000;
 /// The first byte of a shard's value: its encoding.
 const VERSION: u8 = 1;
+/// The shared-data key of the [`Salt`].
+pub const SALT_KEY: &str = "salt";
+/// Bytes in a [`Salt`]: two 128-bit SipHash keys.
+const SALT_LEN: usize = 32;
+/// Bytes of a long key kept as they are, before its hash.
+const LONG_KEY_PREFIX: usize = MAX_RAW_KEY - 16;
 
 /// Shared data as the table uses it: the host's in the plugin, a scripted one in tests.
 pub trait Store {
@@ -83,17 +98,108 @@ pub fn create_shards(store: &mut impl Store) -> Result<()> {
     Ok(())
 }
 
+/// The keys of the table's hashes, the same in every instance: the first instance makes one
+/// at random and stores it, every other reads that one ([`create_salt`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Salt([u8; SALT_LEN]);
+
+impl fmt::Debug for Salt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Salt(..)")
+    }
+}
+
+impl Salt {
+    /// A new random salt. std's `RandomState` draws its keys from the system's randomness
+    /// (WASI `random_get` inside Wasm, the host's CSPRNG); four hashes under them give 256 bits
+    /// that depend on all 128 of those.
+    pub fn random() -> Salt {
+        let state = RandomState::new();
+        let mut bytes = [0u8; SALT_LEN];
+        for (i, chunk) in bytes.chunks_exact_mut(8).enumerate() {
+            chunk.copy_from_slice(&state.hash_one(i).to_le_bytes());
+        }
+        Salt(bytes)
+    }
+
+    /// A salt as stored; `None` for anything else.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Salt> {
+        bytes.try_into().ok().map(Salt)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// SipHash-2-4 of `bytes` under the salt's key number `which` (0 or 1).
+    fn hash(&self, which: usize, bytes: &[u8]) -> u64 {
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&self.0[8 * i..8 * i + 8]);
+            u64::from_le_bytes(w)
+        };
+        // std's one hasher that takes keys; deprecated only in favour of `DefaultHasher`,
+        // which takes none.
+        #[allow(deprecated)]
+        let mut hasher = std::hash::SipHasher::new_with_keys(word(2 * which), word(2 * which + 1));
+        hasher.write(bytes);
+        hasher.finish()
+    }
+
+    /// The shard of a stored key.
+    fn shard_of(&self, key: &[u8]) -> u32 {
+        (self.hash(0, key) % u64::from(SHARDS)) as u32
+    }
+
+    /// The key as a shard stores it: as it is up to [`MAX_RAW_KEY`] bytes, else a prefix and a
+    /// 128-bit keyed hash of the whole key (one byte longer than any raw key, so the two never
+    /// meet).
+    fn stored_key(&self, key: &[u8]) -> Vec<u8> {
+        if key.len() <= MAX_RAW_KEY {
+            return key.to_vec();
+        }
+        let mut out = key[..LONG_KEY_PREFIX].to_vec();
+        out.push(b'#');
+        out.extend_from_slice(&self.hash(0, key).to_le_bytes());
+        out.extend_from_slice(&self.hash(1, key).to_le_bytes());
+        out
+    }
+}
+
+/// The salt every instance uses: the one in shared data, or, when there is none yet (the
+/// first instance, before any request is served), `fresh`, stored. A value that is not a salt
+/// (another encoding) is replaced.
+pub fn create_salt(store: &mut impl Store, fresh: Salt) -> Result<Salt> {
+    let current = store.get(SALT_KEY)?;
+    if let Some(salt) = current.as_ref().and_then(|e| Salt::from_bytes(&e.value)) {
+        return Ok(salt);
+    }
+    store
+        .set(SALT_KEY, fresh.as_bytes(), current.map(|e| e.cas))
+        .map_err(SetError::into_error)?;
+    // What is there now: ours, or that of an instance that wrote in between.
+    Ok(read_salt(store)?.unwrap_or(fresh))
+}
+
+/// The salt in shared data, if there is one.
+pub fn read_salt(store: &mut impl Store) -> Result<Option<Salt>> {
+    Ok(store
+        .get(SALT_KEY)?
+        .and_then(|e| Salt::from_bytes(&e.value)))
+}
+
 /// Decides a request for `key` and records it: exactly one compare-and-swap of the key's
 /// shard lands per admitted request. `clock` is read after every read of the shard, so a
 /// request that lost a race is decided at a time no earlier than the write it lost to.
 pub fn admit(
     store: &mut impl Store,
     gcra: &Gcra,
+    salt: &Salt,
     key: &[u8],
     mut clock: impl FnMut() -> u64,
 ) -> Result<Decision> {
-    let key = stored_key(key);
-    let name = shard_name(shard_of(&key));
+    let key = salt.stored_key(key);
+    let name = shard_name(salt.shard_of(&key));
     for _ in 0..MAX_ATTEMPTS {
         let current = store.get(&name)?;
         let now = clock();
@@ -154,29 +260,6 @@ impl SetError {
 /// The shared-data key of shard `i`.
 pub fn shard_name(i: u32) -> String {
     format!("shard.{i:04}")
-}
-
-fn shard_of(key: &[u8]) -> u32 {
-    (fnv1a(key) % u64::from(SHARDS)) as u32
-}
-
-/// The key as a shard stores it: as it is up to [`MAX_RAW_KEY`] bytes, else a prefix and a hash
-/// (one byte longer than any raw key, so the two never meet).
-fn stored_key(key: &[u8]) -> Vec<u8> {
-    if key.len() <= MAX_RAW_KEY {
-        return key.to_vec();
-    }
-    let mut out = key[..MAX_RAW_KEY - 16].to_vec();
-    out.push(b'#');
-    out.extend_from_slice(format!("{:016x}", fnv1a(key)).as_bytes());
-    out
-}
-
-/// FNV-1a, 64 bits: stable across builds and instances (unlike std's hasher).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// One shard: keys and their TATs, in no particular order.
@@ -296,12 +379,17 @@ mod tests {
         }
     }
 
+    /// A fixed salt: the tests' buckets land where they did last time.
+    fn salt() -> Salt {
+        Salt(*b"0123456789abcdef0123456789abcdef")
+    }
+
     fn gcra(burst: u64) -> Gcra {
         Gcra::new(1, std::time::Duration::from_secs(60), burst).unwrap()
     }
 
     fn shard_of_key(store: &mut Fake, key: &[u8]) -> Shard {
-        let name = shard_name(shard_of(&stored_key(key)));
+        let name = shard_name(salt().shard_of(&salt().stored_key(key)));
         Shard::decode(&store.data[&name].0).unwrap()
     }
 
@@ -319,7 +407,7 @@ mod tests {
         create_shards(&mut store).unwrap();
         assert_eq!(store.data.len(), SHARDS as usize);
         assert_eq!(store.sets, SHARDS as usize);
-        admit(&mut store, &gcra(5), b"a", || 100 * S).unwrap();
+        admit(&mut store, &gcra(5), &salt(), b"a", || 100 * S).unwrap();
         let before = store.data.clone();
         // Another instance configured later writes nothing.
         create_shards(&mut store).unwrap();
@@ -342,14 +430,18 @@ mod tests {
                     data: std::mem::take(data),
                     ..Fake::default()
                 };
-                admit(&mut other, &gcra(3), b"k", || now).unwrap();
+                admit(&mut other, &gcra(3), &salt(), b"k", || now).unwrap();
                 *data = other.data;
             }
         }));
-        let d = admit(&mut store, &g, b"k", || now).unwrap();
+        let d = admit(&mut store, &g, &salt(), b"k", || now).unwrap();
         assert!(d.allowed);
         assert_eq!(d.remaining, 0, "the third of three");
-        assert!(!admit(&mut store, &g, b"k", || now).unwrap().allowed);
+        assert!(
+            !admit(&mut store, &g, &salt(), b"k", || now)
+                .unwrap()
+                .allowed
+        );
     }
 
     #[test]
@@ -366,14 +458,17 @@ mod tests {
                     data: std::mem::take(data),
                     ..Fake::default()
                 };
-                admit(&mut other, &gcra(2), b"k", || t + 10 * ms).unwrap();
+                admit(&mut other, &gcra(2), &salt(), b"k", || t + 10 * ms).unwrap();
                 *data = other.data;
             }
         }));
         // Our clock read t first, t + 20 ms on the retry. Decided at t, the request would find
         // the bucket 10 ms short of a second token; at t + 20 ms it fits.
         let mut reads = [t, t + 20 * ms].into_iter();
-        let d = admit(&mut store, &gcra(2), b"k", || reads.next().unwrap()).unwrap();
+        let d = admit(&mut store, &gcra(2), &salt(), b"k", || {
+            reads.next().unwrap()
+        })
+        .unwrap();
         assert!(d.allowed);
         assert_eq!(reads.next(), None, "the clock was read once per attempt");
     }
@@ -383,9 +478,17 @@ mod tests {
         let mut store = Fake::default();
         create_shards(&mut store).unwrap();
         let g = gcra(1);
-        assert!(admit(&mut store, &g, b"k", || 100 * S).unwrap().allowed);
+        assert!(
+            admit(&mut store, &g, &salt(), b"k", || 100 * S)
+                .unwrap()
+                .allowed
+        );
         let sets = store.sets;
-        assert!(!admit(&mut store, &g, b"k", || 100 * S).unwrap().allowed);
+        assert!(
+            !admit(&mut store, &g, &salt(), b"k", || 100 * S)
+                .unwrap()
+                .allowed
+        );
         assert_eq!(store.sets, sets);
     }
 
@@ -398,7 +501,7 @@ mod tests {
                 *token += 1;
             }
         }));
-        let err = admit(&mut store, &gcra(1), b"k", || S).unwrap_err();
+        let err = admit(&mut store, &gcra(1), &salt(), b"k", || S).unwrap_err();
         assert!(err.to_string().contains("conflicting writes"), "{err}");
     }
 
@@ -407,16 +510,16 @@ mod tests {
         let mut store = Fake::default();
         create_shards(&mut store).unwrap();
         let g = gcra(2);
-        admit(&mut store, &g, b"idle", || 100 * S).unwrap();
+        admit(&mut store, &g, &salt(), b"idle", || 100 * S).unwrap();
         // Find another key in the same shard.
-        let shard = shard_of(&stored_key(b"idle"));
+        let shard = salt().shard_of(&salt().stored_key(b"idle"));
         let other = (0..)
             .map(|i| format!("other-{i}").into_bytes())
-            .find(|k| shard_of(&stored_key(k)) == shard)
+            .find(|k| salt().shard_of(&salt().stored_key(k)) == shard)
             .unwrap();
         assert_eq!(shard_of_key(&mut store, b"idle").len(), 1);
         // 60 s later the bucket of "idle" is full again.
-        admit(&mut store, &g, &other, || 160 * S).unwrap();
+        admit(&mut store, &g, &salt(), &other, || 160 * S).unwrap();
         let s = shard_of_key(&mut store, b"idle");
         assert_eq!((s.len(), s.get(b"idle")), (1, None));
     }
@@ -427,7 +530,14 @@ mod tests {
         create_shards(&mut store).unwrap();
         let g = gcra(2);
         for i in 0..5_000 {
-            admit(&mut store, &g, format!("client-{i}").as_bytes(), || 100 * S).unwrap();
+            admit(
+                &mut store,
+                &g,
+                &salt(),
+                format!("client-{i}").as_bytes(),
+                || 100 * S,
+            )
+            .unwrap();
         }
         assert_eq!(entries(&store), 5_000);
         // Not yet idle: nothing goes.
@@ -464,7 +574,7 @@ mod tests {
         create_shards(&mut store).unwrap();
         let g = gcra(10);
         for i in 0..150_000u32 {
-            admit(&mut store, &g, &i.to_le_bytes(), || 100 * S).unwrap();
+            admit(&mut store, &g, &salt(), &i.to_le_bytes(), || 100 * S).unwrap();
         }
         assert_eq!(store.data.len(), SHARDS as usize);
         let cap = SHARDS as usize * SHARD_CAPACITY;
@@ -478,11 +588,11 @@ mod tests {
         let long_a = vec![b'a'; 500];
         let mut long_b = long_a.clone();
         long_b[499] = b'b';
-        let (a, b) = (stored_key(&long_a), stored_key(&long_b));
+        let (a, b) = (salt().stored_key(&long_a), salt().stored_key(&long_b));
         assert_eq!(a.len(), MAX_RAW_KEY + 1);
         assert_ne!(a, b, "keys that differ after the prefix stay apart");
-        assert_eq!(stored_key(b"short"), b"short");
-        assert_eq!(stored_key(&[b'x'; MAX_RAW_KEY]).len(), MAX_RAW_KEY);
+        assert_eq!(salt().stored_key(b"short"), b"short");
+        assert_eq!(salt().stored_key(&[b'x'; MAX_RAW_KEY]).len(), MAX_RAW_KEY);
     }
 
     #[test]
@@ -501,5 +611,131 @@ mod tests {
         assert_eq!(Shard::decode(b""), None);
         assert_eq!(Shard::decode(&[2]), None, "another version");
         assert_eq!(Shard::decode(&[VERSION]), Some(Shard::default()));
+    }
+
+    /// FNV-1a, 64 bits: the unkeyed hash the table once used, to build attacks on it.
+    fn fnv1a(bytes: &[u8]) -> u64 {
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        })
+    }
+
+    /// Two keys a client can send (`header:x-api-key` with these values): the same first 48
+    /// bytes, longer than [`MAX_RAW_KEY`], and the same FNV-1a (found by a birthday search on
+    /// FNV-1a's top 56 bits, then a last byte each that cancels the low 8).
+    fn colliding_long_keys() -> (Vec<u8>, Vec<u8>) {
+        let key = |suffix: &str| format!("x-api-key={}{suffix}", "A".repeat(54)).into_bytes();
+        (key(COLLIDING.0), key(COLLIDING.1))
+    }
+
+    const COLLIDING: (&str, &str) = ("0EE52031FC9248!", "30CA853B7EAC36^");
+
+    #[test]
+    fn long_keys_whose_unkeyed_hashes_collide_keep_their_own_buckets() {
+        let (a, b) = colliding_long_keys();
+        assert_eq!(fnv1a(&a), fnv1a(&b), "the keys collide unkeyed");
+        assert_eq!(a[..LONG_KEY_PREFIX], b[..LONG_KEY_PREFIX]);
+        assert!(a != b && a.len() > MAX_RAW_KEY && a.len() == b.len());
+        for salt in [salt(), Salt::random()] {
+            assert_ne!(salt.stored_key(&a), salt.stored_key(&b));
+            let mut store = Fake::default();
+            create_shards(&mut store).unwrap();
+            let g = gcra(1);
+            assert!(
+                admit(&mut store, &g, &salt, &a, || 100 * S)
+                    .unwrap()
+                    .allowed
+            );
+            assert!(
+                admit(&mut store, &g, &salt, &b, || 100 * S)
+                    .unwrap()
+                    .allowed,
+                "draining one key's bucket left the other's alone"
+            );
+            assert!(
+                !admit(&mut store, &g, &salt, &a, || 100 * S)
+                    .unwrap()
+                    .allowed
+            );
+            assert!(
+                !admit(&mut store, &g, &salt, &b, || 100 * S)
+                    .unwrap()
+                    .allowed
+            );
+        }
+    }
+
+    #[test]
+    fn the_shard_of_a_key_depends_on_the_salt() {
+        // 64 keys that an unkeyed FNV-1a puts in one shard (easy to find: one in 1,024).
+        let target = fnv1a(b"client-0") % u64::from(SHARDS);
+        let keys: Vec<Vec<u8>> = (0..)
+            .map(|i| format!("client-{i}").into_bytes())
+            .filter(|k| fnv1a(k) % u64::from(SHARDS) == target)
+            .take(64)
+            .collect();
+        let shards = |salt: &Salt| -> Vec<u32> {
+            keys.iter()
+                .map(|k| salt.shard_of(&salt.stored_key(k)))
+                .collect()
+        };
+        let spread = |shards: &[u32]| {
+            let mut distinct = shards.to_vec();
+            distinct.sort_unstable();
+            distinct.dedup();
+            distinct.len()
+        };
+        let (one, other) = (Salt::random(), Salt::random());
+        assert_ne!(one, other);
+        // Spread over about 62 shards (64 keys in 1,024 shards); at least 48 but by a
+        // 1-in-10^12 chance.
+        assert!(spread(&shards(&one)) >= 48, "{:?}", shards(&one));
+        assert!(spread(&shards(&other)) >= 48, "{:?}", shards(&other));
+        // Another salt, other shards; the same salt, the same shards.
+        let moved = shards(&one)
+            .iter()
+            .zip(shards(&other))
+            .filter(|(a, b)| **a != *b)
+            .count();
+        assert!(moved >= 48, "{moved} of 64 keys moved");
+        assert_eq!(
+            shards(&one),
+            shards(&Salt::from_bytes(one.as_bytes()).unwrap())
+        );
+    }
+
+    #[test]
+    fn every_instance_uses_the_salt_the_first_one_stored() {
+        let mut store = Fake::default();
+        create_shards(&mut store).unwrap();
+        let first = create_salt(&mut store, Salt::random()).unwrap();
+        let second = create_salt(&mut store, Salt::random()).unwrap();
+        assert_eq!(first, second);
+        assert_eq!(read_salt(&mut store).unwrap(), Some(first.clone()));
+        assert_eq!(store.data[SALT_KEY].0, first.as_bytes());
+        // One instance drains a bucket; the other finds it drained.
+        let g = gcra(1);
+        let key = b"x-api-key=a long key that is hashed rather than stored as it is, twice over";
+        assert!(
+            admit(&mut store, &g, &first, key, || 100 * S)
+                .unwrap()
+                .allowed
+        );
+        assert!(
+            !admit(&mut store, &g, &second, key, || 100 * S)
+                .unwrap()
+                .allowed
+        );
+        // A value that is no salt (another encoding) is replaced.
+        store.data.insert(SALT_KEY.into(), (vec![1, 2, 3], 7));
+        let fresh = Salt::random();
+        assert_eq!(create_salt(&mut store, fresh.clone()).unwrap(), fresh);
+        assert_eq!(store.data[SALT_KEY], (fresh.as_bytes().to_vec(), 8));
+        // Salts are random.
+        let salts: Vec<Salt> = (0..8).map(|_| Salt::random()).collect();
+        for (i, s) in salts.iter().enumerate() {
+            assert!(!salts[..i].contains(s));
+        }
+        assert_eq!(format!("{first:?}"), "Salt(..)");
     }
 }

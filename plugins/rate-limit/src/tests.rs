@@ -242,8 +242,8 @@ fn idle_keys_expire_so_a_flood_leaves_nothing_behind() {
     assert_eq!(entries(), 3_000);
     assert_eq!(
         h.shared_len(),
-        table::SHARDS as usize,
-        "one value per shard, never more"
+        table::SHARDS as usize + 1,
+        "one value per shard and the salt, never more"
     );
     // One second later every bucket is full again; the ticks sweep them all out.
     h.advance(Duration::from_secs(1));
@@ -251,6 +251,27 @@ fn idle_keys_expire_so_a_flood_leaves_nothing_behind() {
         h.tick();
     }
     assert_eq!(entries(), 0);
+}
+
+#[test]
+fn the_salt_of_the_key_hashes_is_kept_in_shared_data() {
+    let h = plugin(json!({ "rate": 1, "per": "1h", "burst": 1, "key": "header:x-key" }));
+    let salt = h.shared(table::SALT_KEY).expect("a salt in shared data");
+    assert_eq!(salt.len(), 32);
+    // Long keys are hashed with it: two that differ only at the end have their own buckets.
+    let long = |last: &str| format!("{}{last}", "k".repeat(100));
+    for value in [long("a"), long("b")] {
+        let req = || h.request().header("x-key", &value).on_request_headers();
+        assert_eq!(req(), Outcome::Continue);
+        assert!(matches!(req(), Outcome::Respond(r) if r.status == 429));
+    }
+    // Ticks read it again and keep it.
+    h.tick();
+    assert_eq!(h.shared(table::SALT_KEY), Some(salt));
+    assert!(matches!(
+        h.request().header("x-key", &long("a")).on_request_headers(),
+        Outcome::Respond(r) if r.status == 429
+    ));
 }
 
 #[test]
