@@ -15,7 +15,8 @@
 //! Numbers and how to read them: docs/benchmarks.md ("First-party plugins").
 
 #[path = "../../plugins/jwt/testdata/mint.rs"]
-#[allow(dead_code)]
+// Its self-tests are compiled in (cfg(test)) but not run by a harness-less bench.
+#[allow(unused_imports)]
 mod mint;
 
 use std::collections::HashMap;
@@ -186,9 +187,7 @@ fn streams(c: &mut Criterion) {
         }
     }
     let rate_limit = || json!({ "rate": 1_000_000_000u64, "per": "1s" });
-    let api_key = || {
-        json!({ "type": "api_key", "keys": [{ "name": "bench", "sha256": sha256_hex(API_KEY) }] })
-    };
+    let api_key = || json!({ "type": "api_key", "keys": [{ "name": "bench", "sha256": sha256_hex(API_KEY) }] });
     let rewrite = || {
         json!({
             "request": { "set": { "x-request-host": "{request.host}" }, "remove": ["x-debug"] },
@@ -255,8 +254,7 @@ fn streams(c: &mut Criterion) {
             Alg::RS256 => "rsa-a",
             _ => "ec-p256",
         };
-        let jwk: jsonwebtoken::jwk::Jwk =
-            serde_json::from_value(mint::jwk(kid)).expect("JWK");
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(mint::jwk(kid)).expect("JWK");
         let key = match alg {
             Alg::HS256 => jsonwebtoken::DecodingKey::from_secret(mint::HMAC_SECRET),
             _ => jsonwebtoken::DecodingKey::from_jwk(&jwk).expect("decoding key"),
