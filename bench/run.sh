@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Portico load benchmark: Portico vs nginx vs HAProxy (plus the backend directly),
-# same route, same machine, same run; and Portico with plugin chains of 0, 1 and 4 plugins
-# (scenario 6). Writes docs/benchmarks.md.
+# same route, same machine, same run; Portico with plugin chains of 0, 1 and 4 plugins
+# (scenario 6); and Portico with the first-party plugins (scenario 7). Writes docs/benchmarks.md.
 #
-#   bash bench/run.sh                      # everything, defaults (~11 min after the build)
+#   bash bench/run.sh                      # everything, defaults (~27 min after the builds)
 #   PROXIES="nginx haproxy" bash bench/run.sh   # without Portico
 #   SCENARIOS="1 4" DURATION=5s bash bench/run.sh
 #   SCENARIOS=6 bash bench/run.sh          # plugin chains only; keeps the rest of the report
+#   SCENARIOS=7 bash bench/run.sh          # first-party plugins only (~11 min)
 #
 # Method and knobs: bench/README.md. Runs as root on Debian 12 (apt-get installs the tools).
 # Traffic goes to 127.0.0.1 only. Everything it starts is stopped on exit.
@@ -20,20 +21,22 @@ ROOT=$(cd "$BENCH_DIR/.." && pwd)
 # ---------------------------------------------------------------------------------------------
 KNOBS=(DURATION WARMUP UPSTREAM_DURATION CONNECTIONS IDLE_CONNS HANDSHAKE_CLIENTS SCENARIOS
        PROXIES DIRECT SKIP_BUILD SKIP_INSTALL PORTICO_BIN TLS_KEY FORWARD_HEADERS OUTPUT
-       KEEP_TMP PROXY_CPU LOAD_CPU PLUGIN_ROUNDS)
+       KEEP_TMP PROXY_CPU LOAD_CPU PLUGIN_ROUNDS CRITERION CRITERION_ARGS)
 SET_KNOBS=()
 for k in "${KNOBS[@]}"; do
     if [[ -n ${!k+x} ]]; then SET_KNOBS+=("$k=${!k@Q}"); fi
 done
 
-DURATION=${DURATION:-10s}             # measured run of scenarios 1, 2, 3; each run of 6
-WARMUP=${WARMUP:-2s}                  # unmeasured run before scenarios 1, 2 and 6
+DURATION=${DURATION:-10s}             # measured run of scenarios 1, 2, 3; each run of 6 and 7
+WARMUP=${WARMUP:-2s}                  # unmeasured run before scenarios 1, 2; per chain in 6, 7
 UPSTREAM_DURATION=${UPSTREAM_DURATION:-5s}  # each of scenario 4's runs (cold, warm pool)
-CONNECTIONS=${CONNECTIONS:-50}        # wrk connections (scenarios 1, 4 and 6)
+CONNECTIONS=${CONNECTIONS:-50}        # wrk connections (scenarios 1, 4, 6 and 7)
 IDLE_CONNS=${IDLE_CONNS:-10000}       # scenario 5
 HANDSHAKE_CLIENTS=${HANDSHAKE_CLIENTS:-4}   # parallel `openssl s_time` processes (scenario 3)
-SCENARIOS=${SCENARIOS:-"1 2 3 4 5 6"}
-PLUGIN_ROUNDS=${PLUGIN_ROUNDS:-5}     # scenario 6: rounds over all chains (interleaved)
+SCENARIOS=${SCENARIOS:-"1 2 3 4 5 6 7"}
+PLUGIN_ROUNDS=${PLUGIN_ROUNDS:-5}     # scenarios 6 and 7: rounds over all chains (interleaved)
+CRITERION=${CRITERION:-1}             # scenario 7: 1 = also run the criterion bench first_party
+CRITERION_ARGS=${CRITERION_ARGS:-"--warm-up-time 1 --measurement-time 3"}   # its CLI options
 PROXIES=${PROXIES:-"portico nginx haproxy"}
 DIRECT=${DIRECT:-1}                   # also measure load generator -> backend directly
 SKIP_BUILD=${SKIP_BUILD:-0}
@@ -62,8 +65,53 @@ declare -A PLUGIN_LABEL=([none]="0 plugins (baseline)" [p1]="1 plugin (rw, 2 hos
 # What the backend's /rw-echo answers through each chain: the headers rw wrote upstream.
 declare -A PLUGIN_ECHO=([none]="rw-1= rw-3=" [p1]="rw-1=1 rw-3=" [p4]="rw-1=1 rw-3="
     [h0]="rw-1= rw-3=" [h5]="rw-1=1 rw-3=1")
+# The request headers wrk adds per chain, one a line: the header rw reads, on every chain.
+declare -A PLUGIN_HEADERS=()
+# shellcheck disable=SC2034  # (chain_rounds reads it by name)
+for v in "${PLUGIN_VARIANTS[@]}"; do PLUGIN_HEADERS[$v]="x-rw-in: 1"; done
 PLUGINS_ADMIN=19902
 RW_WASM=$ROOT/target/test-plugins/wasm32-wasip1/release/test_rw.wasm
+# Scenario 7: the first-party plugins (plugins/, built by scripts/build-plugins.sh into
+# target/plugins/), one Portico, one listener per chain (same route), its own admin port. The
+# plugin entries are in start_firstparty; a single-plugin chain's entry has the chain's name.
+FP_VARIANTS=(none jwt-hs256-warm jwt-rs256-warm jwt-es256-warm jwt-hs256-cold jwt-rs256-cold
+    jwt-es256-cold rate-limit auth-api-key header-rewrite chain4)
+declare -A FP_PORT=([none]=18090 [jwt-hs256-warm]=18091 [jwt-rs256-warm]=18092
+    [jwt-es256-warm]=18093 [jwt-hs256-cold]=18094 [jwt-rs256-cold]=18095 [jwt-es256-cold]=18096
+    [rate-limit]=18097 [auth-api-key]=18098 [header-rewrite]=18099 [chain4]=18100)
+declare -A FP_CHAIN=([none]="" [chain4]="c4-jwt, c4-rate-limit, c4-auth, c4-header-rewrite")
+for v in "${FP_VARIANTS[@]}"; do [[ -n ${FP_CHAIN[$v]+x} ]] || FP_CHAIN[$v]=$v; done
+declare -A FP_LABEL=([none]="0 plugins (baseline)"
+    [jwt-hs256-warm]="jwt HS256, warm (cached)" [jwt-rs256-warm]="jwt RS256, warm (cached)"
+    [jwt-es256-warm]="jwt ES256, warm (cached)" [jwt-hs256-cold]="jwt HS256, cold (no cache)"
+    [jwt-rs256-cold]="jwt RS256, cold (no cache)" [jwt-es256-cold]="jwt ES256, cold (no cache)"
+    [rate-limit]="rate-limit" [auth-api-key]="auth api_key" [header-rewrite]="header-rewrite"
+    [chain4]="chain of 4 (jwt RS256 warm + rate-limit + auth api_key + header-rewrite)")
+# What a chain runs, for the sanity checks: jwt, rl (rate-limit), key (auth api_key),
+# hr (header-rewrite); and the rate-limit entry whose counter must move.
+declare -A FP_KINDS=([none]="" [rate-limit]="rl" [auth-api-key]="key" [header-rewrite]="hr"
+    [chain4]="jwt rl key hr")
+for v in "${FP_VARIANTS[@]}"; do [[ $v != jwt-* ]] || FP_KINDS[$v]=jwt; done
+declare -A FP_RL_ENTRY=([rate-limit]=rate-limit [chain4]=c4-rate-limit)
+# The token in each chain's Authorization header: its own algorithm's on the single jwt chains,
+# RS256 on every other chain (the baseline included, so it carries what chain4 carries).
+declare -A FP_ALG=()
+for v in "${FP_VARIANTS[@]}"; do
+    case $v in jwt-hs256-*) FP_ALG[$v]=HS256 ;; jwt-es256-*) FP_ALG[$v]=ES256 ;; *) FP_ALG[$v]=RS256 ;; esac
+done
+unset v
+FP_MODULES=(jwt rate-limit auth header-rewrite)
+FP_WASM_DIR=$ROOT/target/plugins
+FP_API_KEY=bench-key-0123456789       # auth's one key (as in bench/micro/first_party.rs)
+FP_ADMIN=19903
+BENCH_TOKENS=$ROOT/target/release/examples/bench_tokens   # proxy/examples/bench_tokens.rs
+declare -A FP_TOKEN=() FP_HEADERS=()  # set by fp_tokens: per algorithm; per chain (wrk's -H)
+FP_JWKS="" FP_CRITERION_EXE=""
+# The criterion cases of bench/micro/first_party.rs (group "first-party plugins") that scenario 7
+# runs for the in-process and native numbers.
+FP_CRITERION_CASES=("no plugins" "jwt HS256 cold" "jwt RS256 cold" "jwt ES256 cold"
+    "native HS256" "native RS256" "native ES256" "chain of 4 (warm)")
+FP_CRITERION_FILTER='^first-party plugins/(no plugins|jwt (HS|RS|ES)256 cold|native (HS|RS|ES)256|chain of 4 \(warm\))$'
 
 declare -A R=()        # results: R[scenario.target.metric]=value
 declare -A NOTES=()    # NOTES[target]="problems seen"
@@ -306,6 +354,47 @@ build_plugins() {
     [[ -f $RW_WASM ]] || die "$RW_WASM not found (SKIP_BUILD=1 without bash scripts/build-test-plugins.sh?)"
 }
 
+# Scenario 7's plugins (plugins/, scripts/build-plugins.sh) and the program that mints its
+# tokens (proxy/examples/bench_tokens.rs); the criterion bench is compiled here too (its
+# executable in FP_CRITERION_EXE), so that no build runs next to the load or inside the
+# measurement, and what is measured is what was built now.
+build_firstparty() {
+    local m
+    want 7 && with_portico || return 0
+    if [[ $SKIP_BUILD != 1 ]]; then
+        log "building the first-party plugins (scripts/build-plugins.sh)"
+        bash "$ROOT/scripts/build-plugins.sh" >"$TMP/build-plugins.log" 2>&1 ||
+            die "scripts/build-plugins.sh failed: $(tail -n5 "$TMP/build-plugins.log")"
+        log "building the token minter (cargo build --release -p portico --example bench_tokens)"
+        (cd "$ROOT" && cargo build --release -p portico --example bench_tokens) \
+            >"$TMP/build-bench-tokens.log" 2>&1 ||
+            die "building bench_tokens failed: $(tail -n5 "$TMP/build-bench-tokens.log")"
+    fi
+    if [[ $CRITERION == 1 ]]; then
+        # Even with SKIP_BUILD=1: cargo names the executable (and builds it if out of date).
+        log "building the criterion bench (cargo bench -p portico --bench first_party --no-run)"
+        FP_CRITERION_EXE=$(cd "$ROOT" &&
+            cargo bench -p portico --bench first_party --no-run --message-format=json 2>"$TMP/build-criterion.log" |
+            python3 -c 'import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "first_party" and m.get("executable"):
+        print(m["executable"])') ||
+            die "building the criterion bench failed: $(tail -n5 "$TMP/build-criterion.log")"
+        [[ -x $FP_CRITERION_EXE ]] ||
+            die "cargo bench --no-run named no executable for first_party: $(tail -n5 "$TMP/build-criterion.log")"
+    fi
+    for m in "${FP_MODULES[@]}"; do
+        [[ -f $FP_WASM_DIR/$m.wasm ]] ||
+            die "$FP_WASM_DIR/$m.wasm not found (SKIP_BUILD=1 without bash scripts/build-plugins.sh?)"
+    done
+    [[ -x $BENCH_TOKENS ]] ||
+        die "$BENCH_TOKENS not found (SKIP_BUILD=1 without cargo build --release -p portico --example bench_tokens?)"
+}
+
 # Is anything listening on 127.0.0.1:PORT (or 0.0.0.0:PORT)? Reads /proc, needs no ss/netstat.
 port_busy() {
     local hex
@@ -322,6 +411,7 @@ check_ports() {   # the ports of this run's scenarios
         if with_portico; then ports+=("$PORTICO_ADMIN"); fi
     fi
     if want 6 && with_portico; then ports+=("$PLUGINS_ADMIN" "${PLUGIN_PORT[@]}"); fi
+    if want 7 && with_portico; then ports+=("$FP_ADMIN" "${FP_PORT[@]}"); fi
     for p in "${ports[@]}"; do
         if port_busy "$p"; then busy+=("$p"); fi
     done
@@ -409,6 +499,10 @@ start_backend() {
         location / { return 200 "hello\n"; }
         # Scenario 6's sanity check: which headers the rw plugins wrote on the way up.
         location = /rw-echo { return 200 "rw-1=\$http_x_rw_1 rw-3=\$http_x_rw_3\n"; }
+        # Scenario 7's: what auth and header-rewrite changed on the way up.
+        location = /fp-echo {
+            return 200 "x-request-host=\$http_x_request_host x-debug=\$http_x_debug x-api-key=\$http_x_api_key x-api-key-name=\$http_x_api_key_name\n";
+        }
     }
     server {
         listen 127.0.0.1:$BACKEND_STATUS_PORT;
@@ -783,82 +877,108 @@ plugins_sanity() {
     done
 }
 
-plugin_failures() {   # sum of portico_plugin_failures_total on the scenario's admin port, or ?
+plugin_failures() {   # plugin_failures ADMIN_PORT: sum of portico_plugin_failures_total, or ?
     local m
-    m=$(curl -sf --max-time 2 "http://127.0.0.1:$PLUGINS_ADMIN/metrics") || { echo "?"; return 0; }
+    m=$(curl -sf --max-time 2 "http://127.0.0.1:$1/metrics") || { echo "?"; return 0; }
     awk '/^portico_plugin_failures_total/ { s += $NF } END { print s + 0 }' <<<"$m"
 }
 
 s6_plugins() {
-    local round i v out n k rounds=$PLUGIN_ROUNDS
-    local -a order
     # What wrk sends: scenario 1's request plus the header rw reads (so every read finds a
     # value and copies it into the guest). The baseline gets it too.
-    local -a hdr=(-H "x-rw-in: 1")
-    for v in "${PLUGIN_VARIANTS[@]}"; do
-        run_wrk plugins "${PLUGIN_PORT[$v]}" "$WARMUP" "$TMP/s6.$v.warmup" "${hdr[@]}"
-        for k in ticks requests duration_us errors p50_us p99_us load_pct; do R[s6.$v.sum_$k]=0; done
-        R[s6.$v.sum_wall]=0 R[s6.$v.other_pct]=0 R[s6.$v.rounds]=""
-    done
-    for round in $(seq "$rounds"); do
-        order=()
-        for i in "${!PLUGIN_VARIANTS[@]}"; do
-            order+=("${PLUGIN_VARIANTS[(i + round - 1) % ${#PLUGIN_VARIANTS[@]}]}")
-        done
-        log "plugins: scenario 6, round $round of $rounds (${order[*]})"
-        for v in "${order[@]}"; do
-            out=$TMP/s6.$v.r$round.txt
-            k=s6.plugins.$v.r$round
-            cpu_begin plugins
-            run_wrk plugins "${PLUGIN_PORT[$v]}" "$DURATION" "$out" "${hdr[@]}"
-            cpu_end plugins "$k"
-            n=$(wrk_field "$out" requests)
-            R[s6.$v.r$round.cpu_us]=$(calc %.2f "${R[$k.cpu_ticks]} * 1e6 / $CLK_TCK / ($n + 0.000001)")
-            R[s6.$v.rounds]="${R[s6.$v.rounds]}${R[s6.$v.rounds]:+ / }${R[s6.$v.r$round.cpu_us]}"
-            add "s6.$v.sum_ticks" "${R[$k.cpu_ticks]}"
-            add "s6.$v.sum_requests" "$n"
-            add "s6.$v.sum_duration_us" "$(wrk_field "$out" duration_us)"
-            add "s6.$v.sum_errors" "$(wrk_field "$out" errors)"
-            add "s6.$v.sum_errors" "$(wrk_field "$out" non2xx)"
-            add "s6.$v.sum_p50_us" "$(wrk_field "$out" p50_us)"
-            add "s6.$v.sum_p99_us" "$(wrk_field "$out" p99_us)"
-            add "s6.$v.sum_load_pct" "${R[$k.load_core_pct]}"
-            R[s6.$v.sum_wall]=$(calc %.3f "${R[s6.$v.sum_wall]} + ${R[$k.wall_s]}")
-            if (( ${R[$k.other_pct]} > ${R[s6.$v.other_pct]} )); then R[s6.$v.other_pct]=${R[$k.other_pct]}; fi
-        done
-    done
-    for v in "${PLUGIN_VARIANTS[@]}"; do
-        n=${R[s6.$v.sum_requests]}
-        R[s6.$v.requests]=$n
-        R[s6.$v.errors]=${R[s6.$v.sum_errors]}
-        R[s6.$v.rps]=$(calc %.0f "$n / (${R[s6.$v.sum_duration_us]} + 0.001) * 1e6")
-        R[s6.$v.p50_ms]=$(calc %.3f "${R[s6.$v.sum_p50_us]} / $rounds / 1000")
-        R[s6.$v.p99_ms]=$(calc %.3f "${R[s6.$v.sum_p99_us]} / $rounds / 1000")
-        R[s6.$v.cpu_pct]=$(calc %.0f "${R[s6.$v.sum_ticks]} / $CLK_TCK / (${R[s6.$v.sum_wall]} + 0.001) * 100")
-        R[s6.$v.load_core_pct]=$(calc %.0f "${R[s6.$v.sum_load_pct]} / $rounds")
-        if (( n > 0 )); then
-            R[s6.$v.pooled_cpu_us]=$(calc %.2f "${R[s6.$v.sum_ticks]} * 1e6 / $CLK_TCK / $n")
-            R[s6.$v.cpu_us]=$(median "${R[s6.$v.rounds]// \/ / }")
-        fi
-    done
-    # Each chain against the 0-plugin chain (and 5 hostcalls against 0): the median over the
-    # rounds of the difference within a round (the two runs minutes apart at most), so that one
-    # disturbed run does not move the result; the range of those differences is the error bar.
-    s6_delta p1 none; s6_delta p4 none; s6_delta h0 none; s6_delta h5 none; s6_delta h5 h0
-    R[s6.failures]=$(plugin_failures)
+    chain_rounds s6 plugins PLUGIN_VARIANTS PLUGIN_PORT PLUGIN_HEADERS
+    # Each chain against the 0-plugin chain (and 5 hostcalls against 0).
+    chain_delta s6 p1 none; chain_delta s6 p4 none; chain_delta s6 h0 none
+    chain_delta s6 h5 none; chain_delta s6 h5 h0
+    R[s6.failures]=$(plugin_failures "$PLUGINS_ADMIN")
     if [[ ${R[s6.failures]} != 0 ]]; then
         note plugins "the plugins failed ${R[s6.failures]} times (portico_plugin_failures_total)"
     fi
 }
 
-s6_delta() {   # s6_delta V BASE: R[s6.V-BASE.delta] (median) and R[s6.V-BASE.spread] (range)
-    local v=$1 base=$2 round ds=""
-    [[ -n ${R[s6.$v.cpu_us]:-} && -n ${R[s6.$base.cpu_us]:-} ]] || return 0
-    for round in $(seq "$PLUGIN_ROUNDS"); do
-        ds+=" $(calc %.2f "${R[s6.$v.r$round.cpu_us]} - ${R[s6.$base.r$round.cpu_us]}")"
+# The measurement of scenarios 6 and 7: one Portico (TARGET) with a listener per chain, scenario
+# 1's load on each, interleaved: PLUGIN_ROUNDS rounds, each running every chain once (starting
+# one further along each round).
+#   chain_rounds S TARGET CHAINS PORTS HEADERS
+# CHAINS names the array of chains, PORTS the map chain -> port, HEADERS the map chain -> the
+# request headers wrk adds (one a line). Sets, per chain V: R[S.V.rN.cpu_us] per round,
+# R[S.V.rounds] (those, listed), R[S.V.cpu_us] (their median), R[S.V.pooled_cpu_us], and over
+# all rounds requests, errors, rps, p50_ms/p99_ms (mean of the rounds'), cpu_pct,
+# load_core_pct, other_pct (the worst round's).
+chain_rounds() {
+    local s=$1 t=$2 round i v out n k rounds=$PLUGIN_ROUNDS
+    local -n chain_list=$3 chain_port=$4 chain_headers=$5
+    local -a order
+    for v in "${chain_list[@]}"; do
+        header_args "${chain_headers[$v]:-}"
+        run_wrk "$t" "${chain_port[$v]}" "$WARMUP" "$TMP/$s.$v.warmup" "${HDR[@]}"
+        for k in ticks requests duration_us errors p50_us p99_us load_pct; do R[$s.$v.sum_$k]=0; done
+        R[$s.$v.sum_wall]=0 R[$s.$v.other_pct]=0 R[$s.$v.rounds]=""
     done
-    R[s6.$v-$base.delta]=$(calc %+.2f "$(median "$ds")")
-    R[s6.$v-$base.spread]=$(tr ' ' '\n' <<<"$ds" | sed '/^$/d' | sort -g |
+    for round in $(seq "$rounds"); do
+        order=()
+        for i in "${!chain_list[@]}"; do
+            order+=("${chain_list[(i + round - 1) % ${#chain_list[@]}]}")
+        done
+        log "$t: scenario ${s#s}, round $round of $rounds (${order[*]})"
+        for v in "${order[@]}"; do
+            out=$TMP/$s.$v.r$round.txt
+            k=$s.$t.$v.r$round
+            header_args "${chain_headers[$v]:-}"
+            cpu_begin "$t"
+            run_wrk "$t" "${chain_port[$v]}" "$DURATION" "$out" "${HDR[@]}"
+            cpu_end "$t" "$k"
+            n=$(wrk_field "$out" requests)
+            R[$s.$v.r$round.cpu_us]=$(calc %.2f "${R[$k.cpu_ticks]} * 1e6 / $CLK_TCK / ($n + 0.000001)")
+            R[$s.$v.rounds]="${R[$s.$v.rounds]}${R[$s.$v.rounds]:+ / }${R[$s.$v.r$round.cpu_us]}"
+            add "$s.$v.sum_ticks" "${R[$k.cpu_ticks]}"
+            add "$s.$v.sum_requests" "$n"
+            add "$s.$v.sum_duration_us" "$(wrk_field "$out" duration_us)"
+            add "$s.$v.sum_errors" "$(wrk_field "$out" errors)"
+            add "$s.$v.sum_errors" "$(wrk_field "$out" non2xx)"
+            add "$s.$v.sum_p50_us" "$(wrk_field "$out" p50_us)"
+            add "$s.$v.sum_p99_us" "$(wrk_field "$out" p99_us)"
+            add "$s.$v.sum_load_pct" "${R[$k.load_core_pct]}"
+            R[$s.$v.sum_wall]=$(calc %.3f "${R[$s.$v.sum_wall]} + ${R[$k.wall_s]}")
+            if (( ${R[$k.other_pct]} > ${R[$s.$v.other_pct]} )); then R[$s.$v.other_pct]=${R[$k.other_pct]}; fi
+        done
+    done
+    for v in "${chain_list[@]}"; do
+        n=${R[$s.$v.sum_requests]}
+        R[$s.$v.requests]=$n
+        R[$s.$v.errors]=${R[$s.$v.sum_errors]}
+        R[$s.$v.rps]=$(calc %.0f "$n / (${R[$s.$v.sum_duration_us]} + 0.001) * 1e6")
+        R[$s.$v.p50_ms]=$(calc %.3f "${R[$s.$v.sum_p50_us]} / $rounds / 1000")
+        R[$s.$v.p99_ms]=$(calc %.3f "${R[$s.$v.sum_p99_us]} / $rounds / 1000")
+        R[$s.$v.cpu_pct]=$(calc %.0f "${R[$s.$v.sum_ticks]} / $CLK_TCK / (${R[$s.$v.sum_wall]} + 0.001) * 100")
+        R[$s.$v.load_core_pct]=$(calc %.0f "${R[$s.$v.sum_load_pct]} / $rounds")
+        if (( n > 0 )); then
+            R[$s.$v.pooled_cpu_us]=$(calc %.2f "${R[$s.$v.sum_ticks]} * 1e6 / $CLK_TCK / $n")
+            R[$s.$v.cpu_us]=$(median "${R[$s.$v.rounds]// \/ / }")
+        fi
+    done
+}
+
+header_args() {   # header_args "NAME: value<newline>...": HDR=(-H "NAME: value" ...), for wrk and curl
+    local line
+    HDR=()
+    while IFS= read -r line; do
+        if [[ -n $line ]]; then HDR+=(-H "$line"); fi
+    done <<<"$1"
+}
+
+# chain_delta S V BASE: chain V against chain BASE of scenario S, R[S.V-BASE.delta] and
+# R[S.V-BASE.spread]: the median over the rounds of the difference within a round (the two runs
+# minutes apart at most), so that one disturbed run does not move the result; the range of
+# those differences is the error bar.
+chain_delta() {
+    local s=$1 v=$2 base=$3 round ds=""
+    [[ -n ${R[$s.$v.cpu_us]:-} && -n ${R[$s.$base.cpu_us]:-} ]] || return 0
+    for round in $(seq "$PLUGIN_ROUNDS"); do
+        ds+=" $(calc %.2f "${R[$s.$v.r$round.cpu_us]} - ${R[$s.$base.r$round.cpu_us]}")"
+    done
+    R[$s.$v-$base.delta]=$(calc %+.2f "$(median "$ds")")
+    R[$s.$v-$base.spread]=$(tr ' ' '\n' <<<"$ds" | sed '/^$/d' | sort -g |
         awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%+.2f … %+.2f", lo, hi }')
 }
 
@@ -880,6 +1000,215 @@ run_plugins() {
         alive plugins || note plugins "the process exited during the run"
     fi
     stop_target plugins
+}
+
+# 7. The first-party plugins (plugins/: jwt, rate-limit, auth, header-rewrite) under load, by
+#    scenario 6's method: one Portico, a listener per chain, the chains interleaved, each
+#    against the 0-plugin chain. Every request carries a bearer token, an API key and a header
+#    that header-rewrite removes, the baseline's too.
+
+# The JWKS and one token per algorithm, minted now by proxy/examples/bench_tokens.rs; then each
+# chain's request headers.
+fp_tokens() {
+    local out name value v
+    out=$("$BENCH_TOKENS") || die "$BENCH_TOKENS failed"
+    while IFS='=' read -r name value; do
+        case $name in
+            JWKS) FP_JWKS=$value ;;
+            TOKEN_*) FP_TOKEN[${name#TOKEN_}]=$value ;;
+        esac
+    done <<<"$out"
+    [[ -n $FP_JWKS && -n ${FP_TOKEN[HS256]:-} && -n ${FP_TOKEN[RS256]:-} && -n ${FP_TOKEN[ES256]:-} ]] ||
+        die "$BENCH_TOKENS printed no JWKS or not the three tokens: ${out:0:200}"
+    for v in "${FP_VARIANTS[@]}"; do
+        FP_HEADERS[$v]="authorization: Bearer ${FP_TOKEN[${FP_ALG[$v]}]}
+x-api-key: $FP_API_KEY
+x-debug: 1"
+    done
+}
+
+start_firstparty() {
+    local dir=$TMP/portico-firstparty v alg temp cache jwt rl key hr
+    mkdir -p "$dir"
+    # The plugins' configurations, as bench/micro/first_party.rs has them (the JWKS as JSON text).
+    jwt="issuer: \"https://idp.test\", audiences: [api], jwks: '$FP_JWKS'"
+    rl="{ rate: 1000000000, per: 1s, key: client_ip }"
+    key="{ type: api_key, keys: [{ name: bench, sha256: $(printf %s "$FP_API_KEY" | sha256sum | awk '{ print $1 }') }] }"
+    hr='{ request: { set: { x-request-host: "{request.host}" }, remove: [x-debug] }, response: { set: { strict-transport-security: "max-age=63072000" }, remove: [server] } }'
+    {
+        echo "listeners:"
+        for v in "${FP_VARIANTS[@]}"; do
+            echo "  - name: chain-$v"
+            echo "    address: \"127.0.0.1:${FP_PORT[$v]}\""
+            if [[ -n ${FP_CHAIN[$v]} ]]; then echo "    plugins: [${FP_CHAIN[$v]}]"; fi
+        done
+        cat <<YAML
+admin:
+  address: "127.0.0.1:$FP_ADMIN"
+access_log: false
+upstreams:
+  backend:
+    endpoints: ["127.0.0.1:$BACKEND_PORT"]
+plugins:
+YAML
+        for alg in hs256 rs256 es256; do
+            for temp in warm cold; do
+                cache=10000
+                if [[ $temp == cold ]]; then cache=0; fi
+                echo "  jwt-$alg-$temp: { module: \"$FP_WASM_DIR/jwt.wasm\", config: { $jwt, cache_size: $cache } }"
+            done
+        done
+        cat <<YAML
+  rate-limit: { module: "$FP_WASM_DIR/rate-limit.wasm", config: $rl }
+  auth-api-key: { module: "$FP_WASM_DIR/auth.wasm", config: $key }
+  header-rewrite: { module: "$FP_WASM_DIR/header-rewrite.wasm", config: $hr }
+  c4-jwt: { module: "$FP_WASM_DIR/jwt.wasm", config: { $jwt, cache_size: 10000 } }
+  c4-rate-limit: { module: "$FP_WASM_DIR/rate-limit.wasm", config: $rl }
+  c4-auth: { module: "$FP_WASM_DIR/auth.wasm", config: $key }
+  c4-header-rewrite: { module: "$FP_WASM_DIR/header-rewrite.wasm", config: $hr }
+routes:
+  - name: all
+    paths: [{ type: Prefix, value: / }]
+    upstream: backend
+YAML
+    } >"$dir/portico.yaml"
+    start_bg "$dir/portico" env PORTICO_WORKERS=1 RUST_LOG="${RUST_LOG:-warn}" \
+        PORTICO_PLUGIN_CACHE="$dir/plugin-cache" \
+        taskset -c "$PROXY_CPU" "$PORTICO_BIN" run --config "$dir/portico.yaml"
+    TARGET_PID[firstparty]=$BG_PID
+    wait_until 60 "portico (first-party plugins) /ready" http_ok "http://127.0.0.1:$FP_ADMIN/ready"
+}
+
+plugin_counter() {   # plugin_counter ADMIN_PORT ENTRY NAME: portico_plugin_counter's value (0 if absent)
+    curl -sf --max-time 2 "http://127.0.0.1:$1/metrics" |
+        awk -v p="plugin=\"$2\"" -v n="name=\"$3\"" \
+            '/^portico_plugin_counter\{/ && index($0, p) && index($0, n) { s += $NF } END { print s + 0 }'
+}
+
+fp_fail() { note firstparty "$1: $2 (not measured)"; }   # fp_fail V WHY
+
+# fp_check V: chain V answers its request through its plugins, and they really run; notes why
+# not and fails otherwise.
+fp_check() {
+    local v=$1 url="http://127.0.0.1:${FP_PORT[$1]}" kinds=" ${FP_KINDS[$1]} " body code echo
+    local head=$TMP/s7.$1.sanity.head before after
+    local host="" debug=1 key=$FP_API_KEY name=""
+    header_args "${FP_HEADERS[$v]}"
+    body=$(curl -sS --max-time 5 -D "$head" "${HDR[@]}" "$url/" 2>&1) || true
+    [[ $body == hello ]] || { fp_fail "$v" "GET / answered '${body:0:80}', not 'hello'"; return 1; }
+    # header-rewrite removes the backend's Server header and adds HSTS; without it both stay as
+    # they are (which shows the check can tell).
+    if [[ $kinds == *" hr "* ]]; then
+        ! grep -qi '^server:' "$head" || { fp_fail "$v" "the response still has Server"; return 1; }
+        grep -qi '^strict-transport-security:' "$head" || { fp_fail "$v" "the response has no HSTS"; return 1; }
+        host=127.0.0.1:${FP_PORT[$v]} debug=""
+    else
+        grep -qi '^server:' "$head" || { fp_fail "$v" "the response lost the backend's Server header"; return 1; }
+        ! grep -qi '^strict-transport-security:' "$head" || { fp_fail "$v" "the response has HSTS"; return 1; }
+    fi
+    # What the backend received: header-rewrite's x-request-host and x-debug removed; auth's
+    # key removed and the key's name added.
+    if [[ $kinds == *" key "* ]]; then key="" name=bench; fi
+    echo="x-request-host=$host x-debug=$debug x-api-key=$key x-api-key-name=$name"
+    body=$(curl -sS --max-time 5 "${HDR[@]}" "$url/fp-echo" 2>&1) || true
+    [[ $body == "$echo" ]] || { fp_fail "$v" "/fp-echo answered '${body:0:160}', not '$echo'"; return 1; }
+    if [[ $kinds == *" jwt "* ]]; then
+        header_args "$(grep -vi '^authorization:' <<<"${FP_HEADERS[$v]}")"
+        code=$(curl -s --max-time 5 -o /dev/null -w '%{http_code}' "${HDR[@]}" "$url/") || true
+        [[ $code == 401 ]] || { fp_fail "$v" "a request without the token answered $code, not 401"; return 1; }
+    fi
+    if [[ $kinds == *" key "* ]]; then
+        header_args "$(grep -vi '^x-api-key:' <<<"${FP_HEADERS[$v]}")"
+        code=$(curl -s --max-time 5 -o /dev/null -w '%{http_code}' "${HDR[@]}" "$url/") || true
+        [[ $code == 401 ]] || { fp_fail "$v" "a request without the API key answered $code, not 401"; return 1; }
+    fi
+    if [[ $kinds == *" rl "* ]]; then
+        # The limiter counts what it lets through.
+        header_args "${FP_HEADERS[$v]}"
+        before=$(plugin_counter "$FP_ADMIN" "${FP_RL_ENTRY[$v]}" requests_allowed)
+        curl -sf --max-time 5 -o /dev/null "${HDR[@]}" "$url/" || true
+        after=$(plugin_counter "$FP_ADMIN" "${FP_RL_ENTRY[$v]}" requests_allowed)
+        (( after > before )) ||
+            { fp_fail "$v" "rate-limit's requests_allowed did not move ($before, then $after)"; return 1; }
+    fi
+}
+
+# The chains that pass fp_check, into FP_MEASURED; nothing if the baseline fails.
+fp_sanity() {
+    local v
+    FP_MEASURED=()
+    for v in "${FP_VARIANTS[@]}"; do
+        if fp_check "$v"; then FP_MEASURED+=("$v"); elif [[ $v == none ]]; then return 1; fi
+    done
+}
+
+s7_firstparty() {
+    local v
+    chain_rounds s7 firstparty FP_MEASURED FP_PORT FP_HEADERS
+    for v in "${FP_MEASURED[@]}"; do
+        if [[ $v != none ]]; then chain_delta s7 "$v" none; fi
+    done
+    R[s7.failures]=$(plugin_failures "$FP_ADMIN")
+    if [[ ${R[s7.failures]} != 0 ]]; then
+        note firstparty "the plugins failed ${R[s7.failures]} times (portico_plugin_failures_total)"
+    fi
+}
+
+# The in-process numbers: bench/micro/first_party.rs (the executable build_firstparty built,
+# as `cargo bench` would run it), the cases of FP_CRITERION_CASES only, on the proxy's core
+# after the load. R[s7.c.<slug of the case>.{mean,lo,hi}] in µs: criterion's mean and its
+# confidence interval, from target/criterion/<group>/<case>/new/estimates.json (a file older
+# than this run is not used); R[s7.c.other_pct]: how much of that core other processes took.
+fp_criterion() {
+    local c f k0 k1 home="$ROOT/target/criterion"
+    local dir="$home/first-party plugins"
+    local -a args c0 c1
+    [[ $CRITERION == 1 ]] || return 0
+    read -ra args <<<"$CRITERION_ARGS"
+    log "firstparty: criterion (cargo bench -p portico --bench first_party -- --noplot $CRITERION_ARGS), on CPU $PROXY_CPU"
+    touch "$TMP/criterion.start"
+    read -ra c0 < <(core_ticks "$PROXY_CPU"); k0=$(children_ticks)
+    (cd "$ROOT" && CRITERION_HOME=$home taskset -c "$PROXY_CPU" "$FP_CRITERION_EXE" --bench \
+        --noplot "${args[@]}" "$FP_CRITERION_FILTER") >"$TMP/criterion.txt" 2>&1 ||
+        note firstparty "the criterion bench first_party exited with status $?: $(tail -n2 "$TMP/criterion.txt" | tr '\n' ' ')"
+    read -ra c1 < <(core_ticks "$PROXY_CPU"); k1=$(children_ticks)
+    # The core's busy time minus the bench's own (it ran there alone): what others took.
+    R[s7.c.other_pct]=$(calc %.0f "(f = 100 * (${c1[0]} - ${c0[0]} - ($k1 - $k0)) / (${c1[1]} - ${c0[1]} + 0.001)) > 0 ? f : 0")
+    if (( ${R[s7.c.other_pct]} > NOISE_PCT )); then
+        NOISY[firstparty]="${NOISY[firstparty]:-}${NOISY[firstparty]:+, }criterion ${R[s7.c.other_pct]}% of CPU $PROXY_CPU"
+        log "firstparty: criterion: other processes took ${R[s7.c.other_pct]}% of CPU $PROXY_CPU: noisy run"
+    fi
+    for c in "${FP_CRITERION_CASES[@]}"; do
+        f=$dir/$c/new/estimates.json
+        if [[ -f $f && $f -nt $TMP/criterion.start ]]; then
+            read -r "R[s7.c.$(slug "$c").mean]" "R[s7.c.$(slug "$c").lo]" "R[s7.c.$(slug "$c").hi]" < <(
+                python3 -c 'import json, sys
+m = json.load(open(sys.argv[1]))["mean"]
+ci = m["confidence_interval"]
+print("%.3f %.3f %.3f" % (m["point_estimate"] / 1e3, ci["lower_bound"] / 1e3, ci["upper_bound"] / 1e3))' "$f")
+        else
+            note firstparty "criterion gave no estimate for '$c'"
+        fi
+    done
+}
+
+slug() { echo "${1//[^A-Za-z0-9]/_}"; }   # "jwt RS256 cold" -> jwt_RS256_cold
+
+run_firstparty() {
+    log "== firstparty (scenario 7: Portico with the first-party plugins)"
+    fp_tokens
+    if ! start_firstparty; then
+        note firstparty "did not start or become ready: $(tail -n3 "$TMP/portico-firstparty/portico.log" 2>/dev/null | tr '\n' ' ')"
+        stop_target firstparty
+        return 0
+    fi
+    if fp_sanity; then
+        log "firstparty: measuring ${FP_MEASURED[*]} (each chain answers through its plugins, and they run)"
+        s7_firstparty
+        alive firstparty || note firstparty "the process exited during the run"
+    fi
+    stop_target firstparty
+    fp_criterion
 }
 
 run_target() {
@@ -926,15 +1255,18 @@ verdict() {   # verdict OK-EXPR -> MET / NOT MET / not measured
 }
 
 # The report is docs/benchmarks.md: a title, then one generated block per group of scenarios
-# (scenarios 1-5: "load"; scenario 6: "plugins") between marker comments, then whatever else the
-# file holds (the criterion numbers). A run regenerates the blocks of the scenarios it ran and
-# keeps the rest of the file as it was, so `SCENARIOS=6` does not erase scenarios 1-5.
+# (scenarios 1-5: "load"; scenario 6: "plugins"; scenario 7: "firstparty") between marker
+# comments, then whatever else the file holds (the criterion numbers). A run regenerates the
+# blocks of the scenarios it ran and keeps the rest of the file as it was, so `SCENARIOS=6` does
+# not erase scenarios 1-5.
+REPORT_BLOCKS="load plugins firstparty"   # their order in the file
 REPORT_TITLE='# Benchmarks
 
 Written by [bench/run.sh](../bench/run.sh) (method: [bench/README.md](../bench/README.md)), except
 the criterion micro-benchmarks at the end. Each generated block names the command and the date
 that produced it. A run replaces only the blocks of the scenarios it ran (scenarios 1-5: Portico
-vs nginx vs HAProxy; scenario 6: plugin chains) and keeps the rest of this file.'
+vs nginx vs HAProxy; scenario 6: plugin chains; scenario 7: the first-party plugins) and keeps
+the rest of this file.'
 
 run_cmd() {
     local cmd="bash bench/run.sh"
@@ -1101,10 +1433,10 @@ EOF
 
 | target | measured | result |
 |---|---|---|
-| a 4-plugin chain adds ≤ 6 µs of proxy CPU per request (4 plugins − 0 plugins) | ${d4:-—}${d4:+ µs} (range ${R[s6.p4-none.spread]:-—}) | $(delta_verdict p4-none 6) |
-| stretch: a 4-plugin chain adds ≤ 3 µs | ${d4:-—}${d4:+ µs} | $(delta_verdict p4-none 3) |
-| one plugin's five hostcalls add ≤ 2 µs (1 plugin with 5 hostcalls − the same plugin with 0) | ${d5:-—}${d5:+ µs} (range ${R[s6.h5-h0.spread]:-—}) | $(delta_verdict h5-h0 2) |
-| stricter reading: one plugin with five hostcalls, the plugin included, adds ≤ 2 µs (5 hostcalls − 0 plugins) | ${d5all:-—}${d5all:+ µs} (range ${R[s6.h5-none.spread]:-—}) | $(delta_verdict h5-none 2) |
+| a 4-plugin chain adds ≤ 6 µs of proxy CPU per request (4 plugins − 0 plugins) | ${d4:-—}${d4:+ µs} (range ${R[s6.p4-none.spread]:-—}) | $(delta_verdict s6.p4-none 6) |
+| stretch: a 4-plugin chain adds ≤ 3 µs | ${d4:-—}${d4:+ µs} | $(delta_verdict s6.p4-none 3) |
+| one plugin's five hostcalls add ≤ 2 µs (1 plugin with 5 hostcalls − the same plugin with 0) | ${d5:-—}${d5:+ µs} (range ${R[s6.h5-h0.spread]:-—}) | $(delta_verdict s6.h5-h0 2) |
+| stricter reading: one plugin with five hostcalls, the plugin included, adds ≤ 2 µs (5 hostcalls − 0 plugins) | ${d5all:-—}${d5all:+ µs} (range ${R[s6.h5-none.spread]:-—}) | $(delta_verdict s6.h5-none 2) |
 
 EOF
     echo "Derived: per plugin in the 4-chain $(if [[ -n $d4 ]]; then calc '%.2f µs' "$d4 / 4"; else echo —; fi);" \
@@ -1127,10 +1459,112 @@ EOF
     fi
 }
 
-# delta_verdict KEY LIMIT: MET / NOT MET on the median difference; when the per-round range
-# reaches across LIMIT, the verdict says the run could not separate the two.
+# Scenario 7: the first-party plugins.
+report_firstparty() {
+    local v m c cpu_model d4 sizes="" us
+    cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+    d4=${R[s7.chain4-none.delta]:-}
+    for m in "${FP_MODULES[@]}"; do
+        sizes+="${sizes:+, }\`$m.wasm\` $(stat -c %s "$FP_WASM_DIR/$m.wasm" 2>/dev/null || echo '?') bytes"
+    done
+    cat <<EOT
+## 7. First-party plugins (Portico only)
+
+Produced by \`$(run_cmd)\` (method: [bench/README.md](../bench/README.md#scenarios)).
+
+- Date: $(date -u '+%Y-%m-%d %H:%M UTC')
+- Machine: $(nproc) cores, $cpu_model, Linux ${VERSIONS[kernel]}; Portico pinned to CPU $PROXY_CPU (one worker), backend nginx and wrk pinned to CPU $LOAD_CPU
+- Versions: ${VERSIONS[portico]:-portico (unknown)}; plugins from \`plugins/\` built by \`scripts/build-plugins.sh\` (profile \`plugin\`): $sizes; wrk ${VERSIONS[wrk]}
+- Settings: DURATION=$DURATION per run, WARMUP=$WARMUP per chain, CONNECTIONS=$CONNECTIONS, PLUGIN_ROUNDS=$PLUGIN_ROUNDS$([[ $CRITERION == 1 ]] && echo ", criterion: \`$CRITERION_ARGS\`")
+
+Scenario 6's method with the plugins of \`plugins/\`: scenario 1's load — \`wrk -t1 -c$CONNECTIONS -d$DURATION --latency\`, HTTP/1.1 keep-alive, body \`hello\\n\` — on one Portico with a listener per chain, same route and upstream, the chains interleaved over $PLUGIN_ROUNDS rounds. **Every chain's request, the baseline's too, carries three more headers**: \`authorization: Bearer <token>\` (the RS256 token, except on the HS256 and ES256 jwt chains, which get their algorithm's: ${#FP_TOKEN[HS256]}, ${#FP_TOKEN[RS256]} and ${#FP_TOKEN[ES256]} bytes for HS256, RS256, ES256), \`x-api-key: <the key>\` and \`x-debug: 1\`. The tokens are minted at the start of the run by \`proxy/examples/bench_tokens.rs\` with the jwt plugin's test keys (issuer \`https://idp.test\`, audience \`api\`, valid for a day). The plugins are configured as in [bench/micro/first_party.rs](../bench/micro/first_party.rs):
+
+- jwt: \`issuer: https://idp.test\`, \`audiences: [api]\`, an inline JWKS of an RSA 2048, an EC P-256 and an HMAC key; \`cache_size: 10000\` (warm: the request repeats one token, verified once and then found in the cache) or \`cache_size: 0\` (cold: every request verifies the signature, with Portico's native \`portico.verify_signature\`);
+- rate-limit: \`rate: 1000000000, per: 1s, key: client_ip\` (never refuses; every request updates the client's bucket);
+- auth: \`type: api_key\`, one key (by its SHA-256), in \`x-api-key\`; it strips the key and sets \`x-api-key-name\`;
+- header-rewrite: request \`set: { x-request-host: "{request.host}" }\`, \`remove: [x-debug]\`; response \`set: { strict-transport-security: ... }\`, \`remove: [server]\`;
+- chain of 4: jwt (RS256, warm) + rate-limit + auth api_key + header-rewrite, in that order, entries of their own.
+
+Before measuring, each chain answered \`hello\` through its plugins, and they were shown to run: requests without the token (jwt) or without the key (auth) got 401, the backend saw what auth and header-rewrite changed, the response lost \`server\` and gained HSTS exactly where header-rewrite runs, and rate-limit's \`requests_allowed\` counter moved. A chain that failed is listed under the problems and not measured. Columns as in scenario 6: proxy CPU µs/req is the median of the rounds; **Δ** the median over the rounds of (this chain − the 0-plugin chain in the same round), "Δ range" the smallest and largest of those per-round differences.
+
+| chain | token | requests | req/s | p50 ms | p99 ms | errors | proxy CPU % | **proxy CPU µs/req** | per round | **Δ vs 0 plugins, µs** | Δ range | load core busy % | other processes % |
+|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---:|---:|
+EOT
+    for v in "${FP_VARIANTS[@]}"; do
+        echo "| ${FP_LABEL[$v]} | ${FP_ALG[$v]} | $(v "s7.$v.requests") | $(v "s7.$v.rps") | $(v "s7.$v.p50_ms") | $(v "s7.$v.p99_ms") | $(v "s7.$v.errors") | $(v "s7.$v.cpu_pct") | **$(v "s7.$v.cpu_us")** | $(v "s7.$v.rounds") | $(if [[ $v == none ]]; then echo "(baseline)"; else echo "**$(v "s7.$v-none.delta")**"; fi) | $(v "s7.$v-none.spread") | $(v "s7.$v.load_core_pct") | $(v "s7.$v.other_pct") |"
+    done
+    cat <<EOT
+
+Plugin failures during the run (portico_plugin_failures_total): $(v s7.failures).
+
+### Targets (first-party plugins)
+
+| target | measured | result |
+|---|---|---|
+| the warm 4-plugin chain (jwt RS256 warm + rate-limit + auth api_key + header-rewrite) adds ≤ 10 µs of proxy CPU per request | ${d4:-—}${d4:+ µs} (range ${R[s7.chain4-none.spread]:-—}) | $(delta_verdict s7.chain4-none 10) |
+EOT
+    for c in RS256 ES256; do
+        echo "| $c cold: Δ vs native verification cost | $(fp_native_line "$c") | $(fp_native_ratio "$c") |"
+    done
+    if [[ $CRITERION == 1 ]]; then
+        cat <<EOT
+
+In process ([bench/micro/first_party.rs](../bench/micro/first_party.rs), \`cargo bench -p portico --bench first_party -- --noplot $CRITERION_ARGS\`, these cases only, pinned to CPU $PROXY_CPU after the load, while other processes took $(v s7.c.other_pct) % of that core): one request's stream through the chain (\`Chain::start\`, request and response headers, the drop that ends the contexts) on a current-thread runtime, no network; "native" is \`jsonwebtoken::decode\` (aws-lc-rs) of the same token, its key parsed once. Criterion's mean with its confidence interval:
+
+| case | time per iteration |
+|---|---:|
+EOT
+        for c in "${FP_CRITERION_CASES[@]}"; do
+            us=$(slug "$c")
+            if [[ -n ${R[s7.c.$us.mean]:-} ]]; then
+                echo "| $c | ${R[s7.c.$us.mean]} µs [${R[s7.c.$us.lo]}, ${R[s7.c.$us.hi]}] |"
+            else
+                echo "| $c | — |"
+            fi
+        done
+    fi
+    if [[ -n ${NOISY[firstparty]:-} ]]; then
+        echo
+        echo "**Warning: other processes used the CPU during some of these runs; the numbers are noisy. Re-run on a quiet machine before drawing conclusions.**"
+    fi
+    if [[ -n ${NOTES[firstparty]:-} || -n ${NOISY[firstparty]:-} ]]; then
+        echo
+        echo "### Problems seen during scenario 7"
+        echo
+        if [[ -n ${NOTES[firstparty]:-} ]]; then echo "- ${NOTES[firstparty]}"; fi
+        if [[ -n ${NOISY[firstparty]:-} ]]; then
+            echo "- noisy runs, other processes took this share of a core: ${NOISY[firstparty]}"
+        fi
+    fi
+}
+
+# fp_native_line ALG: the cold jwt chain's Δ under load, and in process the cold jwt stream
+# beside the native decode of the same token.
+fp_native_line() {
+    local alg=$1 lc d jwt native
+    lc=$(tr '[:upper:]' '[:lower:]' <<<"$alg")
+    d=${R[s7.jwt-$lc-cold-none.delta]:-}
+    jwt=${R[s7.c.jwt_${alg}_cold.mean]:-} native=${R[s7.c.native_$alg.mean]:-}
+    printf 'under load: Δ %s (range %s); in process: jwt %s cold %s, native %s %s' \
+        "${d:-—}${d:+ µs}" "${R[s7.jwt-$lc-cold-none.spread]:-—}" \
+        "$alg" "${jwt:-—}${jwt:+ µs}" "$alg" "${native:-—}${native:+ µs}"
+    if [[ -n $d && -n $native ]]; then
+        printf '; Δ under load − native: %s µs' "$(calc %+.2f "$d - $native")"
+    fi
+}
+fp_native_ratio() {   # fp_native_ratio ALG: jwt ALG cold in process ÷ native ALG
+    local jwt=${R[s7.c.jwt_${1}_cold.mean]:-} native=${R[s7.c.native_$1.mean]:-}
+    if [[ -n $jwt && -n $native ]] && awk "BEGIN { exit !($native > 0) }"; then
+        echo "jwt cold in process ÷ native: **$(calc '%.2f×' "$jwt / $native")**"
+    else
+        echo "not measured"
+    fi
+}
+
+# delta_verdict KEY LIMIT (KEY: S.V-BASE): MET / NOT MET on the median difference; when the
+# per-round range reaches across LIMIT, the verdict says the run could not separate the two.
 delta_verdict() {
-    local d=${R[s6.$1.delta]:-} range=${R[s6.$1.spread]:-} lo hi
+    local d=${R[$1.delta]:-} range=${R[$1.spread]:-} lo hi
     [[ -n $d ]] || { echo "not measured"; return 0; }
     read -r lo _ hi <<<"$range"
     if awk "BEGIN { exit !($lo <= $2 && $hi > $2) }"; then
@@ -1141,12 +1575,13 @@ delta_verdict() {
 }
 
 # Regenerates the blocks this run produced ($TMP/report.NAME.md) in OUTPUT and keeps the rest.
-# A block missing from the file goes before the first block ("load"), after the load block
-# ("plugins"), or else at the end.
+# A block missing from the file goes where REPORT_BLOCKS orders it: right before the next block
+# the file has, or right after the previous one, or else at the end.
 write_report() {
     local -a blocks=()
     if want_any 1 2 3 4 5; then report_load >"$TMP/report.load.md"; blocks+=(load); fi
     if want 6 && with_portico; then report_plugins >"$TMP/report.plugins.md"; blocks+=(plugins); fi
+    if want 7 && with_portico; then report_firstparty >"$TMP/report.firstparty.md"; blocks+=(firstparty); fi
     if ((${#blocks[@]} == 0)); then log "no scenario ran: $OUTPUT left as it was"; return 0; fi
     mkdir -p "$(dirname "$OUTPUT")"
     if [[ ! -s $OUTPUT ]]; then
@@ -1158,7 +1593,7 @@ write_report() {
           printf '\n%s\n' "<!-- bench/run.sh:load end -->"; } >"$TMP/report.old.md"
         cat "$TMP/report.old.md" >"$OUTPUT"
     fi
-    awk -v dir="$TMP" -v fresh="${blocks[*]}" '
+    awk -v dir="$TMP" -v fresh="${blocks[*]}" -v known="$REPORT_BLOCKS" '
         function emit(name,   line, f) {
             f = dir "/report." name ".md"
             print "<!-- bench/run.sh:" name " begin -->"
@@ -1174,17 +1609,25 @@ write_report() {
             sub(/^<!-- bench\/run.sh:/, "", line); sub(/ .*/, "", line)
             return line
         }
-        BEGIN { n = split(fresh, f, " "); for (i = 1; i <= n; i++) want[f[i]] = 1 }
+        function missing(name) { return want[name] && !present[name] && !done[name] }
+        BEGIN {
+            n = split(fresh, f, " "); for (i = 1; i <= n; i++) want[f[i]] = 1
+            k = split(known, order, " "); for (i = 1; i <= k; i++) rank[order[i]] = i
+        }
         NR == FNR { if ((m = marker($0, "begin")) != "") present[m] = 1; next }   # first pass
         (m = marker($0, "begin")) != "" {
-            if (want["load"] && !present["load"] && !done["load"]) { emit("load"); print "" }
+            # Missing blocks that come before this one.
+            for (i = 1; i < rank[m]; i++) if (missing(order[i])) { emit(order[i]); print "" }
             if (want[m]) { emit(m); skipping = 1 } else print
             next
         }
         (m = marker($0, "end")) != "" {
             if (!skipping) print
             skipping = 0
-            if (m == "load" && want["plugins"] && !present["plugins"]) { print ""; emit("plugins") }
+            # Missing blocks that come after this one, up to the next block the file has.
+            if (m in rank)
+                for (i = rank[m] + 1; i <= k && !present[order[i]]; i++)
+                    if (missing(order[i])) { print ""; emit(order[i]) }
             next
         }
         skipping { next }
@@ -1211,6 +1654,13 @@ print_summary() {
         done
         log "s6 5 hostcalls − 0 hostcalls: $(v s6.h5-h0.delta) µs"
     fi
+    if want 7 && with_portico; then
+        for v in "${FP_VARIANTS[@]}"; do
+            log "$(printf 's7 %-16s %6s rps %7s µs/req  Δ %6s µs' "$v" \
+                "$(v "s7.$v.rps")" "$(v "s7.$v.cpu_us")" "$(v "s7.$v-none.delta")")"
+        done
+        log "s7 chain4 Δ ≤ 10 µs: $(delta_verdict s7.chain4-none 10); RS256 cold: $(fp_native_ratio RS256); ES256 cold: $(fp_native_ratio ES256)"
+    fi
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -1221,22 +1671,25 @@ main() {
         LOAD_CPU=$PROXY_CPU LOAD=(taskset -c "$PROXY_CPU")
     fi
     if want 6 && ! with_portico; then log "scenario 6 (plugin chains) needs portico in PROXIES: skipped"; fi
+    if want 7 && ! with_portico; then log "scenario 7 (first-party plugins) needs portico in PROXIES: skipped"; fi
     install_deps
     resolve_portico
     raise_fd_limit
     check_ports
     TMP=$(mktemp -d -t portico-bench.XXXXXX)
     build_plugins
+    build_firstparty
     printf '%s\n' "$WRK_LUA" >"$TMP/bench.lua"
     make_certs
     collect_versions
     start_backend
-    # Scenarios 1-5 compare the proxies (each started fresh); 6 is Portico with plugins.
+    # Scenarios 1-5 compare the proxies (each started fresh); 6 and 7 are Portico with plugins.
     if want_any 1 2 3 4 5; then
         for t in $PROXIES; do run_target "$t"; done
         if [[ $DIRECT == 1 ]]; then run_target direct; fi
     fi
     if want 6 && with_portico; then run_plugins; fi
+    if want 7 && with_portico; then run_firstparty; fi
     write_report
     print_summary
 }
