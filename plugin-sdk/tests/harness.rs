@@ -60,14 +60,16 @@ impl Plugin for Probe {
                 )?;
             }
             Some("crypto") => {
-                let err = crypto::verify(
+                let answer = match crypto::verify(
                     Algorithm::HS256,
                     &Key::Hmac(b"0123456789abcdef0123456789abcdef".to_vec()),
                     b"message",
                     &[0; 32],
-                )
-                .unwrap_err();
-                req.set("x-crypto", format!("unsupported={}", err.is_unsupported()))?;
+                ) {
+                    Err(e) => format!("unsupported={}", e.is_unsupported()),
+                    Ok(valid) => format!("fallback says valid={valid}"),
+                };
+                req.set("x-crypto", answer)?;
                 // A key that does not fit the algorithm is never valid, host or not.
                 let fits = crypto::verify(
                     Algorithm::RS256,
@@ -175,10 +177,14 @@ fn without_a_verifier_signatures_are_unsupported_never_a_trap() {
     let h = Harness::<Probe>::in_other_host(json!(null)).unwrap();
     let req = h.request().header("x-probe", "crypto");
     assert_eq!(req.on_request_headers(), Outcome::Continue);
-    assert_eq!(
-        req.request_header("x-crypto").as_deref(),
-        Some("unsupported=true")
-    );
+    // Without the in-guest fallback: an error that says so. With it (the workspace's plugins
+    // turn the feature on for their tests): the guest checks, and a zero signature is invalid.
+    let expected = if cfg!(feature = "crypto-fallback") {
+        "fallback says valid=false"
+    } else {
+        "unsupported=true"
+    };
+    assert_eq!(req.request_header("x-crypto").as_deref(), Some(expected));
     assert_eq!(
         req.request_header("x-crypto-mismatch").as_deref(),
         Some("false")

@@ -98,3 +98,108 @@ async fn portico_check_shows_the_plugins_own_refusal() {
         .expect("run portico check");
     assert_eq!(check.status.code(), Some(0));
 }
+
+/// Every function of Proxy-Wasm ABI v0.2.1 a module may import from `env` (the spec's list).
+const ABI_0_2_1_IMPORTS: &[&str] = &[
+    "proxy_log",
+    "proxy_get_log_level",
+    "proxy_get_current_time_nanoseconds",
+    "proxy_set_tick_period_milliseconds",
+    "proxy_get_buffer_bytes",
+    "proxy_set_buffer_bytes",
+    "proxy_get_header_map_pairs",
+    "proxy_set_header_map_pairs",
+    "proxy_get_header_map_value",
+    "proxy_replace_header_map_value",
+    "proxy_remove_header_map_value",
+    "proxy_add_header_map_value",
+    "proxy_get_property",
+    "proxy_set_property",
+    "proxy_get_shared_data",
+    "proxy_set_shared_data",
+    "proxy_register_shared_queue",
+    "proxy_resolve_shared_queue",
+    "proxy_dequeue_shared_queue",
+    "proxy_enqueue_shared_queue",
+    "proxy_continue_stream",
+    "proxy_close_stream",
+    "proxy_send_local_response",
+    "proxy_http_call",
+    "proxy_grpc_call",
+    "proxy_grpc_stream",
+    "proxy_grpc_send",
+    "proxy_grpc_cancel",
+    "proxy_grpc_close",
+    "proxy_get_status",
+    "proxy_set_effective_context",
+    "proxy_done",
+    "proxy_call_foreign_function",
+    "proxy_define_metric",
+    "proxy_increment_metric",
+    "proxy_record_metric",
+    "proxy_get_metric",
+];
+
+/// The callbacks a v0.2.1 module may export, besides memory and the allocator.
+const ABI_0_2_1_EXPORTS: &[&str] = &[
+    "proxy_abi_version_0_2_1",
+    "proxy_on_memory_allocate",
+    "proxy_on_context_create",
+    "proxy_on_vm_start",
+    "proxy_on_configure",
+    "proxy_on_tick",
+    "proxy_on_queue_ready",
+    "proxy_on_request_headers",
+    "proxy_on_request_body",
+    "proxy_on_request_trailers",
+    "proxy_on_response_headers",
+    "proxy_on_response_body",
+    "proxy_on_response_trailers",
+    "proxy_on_log",
+    "proxy_on_done",
+    "proxy_on_delete",
+    "proxy_on_http_call_response",
+    "_initialize",
+    "_start",
+    "memory",
+];
+
+/// What the SDK promises for portability: its plugins import nothing but Proxy-Wasm v0.2.1
+/// functions and WASI preview 1, and export only v0.2.1 callbacks (with the ABI marker), so
+/// they load in any Proxy-Wasm host.
+#[test]
+fn sdk_plugins_import_and_export_only_proxy_wasm_0_2_1() {
+    let engine = wasmtime::Engine::default();
+    for name in ["hello", "jwt", "rate-limit", "auth", "header-rewrite"] {
+        let bytes = std::fs::read(first_party_wasm(name)).expect("read module");
+        let module = wasmtime::Module::new(&engine, &bytes).expect("a valid module");
+        for import in module.imports() {
+            let ok = match import.module() {
+                "env" => ABI_0_2_1_IMPORTS.contains(&import.name()),
+                "wasi_snapshot_preview1" => true,
+                _ => false,
+            };
+            assert!(
+                ok,
+                "{name}.wasm imports {}.{}",
+                import.module(),
+                import.name()
+            );
+        }
+        let exports: Vec<&str> = module.exports().map(|e| e.name()).collect();
+        for export in &exports {
+            assert!(
+                ABI_0_2_1_EXPORTS.contains(export),
+                "{name}.wasm exports {export}"
+            );
+        }
+        for required in [
+            "proxy_abi_version_0_2_1",
+            "proxy_on_memory_allocate",
+            "proxy_on_context_create",
+            "proxy_on_configure",
+        ] {
+            assert!(exports.contains(&required), "{name}.wasm lacks {required}");
+        }
+    }
+}
