@@ -42,7 +42,10 @@ enum Kind {
     Host { call: &'static str, status: Status },
     /// The host lacks something this call needs (a foreign function, a hostcall). In Wasm with
     /// the in-guest crypto fallback nothing raises it today; `is_unsupported` stays for plugins.
-    #[cfg_attr(all(target_arch = "wasm32", feature = "crypto-fallback"), allow(dead_code))]
+    #[cfg_attr(
+        all(target_arch = "wasm32", feature = "crypto-fallback"),
+        allow(dead_code)
+    )]
     Unsupported(String),
     /// The plugin's configuration is invalid.
     Config(String),
@@ -76,7 +79,10 @@ impl Error {
         }
     }
 
-    #[cfg_attr(all(target_arch = "wasm32", feature = "crypto-fallback"), allow(dead_code))]
+    #[cfg_attr(
+        all(target_arch = "wasm32", feature = "crypto-fallback"),
+        allow(dead_code)
+    )]
     pub(crate) fn unsupported(what: impl fmt::Display) -> Error {
         Error {
             kind: Kind::Unsupported(what.to_string()),
