@@ -5,6 +5,7 @@
 use std::any::Any;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::error::Error;
 use crate::host::{Buffer, STREAM_REQUEST, STREAM_RESPONSE};
@@ -27,8 +28,32 @@ struct StreamCtx<S> {
 }
 
 struct Runtime<P: Plugin> {
-    roots: HashMap<u32, RootCtx<P>>,
-    streams: HashMap<u32, StreamCtx<P::State>>,
+    roots: ById<RootCtx<P>>,
+    streams: ById<StreamCtx<P::State>>,
+}
+
+/// Contexts by the id the host gave them. Ids are the host's, not a client's, so they need no
+/// keyed hash; SipHash was a visible share of a short hook's time.
+type ById<V> = HashMap<u32, V, BuildHasherDefault<IdHasher>>;
+
+/// Hashes a `u32` id by one multiplication (Fibonacci hashing), enough to spread a counter.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
 thread_local! {
@@ -77,8 +102,8 @@ fn with<P: Plugin, R>(f: impl FnOnce(&mut Runtime<P>) -> R) -> R {
         if slot.as_ref().is_none_or(|b| !b.is::<Runtime<P>>()) {
             install_panic_hook();
             *slot = Some(Box::new(Runtime::<P> {
-                roots: HashMap::new(),
-                streams: HashMap::new(),
+                roots: ById::default(),
+                streams: ById::default(),
             }));
         }
         let rt = slot

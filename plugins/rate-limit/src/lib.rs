@@ -185,7 +185,9 @@ impl RateLimit {
 fn client_ip(http: &Http<'_, State>, key: &mut Vec<u8>) -> Result<()> {
     key.extend_from_slice(b"ip=");
     if let Some(ip) = http.client_ip()? {
-        key.extend_from_slice(ip.to_string().as_bytes());
+        use std::io::Write;
+        // Writing to a Vec cannot fail.
+        let _ = write!(key, "{ip}");
     }
     Ok(())
 }

@@ -711,8 +711,11 @@ fn remove_map_value(caller: C, kind: u32, kp: u32, kl: u32) -> R {
 // Properties
 
 fn get_property(mut caller: C, pp: u32, pl: u32, ret_ptr: u32, ret_len: u32) -> R {
-    let path = read(&mut caller, pp, pl, MAX_KEY_BYTES)?;
-    match properties::get(caller.data_mut(), &path) {
+    // The path is read in place, as header keys are.
+    let memory = caller.data().memory.ok_or_else(oob)?;
+    let (mem, ctx) = memory.data_and_store_mut(&mut caller);
+    let path = slice(mem, pp, pl, MAX_KEY_BYTES)?;
+    match properties::get(ctx, path) {
         Some(v) => {
             give(&mut caller, &v, ret_ptr, ret_len)?;
             st(Status::Ok)

@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use prometheus::{Histogram, IntCounter, IntGauge};
+
 use super::abi::Status;
 use crate::telemetry::metrics::Metrics;
 
@@ -18,9 +20,25 @@ enum Kind {
     Histogram,
 }
 
+/// A defined metric: its kind, its name, and its series, resolved once when it is defined so
+/// that a guest's increment is an atomic add, not a label lookup.
+#[derive(Clone)]
+struct Defined {
+    kind: Kind,
+    name: String,
+    series: Series,
+}
+
+#[derive(Clone)]
+enum Series {
+    Counter(IntCounter),
+    Gauge(IntGauge),
+    Histogram(Histogram),
+}
+
 pub struct PluginMetrics {
     metrics: Metrics,
-    defined: Mutex<HashMap<String, Vec<(Kind, String)>>>,
+    defined: Mutex<HashMap<String, Vec<Defined>>>,
 }
 
 impl std::fmt::Debug for PluginMetrics {
@@ -46,91 +64,73 @@ impl PluginMetrics {
         };
         let mut defined = self.defined.lock().unwrap_or_else(|e| e.into_inner());
         let list = defined.entry(plugin.to_string()).or_default();
-        if let Some(i) = list.iter().position(|(k, n)| *k == kind && n == name) {
+        if let Some(i) = list.iter().position(|d| d.kind == kind && d.name == name) {
             return Some(i as u32 + 1);
         }
         if list.len() >= MAX_METRICS_PER_PLUGIN {
             return None;
         }
-        list.push((kind, name.to_string()));
         let labels = [plugin, name];
-        // Create the series now so it shows (as 0) before its first change.
-        match kind {
-            Kind::Counter => drop(self.metrics.plugin_counter.with_label_values(&labels)),
-            Kind::Gauge => drop(self.metrics.plugin_gauge.with_label_values(&labels)),
-            Kind::Histogram => drop(self.metrics.plugin_histogram.with_label_values(&labels)),
-        }
+        // The series exists from now on, so it shows (as 0) before its first change.
+        let series = match kind {
+            Kind::Counter => {
+                Series::Counter(self.metrics.plugin_counter.with_label_values(&labels))
+            }
+            Kind::Gauge => Series::Gauge(self.metrics.plugin_gauge.with_label_values(&labels)),
+            Kind::Histogram => {
+                Series::Histogram(self.metrics.plugin_histogram.with_label_values(&labels))
+            }
+        };
+        list.push(Defined {
+            kind,
+            name: name.to_string(),
+            series,
+        });
         Some(list.len() as u32)
     }
 
-    fn lookup(&self, plugin: &str, id: u32) -> Option<(Kind, String)> {
+    /// The series of metric `id` (1-based) of `plugin`: a reference-counted handle.
+    fn lookup(&self, plugin: &str, id: u32) -> Option<Series> {
         let defined = self.defined.lock().unwrap_or_else(|e| e.into_inner());
-        defined
-            .get(plugin)?
-            .get((id as usize).checked_sub(1)?)
-            .cloned()
+        let d = defined.get(plugin)?.get((id as usize).checked_sub(1)?)?;
+        Some(d.series.clone())
     }
 
     pub fn increment(&self, plugin: &str, id: u32, offset: i64) -> Status {
-        let Some((kind, name)) = self.lookup(plugin, id) else {
-            return Status::NotFound;
-        };
-        let labels = [plugin, name.as_str()];
-        match kind {
-            Kind::Counter if offset >= 0 => self
-                .metrics
-                .plugin_counter
-                .with_label_values(&labels)
-                .inc_by(offset as u64),
-            Kind::Gauge => self
-                .metrics
-                .plugin_gauge
-                .with_label_values(&labels)
-                .add(offset),
-            _ => return Status::BadArgument,
+        match self.lookup(plugin, id) {
+            None => Status::NotFound,
+            Some(Series::Counter(c)) if offset >= 0 => {
+                c.inc_by(offset as u64);
+                Status::Ok
+            }
+            Some(Series::Gauge(g)) => {
+                g.add(offset);
+                Status::Ok
+            }
+            Some(_) => Status::BadArgument,
         }
-        Status::Ok
     }
 
     pub fn record(&self, plugin: &str, id: u32, value: u64) -> Status {
-        let Some((kind, name)) = self.lookup(plugin, id) else {
-            return Status::NotFound;
-        };
-        let labels = [plugin, name.as_str()];
-        match kind {
-            Kind::Counter => {
-                let c = self.metrics.plugin_counter.with_label_values(&labels);
+        match self.lookup(plugin, id) {
+            None => return Status::NotFound,
+            Some(Series::Counter(c)) => {
                 let now = c.get();
                 if value >= now {
                     c.inc_by(value - now);
                 }
             }
-            Kind::Gauge => self
-                .metrics
-                .plugin_gauge
-                .with_label_values(&labels)
-                .set(value.min(i64::MAX as u64) as i64),
-            Kind::Histogram => self
-                .metrics
-                .plugin_histogram
-                .with_label_values(&labels)
-                .observe(value as f64),
+            Some(Series::Gauge(g)) => g.set(value.min(i64::MAX as u64) as i64),
+            Some(Series::Histogram(h)) => h.observe(value as f64),
         }
         Status::Ok
     }
 
     pub fn get(&self, plugin: &str, id: u32) -> Result<u64, Status> {
-        let (kind, name) = self.lookup(plugin, id).ok_or(Status::NotFound)?;
-        let labels = [plugin, name.as_str()];
-        match kind {
-            Kind::Counter => Ok(self.metrics.plugin_counter.with_label_values(&labels).get()),
-            Kind::Gauge => Ok(self
-                .metrics
-                .plugin_gauge
-                .with_label_values(&labels)
-                .get()
-                .max(0) as u64),
-            Kind::Histogram => Err(Status::BadArgument),
+        match self.lookup(plugin, id).ok_or(Status::NotFound)? {
+            Series::Counter(c) => Ok(c.get()),
+            Series::Gauge(g) => Ok(g.get().max(0) as u64),
+            Series::Histogram(_) => Err(Status::BadArgument),
         }
     }
 }

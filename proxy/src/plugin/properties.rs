@@ -20,17 +20,35 @@ fn key(path: &[u8]) -> String {
     String::from_utf8_lossy(path).replace('\0', ".")
 }
 
+/// Room for every name [`get`] knows (the longest, `connection.requested_server_name`, has 32).
+const KNOWN_MAX: usize = 40;
+
+/// `path` with dots for NULs in `buf`, when it is short and UTF-8 enough to be a name [`get`]
+/// knows; `""` otherwise. No allocation: a guest reads properties on the hot path.
+fn dotted<'b>(path: &[u8], buf: &'b mut [u8; KNOWN_MAX]) -> &'b str {
+    let Some(out) = buf.get_mut(..path.len()) else {
+        return "";
+    };
+    for (o, &b) in out.iter_mut().zip(path) {
+        *o = if b == 0 { b'.' } else { b };
+    }
+    std::str::from_utf8(out).unwrap_or("")
+}
+
 pub fn get(ctx: &mut HostCtx, path: &[u8]) -> Option<Bytes> {
-    let key = key(path);
+    let mut buf = [0u8; KNOWN_MAX];
+    let name = dotted(path, &mut buf);
     let spec = &ctx.spec;
-    match key.as_str() {
+    match name {
         "plugin_name" => return Some(text(&spec.name)),
         "plugin_root_id" => return Some(text(&spec.name)),
         "plugin_vm_id" => return Some(Bytes::new()),
         _ => {}
     }
     let stream = ctx.streams.get(&ctx.effective)?;
-    if let Some(v) = stream.properties.get(&key) {
+    if !stream.properties.is_empty()
+        && let Some(v) = stream.properties.get(&key(path))
+    {
         return Some(v.clone());
     }
     let info = &stream.info;
@@ -42,14 +60,14 @@ pub fn get(ctx: &mut HostCtx, path: &[u8]) -> Option<Bytes> {
         ))
     };
     let path = || match request {
-        Some(r) => r.path.clone(),
-        None => info.path.clone(),
+        Some(r) => r.path.as_str(),
+        None => info.path.as_str(),
     };
-    Some(match key.as_str() {
-        "request.path" => text(&path()),
+    Some(match name {
+        "request.path" => text(path()),
         "request.url_path" => {
             let p = path();
-            text(p.split_once('?').map(|(a, _)| a).unwrap_or(&p))
+            text(p.split_once('?').map_or(p, |(a, _)| a))
         }
         "request.query" => {
             let p = path();
@@ -74,9 +92,9 @@ pub fn get(ctx: &mut HostCtx, path: &[u8]) -> Option<Bytes> {
                 .unwrap_or(0);
             int(nanos)
         }
-        "source.address" => text(&info.source.to_string()),
+        "source.address" => address(&info.source),
         "source.port" => int(info.source.port() as i64),
-        "destination.address" => text(&info.destination.to_string()),
+        "destination.address" => address(&info.destination),
         "destination.port" => int(info.destination.port() as i64),
         "connection.tls_version" => text(info.tls_version?),
         "connection.mtls" => Bytes::from_static(if info.mtls { &[1] } else { &[0] }),
@@ -91,6 +109,14 @@ pub fn get(ctx: &mut HostCtx, path: &[u8]) -> Option<Bytes> {
             .as_u16() as i64),
         _ => return None,
     })
+}
+
+/// `ip:port` (`[ip]:port` for IPv6), written straight into the value's buffer.
+fn address(addr: &std::net::SocketAddr) -> Bytes {
+    use std::io::Write;
+    let mut buf = Vec::with_capacity(48);
+    let _ = write!(buf, "{addr}");
+    Bytes::from(buf)
 }
 
 pub fn set(ctx: &mut HostCtx, path: &[u8], value: Bytes) {
