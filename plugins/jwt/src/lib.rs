@@ -17,7 +17,7 @@
 //! 4. no key could have signed it and a remote JWKS is configured ([`remote`]): take a newer
 //!    shared copy, or refetch (single-flight, once per 30 s) and wait for the answer; if the
 //!    request leaves first, its answer is lost, and the next tick fetches again from the root
-//!    context (`on_log`);
+//!    context ([`Waiting`]'s `Drop`);
 //! 5. admit: set the claim headers, strip the token if asked, cache the result.
 //!
 //! Signatures are checked by [`portico_plugin_sdk::crypto::verify`], natively in Portico.
@@ -33,6 +33,8 @@ mod token;
 #[cfg(test)]
 mod tests;
 
+use std::cell::Cell;
+use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use portico_plugin_sdk::metrics::Counter;
@@ -58,20 +60,43 @@ pub struct Jwt {
     cache: Cache,
     /// The fetch this instance's root context is waiting for.
     root_fetch: Option<u32>,
-    /// A request that was waiting for a fetch it sent left before the answer: the host drops
-    /// the answer of a request that is gone, so the next tick sends the fetch again, from the
-    /// root context, whose answers are never dropped.
-    handover: bool,
+    /// Set when a request that was waiting for a fetch it sent left before the answer: the
+    /// host drops the answer of a request that is gone, so the next tick sends the fetch
+    /// again, from the root context, whose answers are never dropped. Shared with every
+    /// [`Waiting`], which sets it when it is dropped unanswered.
+    handover: Rc<Cell<bool>>,
     ticked: bool,
     metrics: Metrics,
 }
 
-/// A request held while the remote JWKS is fetched for it.
+/// A request held while the remote JWKS is fetched for it. Dropped before its answer came (the
+/// request left, and the host drops answers for requests that are gone), it hands the fetch
+/// over to the root context. A `Drop` rather than an `on_log` hook: exporting `on_log` would
+/// cost every request one more guest call, for an event this rare.
 #[derive(Debug)]
 pub struct Waiting {
     token: String,
     source: usize,
     fetch: u32,
+    /// The plugin's handover flag; `None` once the answer came.
+    handover: Option<Rc<Cell<bool>>>,
+}
+
+impl Waiting {
+    /// The answer came: the token and its source, and nothing to hand over.
+    fn answered(mut self) -> (String, usize) {
+        self.handover = None;
+        (std::mem::take(&mut self.token), self.source)
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(handover) = self.handover.take() {
+            debug!("a request left while waiting for the JWKS: fetching it again on the next tick");
+            handover.set(true);
+        }
+    }
 }
 
 struct Metrics {
@@ -158,7 +183,7 @@ impl Plugin for Jwt {
             settings,
             remote,
             root_fetch: None,
-            handover: false,
+            handover: Rc::default(),
             ticked: false,
             metrics: Metrics::define(),
         })
@@ -180,19 +205,9 @@ impl Plugin for Jwt {
         let Some(waiting) = http.state.take_if(|w| w.fetch == response.token) else {
             return Ok(Flow::Continue);
         };
+        let (token, source) = waiting.answered();
         self.finish_fetch(&response)?;
-        self.decide(http, waiting.token, waiting.source, false)
-    }
-
-    /// A request that leaves while it waits for a fetch takes the fetch's answer with it: the
-    /// host drops answers for requests that are gone. The fetch is sent again from the root
-    /// context on the next tick, so the document is never lost and the record is released when
-    /// it arrives.
-    fn on_log(&mut self, http: &mut Http<'_, Option<Waiting>>) {
-        if http.state.take().is_some() {
-            debug!("a request left while waiting for the JWKS: fetching it again on the next tick");
-            self.handover = true;
-        }
+        self.decide(http, token, source, false)
     }
 
     fn on_tick(&mut self, root: &mut Root) -> Result<()> {
@@ -210,9 +225,8 @@ impl Plugin for Jwt {
             return Ok(());
         }
         let now = now_nanos();
-        let send = if self.handover {
+        let send = if self.handover.replace(false) {
             // The fetch record is still this instance's: keep it, for the new callout.
-            self.handover = false;
             remote.renew(now)?;
             true
         } else {
@@ -290,6 +304,7 @@ impl Jwt {
                                 token,
                                 source,
                                 fetch,
+                                handover: Some(self.handover.clone()),
                             });
                             return Ok(Flow::Pause);
                         }
