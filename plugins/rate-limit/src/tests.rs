@@ -223,6 +223,21 @@ fn defaults_are_a_bucket_of_rate_per_second_per_client_ip() {
     assert_eq!(passes(&h, "192.0.2.2", 10), 4);
     h.advance(Duration::from_millis(250));
     assert_eq!(passes(&h, "192.0.2.1", 10), 1);
+    // A client's connections share its bucket, whatever their ports; IPv6 clients too.
+    h.advance(Duration::from_millis(250));
+    let from_port = |port: u16| {
+        h.request()
+            .source(&format!("192.0.2.1:{port}"))
+            .on_request_headers()
+    };
+    assert_eq!(from_port(1), Outcome::Continue);
+    assert!(matches!(from_port(2), Outcome::Respond(r) if r.status == 429));
+    let v6 = |port: u16| {
+        h.request()
+            .source(&format!("[2001:db8::1]:{port}"))
+            .on_request_headers()
+    };
+    assert_eq!((0..10).filter(|&p| v6(p) == Outcome::Continue).count(), 4);
 }
 
 #[test]
@@ -361,4 +376,13 @@ fn invalid_configurations_are_refused_naming_the_key() {
             Err(e) => assert!(e.to_string().contains(want), "{config}: {e}"),
         }
     }
+}
+
+#[test]
+fn the_client_key_is_the_ip_without_the_port() {
+    assert_eq!(ip_part("192.0.2.7:40000"), "192.0.2.7");
+    assert_eq!(ip_part("[2001:db8::1]:443"), "2001:db8::1");
+    assert_eq!(ip_part("2001:db8::1"), "2001:db8::1");
+    assert_eq!(ip_part("::1"), "::1");
+    assert_eq!(ip_part("192.0.2.7"), "192.0.2.7");
 }
