@@ -337,14 +337,7 @@ async fn a_token_from_a_cookie_or_the_query_is_stripped_before_the_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_jwks_is_fetched_once_rotated_and_refetched_for_an_unknown_kid() {
-    let app = Upstream::echo("app").await;
-    let idp = Idp::start(&["rsa-a"]).await;
-    let proxy = Proxy::start(&yaml(&app, Some(&idp), &remote_config("10m", json!({})))).await;
-    let old = mint(Alg::RS256, &valid());
-    eventually("the JWKS to be loaded", || async {
-        with_bearer(&proxy, &old).await.status == 200
-    })
-    .await;
+    let (_app, idp, proxy, old) = loaded(&["rsa-a"], Alg::RS256, "10m").await;
     assert_eq!(
         idp.fetches(),
         1,
@@ -426,16 +419,25 @@ fn remote_config(cache_duration: &str, extra: Value) -> Value {
     config
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_remote_jwks_is_fetched_again_every_cache_duration() {
+/// An echo app behind a proxy whose jwt plugin takes its keys from an identity provider serving
+/// `keys` (refreshed every `cache_duration`), once the keys are loaded; and a token, signed with
+/// `alg` by one of them, that passes.
+async fn loaded(keys: &[&str], alg: Alg, cache_duration: &str) -> (Upstream, Idp, Proxy, String) {
     let app = Upstream::echo("app").await;
-    let idp = Idp::start(&["rsa-a"]).await;
-    let proxy = Proxy::start(&yaml(&app, Some(&idp), &remote_config("1s", json!({})))).await;
-    let old = mint(Alg::RS256, &valid());
+    let idp = Idp::start(keys).await;
+    let config = remote_config(cache_duration, json!({}));
+    let proxy = Proxy::start(&yaml(&app, Some(&idp), &config)).await;
+    let token = mint(alg, &valid());
     eventually("the JWKS to be loaded", || async {
-        with_bearer(&proxy, &old).await.status == 200
+        with_bearer(&proxy, &token).await.status == 200
     })
     .await;
+    (app, idp, proxy, token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_remote_jwks_is_fetched_again_every_cache_duration() {
+    let (_app, idp, proxy, old) = loaded(&["rsa-a"], Alg::RS256, "1s").await;
 
     // No request asks for it: the refresh alone brings the new key.
     idp.publish(&["rsa-a", "rsa-b"]);
@@ -448,14 +450,7 @@ async fn the_remote_jwks_is_fetched_again_every_cache_duration() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reloaded_plugin_starts_with_the_keys_already_fetched() {
-    let app = Upstream::echo("app").await;
-    let idp = Idp::start(&["ec-p256"]).await;
-    let proxy = Proxy::start(&yaml(&app, Some(&idp), &remote_config("10m", json!({})))).await;
-    let token = mint(Alg::ES256, &valid());
-    eventually("the JWKS to be loaded", || async {
-        with_bearer(&proxy, &token).await.status == 200
-    })
-    .await;
+    let (app, idp, proxy, token) = loaded(&["ec-p256"], Alg::ES256, "10m").await;
     assert_eq!(idp.fetches(), 1);
 
     let changed = remote_config("10m", json!({ "forward_claims": { "sub": "x-subject" } }));
@@ -482,14 +477,7 @@ async fn a_reloaded_plugin_starts_with_the_keys_already_fetched() {
 /// once rather than after the 30 s refetch budget (or `cache_duration`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refetch_survives_the_client_that_triggered_it_leaving() {
-    let app = Upstream::echo("app").await;
-    let idp = Idp::start(&["rsa-a"]).await;
-    let proxy = Proxy::start(&yaml(&app, Some(&idp), &remote_config("10m", json!({})))).await;
-    let old = mint(Alg::RS256, &valid());
-    eventually("the JWKS to be loaded", || async {
-        with_bearer(&proxy, &old).await.status == 200
-    })
-    .await;
+    let (_app, idp, proxy, _) = loaded(&["rsa-a"], Alg::RS256, "10m").await;
     assert_eq!(idp.fetches(), 1);
 
     idp.publish(&["rsa-a", "rsa-b"]);
