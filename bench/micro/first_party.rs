@@ -14,6 +14,7 @@
 //! Run: `bash scripts/build-plugins.sh && cargo bench -p portico --bench first_party`.
 //! Numbers and how to read them: docs/benchmarks.md ("First-party plugins").
 
+mod heads;
 #[path = "../../plugins/jwt/testdata/mint.rs"]
 // Its self-tests are compiled in (cfg(test)) but not run by a harness-less bench.
 #[allow(unused_imports)]
@@ -21,19 +22,17 @@ mod mint;
 
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
-use portico::plugin::{
-    Chain, Limits, OnError, PluginDef, PluginHost, RequestHead, ResponseHead, StreamInfo, Verdict,
-};
+use http::HeaderValue;
+use portico::plugin::{Chain, Limits, OnError, PluginDef, PluginHost, RequestHead, Verdict};
 use serde_json::{Value, json};
 
+use heads::{request_head, response_head, stream_info};
 use mint::Alg;
 
 /// The API key the auth plugin is configured with (by its SHA-256).
@@ -82,60 +81,17 @@ fn now() -> u64 {
         .as_secs()
 }
 
-fn request_head(headers: &[(&'static str, String)]) -> RequestHead {
-    let mut map = HeaderMap::with_capacity(8);
-    map.insert("host", HeaderValue::from_static("127.0.0.1:18080"));
-    for (k, v) in headers {
-        map.insert(*k, HeaderValue::from_str(v).expect("header value"));
-    }
-    RequestHead {
-        method: Method::GET,
-        scheme: "http",
-        authority: "127.0.0.1:18080".to_string(),
-        path: "/".to_string(),
-        headers: map,
-    }
-}
-
-fn response_head() -> ResponseHead {
-    let mut headers = HeaderMap::with_capacity(8);
-    headers.insert("server", HeaderValue::from_static("nginx"));
-    headers.insert("content-type", HeaderValue::from_static("text/plain"));
-    headers.insert("content-length", HeaderValue::from_static("6"));
-    ResponseHead {
-        status: StatusCode::OK,
-        headers,
-    }
-}
-
-fn stream_info() -> StreamInfo {
-    let source: SocketAddr = "127.0.0.1:40000".parse().expect("address");
-    let destination: SocketAddr = "127.0.0.1:18080".parse().expect("address");
-    StreamInfo {
-        id: "0123456789abcdef0123456789abcdef".to_string(),
-        started: SystemTime::now(),
-        source,
-        destination,
-        tls_version: None,
-        mtls: false,
-        sni: None,
-        protocol: "HTTP/1.1",
-        scheme: "http",
-        method: Method::GET,
-        host: "127.0.0.1:18080".to_string(),
-        path: "/".to_string(),
-        route: "all".to_string(),
-        upstream: Some("backend".to_string()),
-    }
-}
-
 /// One request's whole life through `chain`; `Err` with the status of a local response.
 async fn one_stream(chain: &Chain, headers: &[(&'static str, String)]) -> Result<RequestHead, u16> {
     let stream = chain
         .start(Arc::new(stream_info()))
         .await
         .expect("chain start");
-    let mut req = request_head(headers);
+    let mut req = request_head(
+        headers
+            .iter()
+            .map(|(k, v)| (*k, HeaderValue::from_str(v).expect("header value"))),
+    );
     match stream
         .request_headers(&mut req, true)
         .await

@@ -13,20 +13,20 @@
 //! Run: `bash scripts/build-test-plugins.sh && cargo bench -p portico --bench plugin`.
 //! Numbers and how to read them: docs/benchmarks.md ("Micro-benchmarks").
 
+mod heads;
+
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
-use portico::plugin::{
-    Chain, Limits, OnError, PluginDef, PluginHost, RequestHead, ResponseHead, StreamInfo, Verdict,
-};
+use http::HeaderValue;
+use portico::plugin::{Chain, Limits, OnError, PluginDef, PluginHost, Verdict};
 use tokio::runtime::Runtime;
+
+use heads::{request_head, response_head, stream_info};
 
 /// Where scripts/build-test-plugins.sh puts the corpus (it always builds into the repository's
 /// target/test-plugins, whatever `CARGO_TARGET_DIR` says).
@@ -65,59 +65,13 @@ fn rw_chain(host: &PluginHost, names_and_hostcalls: &[(&str, u32)]) -> Chain {
     Chain::new(plugins)
 }
 
-/// What a keep-alive wrk request looks like to the plugins (plus the header rw reads).
-fn request_head() -> RequestHead {
-    let mut headers = HeaderMap::with_capacity(8);
-    headers.insert("host", HeaderValue::from_static("127.0.0.1:18080"));
-    headers.insert("x-rw-in", HeaderValue::from_static("1"));
-    RequestHead {
-        method: Method::GET,
-        scheme: "http",
-        authority: "127.0.0.1:18080".to_string(),
-        path: "/".to_string(),
-        headers,
-    }
-}
-
-fn response_head() -> ResponseHead {
-    let mut headers = HeaderMap::with_capacity(8);
-    headers.insert("server", HeaderValue::from_static("nginx"));
-    headers.insert("content-type", HeaderValue::from_static("text/plain"));
-    headers.insert("content-length", HeaderValue::from_static("6"));
-    ResponseHead {
-        status: StatusCode::OK,
-        headers,
-    }
-}
-
-fn stream_info() -> StreamInfo {
-    let source: SocketAddr = "127.0.0.1:40000".parse().expect("address");
-    let destination: SocketAddr = "127.0.0.1:18080".parse().expect("address");
-    StreamInfo {
-        id: "0123456789abcdef0123456789abcdef".to_string(),
-        started: SystemTime::now(),
-        source,
-        destination,
-        tls_version: None,
-        mtls: false,
-        sni: None,
-        protocol: "HTTP/1.1",
-        scheme: "http",
-        method: Method::GET,
-        host: "127.0.0.1:18080".to_string(),
-        path: "/".to_string(),
-        route: "all".to_string(),
-        upstream: Some("backend".to_string()),
-    }
-}
-
 /// One request's whole life through `chain`; the stream's drop ends every plugin's context.
 async fn one_stream(chain: &Chain) {
     let stream = chain
         .start(Arc::new(stream_info()))
         .await
         .expect("chain start");
-    let mut req = request_head();
+    let mut req = request_head([("x-rw-in", HeaderValue::from_static("1"))]);
     let verdict = stream
         .request_headers(&mut req, true)
         .await
@@ -163,7 +117,7 @@ fn streams(c: &mut Criterion) {
 fn check_rw_ran(rt: &Runtime, chain: &Chain) {
     rt.block_on(async {
         let stream = chain.start(Arc::new(stream_info())).await.expect("start");
-        let mut req = request_head();
+        let mut req = request_head([("x-rw-in", HeaderValue::from_static("1"))]);
         stream
             .request_headers(&mut req, true)
             .await

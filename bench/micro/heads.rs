@@ -1,0 +1,59 @@
+//! The request, response and stream a keep-alive wrk request presents to the plugins, shared by
+//! the plugin micro-benchmarks (plugin.rs, first_party.rs): what one iteration builds before the
+//! chain sees it.
+
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use portico::plugin::{RequestHead, ResponseHead, StreamInfo};
+
+/// `GET /` to `127.0.0.1:18080` with `extra` headers after `host`.
+pub fn request_head(extra: impl IntoIterator<Item = (&'static str, HeaderValue)>) -> RequestHead {
+    let mut headers = HeaderMap::with_capacity(8);
+    headers.insert("host", HeaderValue::from_static("127.0.0.1:18080"));
+    for (name, value) in extra {
+        headers.insert(name, value);
+    }
+    RequestHead {
+        method: Method::GET,
+        scheme: "http",
+        authority: "127.0.0.1:18080".to_string(),
+        path: "/".to_string(),
+        headers,
+    }
+}
+
+/// The backend's `200` with `hello\n`, as nginx answers it.
+pub fn response_head() -> ResponseHead {
+    let mut headers = HeaderMap::with_capacity(8);
+    headers.insert("server", HeaderValue::from_static("nginx"));
+    headers.insert("content-type", HeaderValue::from_static("text/plain"));
+    headers.insert("content-length", HeaderValue::from_static("6"));
+    ResponseHead {
+        status: StatusCode::OK,
+        headers,
+    }
+}
+
+/// The stream of a plain HTTP/1.1 request on route `all` to upstream `backend`.
+pub fn stream_info() -> StreamInfo {
+    let source: SocketAddr = "127.0.0.1:40000".parse().expect("address");
+    let destination: SocketAddr = "127.0.0.1:18080".parse().expect("address");
+    StreamInfo {
+        id: "0123456789abcdef0123456789abcdef".to_string(),
+        started: SystemTime::now(),
+        source,
+        destination,
+        tls_version: None,
+        mtls: false,
+        sni: None,
+        protocol: "HTTP/1.1",
+        scheme: "http",
+        method: Method::GET,
+        host: "127.0.0.1:18080".to_string(),
+        path: "/".to_string(),
+        route: "all".to_string(),
+        upstream: Some("backend".to_string()),
+    }
+}
