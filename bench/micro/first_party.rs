@@ -14,25 +14,23 @@
 //! Run: `bash scripts/build-plugins.sh && cargo bench -p portico --bench first_party`.
 //! Numbers and how to read them: docs/benchmarks.md ("First-party plugins").
 
-mod heads;
+mod harness;
 #[path = "../../plugins/jwt/testdata/mint.rs"]
 // Its self-tests are compiled in (cfg(test)) but not run by a harness-less bench.
 #[allow(unused_imports)]
 mod mint;
 
-use std::collections::HashMap;
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::HeaderValue;
-use portico::plugin::{Chain, Limits, OnError, PluginDef, PluginHost, RequestHead, Verdict};
+use portico::plugin::{Chain, PluginHost, RequestHead, Verdict};
 use serde_json::{Value, json};
 
-use heads::{request_head, response_head, stream_info};
+use harness::{load, request_head, response_head, stream_info};
 use mint::Alg;
 
 /// The API key the auth plugin is configured with (by its SHA-256).
@@ -50,19 +48,14 @@ fn module(name: &str) -> PathBuf {
     path
 }
 
-fn load(host: &PluginHost, name: &str, wasm: &str, config: Value) -> Arc<portico::plugin::Plugin> {
-    let def = PluginDef {
-        name: name.to_string(),
-        module: module(wasm),
-        config: Bytes::from(config.to_string()),
-        on_error: OnError::Deny,
-        limits: Limits {
-            instances: 1,
-            ..Limits::default()
-        },
-    };
-    host.load(&def, HashMap::new())
-        .unwrap_or_else(|e| panic!("loading {name}: {e}"))
+/// First-party plugin `wasm` (target/plugins/<wasm>.wasm) as `name`.
+fn plugin(
+    host: &PluginHost,
+    name: &str,
+    wasm: &str,
+    config: Value,
+) -> Arc<portico::plugin::Plugin> {
+    load(host, name, &module(wasm), config.to_string())
 }
 
 fn jwt_config(cache_size: u64) -> Value {
@@ -137,7 +130,7 @@ fn streams(c: &mut Criterion) {
             let name = format!("jwt-{}-{temp}", mint::alg_name(alg)).to_lowercase();
             cases.push(Case {
                 name: format!("jwt {} {temp}", mint::alg_name(alg)),
-                chain: Chain::new(vec![load(&host, &name, "jwt", jwt_config(cache))]),
+                chain: Chain::new(vec![plugin(&host, &name, "jwt", jwt_config(cache))]),
                 headers: vec![("authorization", bearer(alg))],
             });
         }
@@ -155,26 +148,26 @@ fn streams(c: &mut Criterion) {
     };
     cases.push(Case {
         name: "rate-limit".into(),
-        chain: Chain::new(vec![load(&host, "rl", "rate-limit", rate_limit())]),
+        chain: Chain::new(vec![plugin(&host, "rl", "rate-limit", rate_limit())]),
         headers: Vec::new(),
     });
     cases.push(Case {
         name: "auth api_key".into(),
-        chain: Chain::new(vec![load(&host, "key", "auth", api_key())]),
+        chain: Chain::new(vec![plugin(&host, "key", "auth", api_key())]),
         headers: vec![("x-api-key", API_KEY.to_string())],
     });
     cases.push(Case {
         name: "header-rewrite".into(),
-        chain: Chain::new(vec![load(&host, "hr", "header-rewrite", rewrite())]),
+        chain: Chain::new(vec![plugin(&host, "hr", "header-rewrite", rewrite())]),
         headers: Vec::new(),
     });
     cases.push(Case {
         name: "chain of 4 (warm)".into(),
         chain: Chain::new(vec![
-            load(&host, "c-jwt", "jwt", jwt_config(10_000)),
-            load(&host, "c-rl", "rate-limit", rate_limit()),
-            load(&host, "c-key", "auth", api_key()),
-            load(&host, "c-hr", "header-rewrite", rewrite()),
+            plugin(&host, "c-jwt", "jwt", jwt_config(10_000)),
+            plugin(&host, "c-rl", "rate-limit", rate_limit()),
+            plugin(&host, "c-key", "auth", api_key()),
+            plugin(&host, "c-hr", "header-rewrite", rewrite()),
         ]),
         headers: vec![
             ("authorization", bearer(Alg::RS256)),

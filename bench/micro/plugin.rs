@@ -13,20 +13,18 @@
 //! Run: `bash scripts/build-test-plugins.sh && cargo bench -p portico --bench plugin`.
 //! Numbers and how to read them: docs/benchmarks.md ("Micro-benchmarks").
 
-mod heads;
+mod harness;
 
-use std::collections::HashMap;
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::HeaderValue;
-use portico::plugin::{Chain, Limits, OnError, PluginDef, PluginHost, Verdict};
+use portico::plugin::{Chain, PluginHost, Verdict};
 use tokio::runtime::Runtime;
 
-use heads::{request_head, response_head, stream_info};
+use harness::{load, request_head, response_head, stream_info};
 
 /// Where scripts/build-test-plugins.sh puts the corpus (it always builds into the repository's
 /// target/test-plugins, whatever `CARGO_TARGET_DIR` says).
@@ -47,20 +45,7 @@ fn rw_chain(host: &PluginHost, names_and_hostcalls: &[(&str, u32)]) -> Chain {
     let module = rw_module();
     let plugins = names_and_hostcalls
         .iter()
-        .map(|&(name, n)| {
-            let def = PluginDef {
-                name: name.to_string(),
-                module: module.clone(),
-                config: Bytes::from(format!("{{\"hostcalls\": {n}}}")),
-                on_error: OnError::Deny,
-                limits: Limits {
-                    instances: 1,
-                    ..Limits::default()
-                },
-            };
-            host.load(&def, HashMap::new())
-                .unwrap_or_else(|e| panic!("loading {name}: {e}"))
-        })
+        .map(|&(name, n)| load(host, name, &module, format!("{{\"hostcalls\": {n}}}")))
         .collect();
     Chain::new(plugins)
 }

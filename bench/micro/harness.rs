@@ -1,12 +1,35 @@
-//! The request, response and stream a keep-alive wrk request presents to the plugins, shared by
-//! the plugin micro-benchmarks (plugin.rs, first_party.rs): what one iteration builds before the
-//! chain sees it.
+//! What the plugin micro-benchmarks (plugin.rs, first_party.rs) share: loading a plugin, and the
+//! request, response and stream a keep-alive wrk request presents to the chain, which one
+//! iteration builds before the chain sees it.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
-use portico::plugin::{RequestHead, ResponseHead, StreamInfo};
+use portico::plugin::{
+    Limits, OnError, Plugin, PluginDef, PluginHost, RequestHead, ResponseHead, StreamInfo,
+};
+
+/// Plugin `name` running `module` with `config` (JSON), failing closed, one instance (the
+/// benchmarks are single-threaded).
+pub fn load(host: &PluginHost, name: &str, module: &Path, config: String) -> Arc<Plugin> {
+    let def = PluginDef {
+        name: name.to_string(),
+        module: module.to_path_buf(),
+        config: Bytes::from(config),
+        on_error: OnError::Deny,
+        limits: Limits {
+            instances: 1,
+            ..Limits::default()
+        },
+    };
+    host.load(&def, HashMap::new())
+        .unwrap_or_else(|e| panic!("loading {name}: {e}"))
+}
 
 /// `GET /` to `127.0.0.1:18080` with `extra` headers after `host`.
 pub fn request_head(extra: impl IntoIterator<Item = (&'static str, HeaderValue)>) -> RequestHead {
