@@ -76,7 +76,7 @@ pub fn stream_info() -> StreamInfo {
         method: Method::GET,
         host: "127.0.0.1:18080".to_string(),
         path: "/".to_string(),
-        route: "all".to_string(),
-        upstream: Some("backend".to_string()),
+        route: "all".into(),
+        upstream: Some("backend".into()),
     }
 }

@@ -90,7 +90,6 @@ impl Filter {
             path,
             headers: std::mem::take(req.headers_mut()),
         };
-        let original_path = head.path.clone();
         let end_of_stream = req.body().is_end_stream();
         let verdict = self.stream.request_headers(&mut head, end_of_stream).await;
         // Whatever the verdict, the request gets its headers back.
@@ -105,7 +104,7 @@ impl Filter {
             req.headers_mut().insert(header::HOST, value);
             ex.host = head.authority;
         }
-        if head.path != original_path {
+        if !is_path(&head.path, normalised, req.uri().query()) {
             let pq: http::uri::PathAndQuery = head
                 .path
                 .parse()
@@ -175,5 +174,33 @@ impl Filter {
     /// A response produced without an upstream (direct response, redirect).
     pub async fn finish_local(&self, resp: Response<Body>) -> Result<Response<Body>, ProxyError> {
         self.response(resp).await
+    }
+}
+
+/// Whether `path` (the `:path` the plugins left) is still `normalised` with `query`, as the
+/// request phase presented it.
+fn is_path(path: &str, normalised: &str, query: Option<&str>) -> bool {
+    match (path.strip_prefix(normalised), query) {
+        (Some(rest), Some(q)) => rest.strip_prefix('?') == Some(q),
+        (Some(rest), None) => rest.is_empty(),
+        (None, _) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_path;
+
+    #[test]
+    fn a_path_is_unchanged_only_if_path_and_query_both_are() {
+        assert!(is_path("/a/b", "/a/b", None));
+        assert!(is_path("/a/b?x=1", "/a/b", Some("x=1")));
+        assert!(is_path("/a/b?", "/a/b", Some("")));
+        assert!(!is_path("/a/b?x=1", "/a/b", None));
+        assert!(!is_path("/a/b", "/a/b", Some("x=1")));
+        assert!(!is_path("/a/bc", "/a/b", None));
+        assert!(!is_path("/a/b?x=2", "/a/b", Some("x=1")));
+        assert!(!is_path("/a", "/a/b", None));
+        assert!(!is_path("/a/b/", "/a/b", None));
     }
 }

@@ -158,13 +158,13 @@ pub async fn send(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(downstream) = downstream_upgrade else {
             return Err(ProxyError::UpstreamFailed {
-                upstream: upstream.name.clone(),
+                upstream: upstream.name.to_string(),
                 reason: "101 Switching Protocols to a request that asked for no upgrade".into(),
             });
         };
         if !is_websocket_upgrade(resp.headers()) {
             return Err(ProxyError::UpstreamFailed {
-                upstream: upstream.name.clone(),
+                upstream: upstream.name.to_string(),
                 reason: "101 Switching Protocols to a protocol other than websocket".into(),
             });
         }

@@ -196,7 +196,7 @@ async fn act(
             shared
                 .metrics
                 .upstream_duration
-                .with_label_values(&[upstream.name.as_str()])
+                .with_label_values(&[&*upstream.name])
                 .observe(started.elapsed().as_secs_f64());
             Ok((resp?, Some(target.route.closing.clone())))
         }
@@ -312,7 +312,7 @@ impl Drop for Pending {
         shared.metrics.inflight.dec();
         conn.activity.end();
         let status = self.status.map(|s| s.as_u16()).unwrap_or(499);
-        let route = ex.route.as_ref().map(|r| r.name.as_str()).unwrap_or("");
+        let route = ex.route.as_ref().map(|r| &*r.name).unwrap_or("");
         let elapsed = ex.started.elapsed();
         match &ex.route {
             Some(r) => {
@@ -344,7 +344,7 @@ impl Drop for Pending {
                 path = ex.path.as_str(),
                 route,
                 status,
-                upstream = ex.upstream.as_ref().map(|u| u.name.as_str()).unwrap_or(""),
+                upstream = ex.upstream.as_ref().map(|u| &*u.name).unwrap_or(""),
                 bytes = self.bytes,
                 duration_us = elapsed.as_micros() as u64,
                 error_side = ex.error.as_ref().map(|e| e.0.as_str()).unwrap_or(""),

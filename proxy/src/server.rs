@@ -275,7 +275,7 @@ impl Server {
         let tokens = current
             .routes
             .iter()
-            .map(|r| ((r.name.clone(), r.fingerprint), r.closing.clone()))
+            .map(|r| ((r.name.to_string(), r.fingerprint), r.closing.clone()))
             .collect();
         let root = self.root.clone();
         let ctx = std::mem::take(&mut *self.ctx.lock().unwrap_or_else(|e| e.into_inner()));
@@ -376,10 +376,10 @@ impl Server {
         let kept: std::collections::HashSet<(&str, u64)> = snapshot
             .routes
             .iter()
-            .map(|r| (r.name.as_str(), r.fingerprint))
+            .map(|r| (&*r.name, r.fingerprint))
             .collect();
         for route in current.routes.iter() {
-            if !kept.contains(&(route.name.as_str(), route.fingerprint)) {
+            if !kept.contains(&(&*route.name, route.fingerprint)) {
                 let token = route.closing.clone();
                 let name = route.name.clone();
                 tokio::spawn(async move {

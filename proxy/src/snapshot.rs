@@ -71,7 +71,8 @@ pub struct ListenerConfig {
 
 #[derive(Debug)]
 pub struct Route {
-    pub name: String,
+    /// Shared with every request's plugin stream (`route_name`), so not copied per request.
+    pub name: Arc<str>,
     pub action: Action,
     pub rewrite: Option<Rewrite>,
     pub max_body: Option<u64>,

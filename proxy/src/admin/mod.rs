@@ -110,7 +110,7 @@ fn config_json(shared: &Shared) -> String {
         "listeners": snapshot.listeners.iter().map(|l| serde_json::json!({
             "name": l.name, "address": l.addr.to_string(), "tls": l.tls.is_some(),
         })).collect::<Vec<_>>(),
-        "routes": snapshot.routes.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
+        "routes": snapshot.routes.iter().map(|r| &*r.name).collect::<Vec<_>>(),
         "plugins": snapshot.plugins.iter().map(|(_, p)| p.status()).collect::<Vec<_>>(),
         "reloads": shared.reloads.load(Ordering::Acquire),
         "last_reload": {

@@ -371,7 +371,7 @@ pub fn compile(loaded: &Loaded, ctx: &CompileContext) -> Result<Snapshot, Config
                 .cloned()
                 .unwrap_or_default();
             let route = Arc::new(Route {
-                name: r.name.clone(),
+                name: r.name.as_str().into(),
                 action,
                 rewrite,
                 max_body: r.max_body.map(|b| b.0).or(settings.limits.max_body),

@@ -239,8 +239,17 @@ pub fn emit(ctx: &mut HostCtx, level: u32, msg: &str) {
     ctx.remember_log(msg.to_string());
 }
 
-/// Sends complete lines written to stdout/stderr to the log; called after every guest call.
+/// Logs what the guest wrote to stdout and stderr, line by line. Called after every guest
+/// call, which almost always wrote nothing.
+#[inline]
 pub fn flush_output(ctx: &mut HostCtx) {
+    if !ctx.stdout.is_empty() || !ctx.stderr.is_empty() {
+        flush_written(ctx);
+    }
+}
+
+#[cold]
+fn flush_written(ctx: &mut HostCtx) {
     for (err, level) in [(false, 2), (true, 3)] {
         let buf = if err {
             &mut ctx.stderr
@@ -388,10 +397,10 @@ fn map_of(ctx: &mut HostCtx, kind: u32) -> Result<Option<MapRef<'_>>, Status> {
         return Ok(None);
     };
     Ok(match kind {
-        MAP_REQUEST_HEADERS => stream.request.as_mut().map(MapRef::Request),
-        MAP_REQUEST_TRAILERS => stream.request_trailers.as_mut().map(MapRef::Plain),
-        MAP_RESPONSE_HEADERS => stream.response.as_mut().map(MapRef::Response),
-        MAP_RESPONSE_TRAILERS => stream.response_trailers.as_mut().map(MapRef::Plain),
+        MAP_REQUEST_HEADERS => stream.request.as_deref_mut().map(MapRef::Request),
+        MAP_REQUEST_TRAILERS => stream.request_trailers.as_deref_mut().map(MapRef::Plain),
+        MAP_RESPONSE_HEADERS => stream.response.as_deref_mut().map(MapRef::Response),
+        MAP_RESPONSE_TRAILERS => stream.response_trailers.as_deref_mut().map(MapRef::Plain),
         _ => return Err(Status::BadArgument),
     })
 }
@@ -860,12 +869,12 @@ fn send_local_response(
     let Some(stream) = caller.data_mut().stream() else {
         return st(Status::BadArgument);
     };
-    stream.effects.local_response = Some(LocalResponse {
+    stream.effects.local_response = Some(Box::new(LocalResponse {
         status: status as u16,
         headers,
         body: Bytes::from(body),
         details: String::from_utf8_lossy(&details).into_owned(),
-    });
+    }));
     if let Some(wake) = &stream.wake {
         wake.notify_one();
     }

@@ -358,8 +358,8 @@ pub struct StreamInfo {
     pub method: http::Method,
     pub host: String,
     pub path: String,
-    pub route: String,
-    pub upstream: Option<String>,
+    pub route: Arc<str>,
+    pub upstream: Option<Arc<str>>,
 }
 
 /// The plugins a request runs through, in request order.
@@ -451,7 +451,7 @@ impl std::fmt::Debug for ChainStream {
 /// What one callback left behind.
 struct Outcome {
     action: u32,
-    local: Option<LocalResponse>,
+    local: Option<Box<LocalResponse>>,
     resumed: bool,
     close: bool,
     /// Set when the stream paused: what the waiter waits on.
@@ -596,7 +596,9 @@ impl ChainStream {
         result: Result<Outcome, Fault>,
     ) -> Result<Outcome, Fault> {
         match result {
-            Ok(o) if o.paused() => self.wait_resume(b, dir, o.wake).await,
+            // Boxed: most callbacks do not pause, and every phase's future would otherwise
+            // carry (and move around) the waiting state.
+            Ok(o) if o.paused() => Box::pin(self.wait_resume(b, dir, o.wake)).await,
             other => other,
         }
     }
@@ -610,7 +612,7 @@ impl ChainStream {
     ) -> Result<Option<LocalResponse>, ProxyError> {
         match result {
             Err(fault) => self.policy(b, fault).map(|()| None),
-            Ok(o) if o.local.is_some() => Ok(o.local),
+            Ok(o) if o.local.is_some() => Ok(o.local.map(|l| *l)),
             Ok(o) if o.close => Err(closed(b)),
             Ok(_) => Ok(None),
         }
@@ -638,14 +640,28 @@ impl ChainStream {
                 "header {name} is not valid UTF-8, which the plugins of this route require"
             )));
         }
+        // Boxed once for the whole chain: from plugin to plugin, only the pointer moves.
+        let mut boxed = Some(Box::new(std::mem::replace(head, empty_request())));
+        let verdict = self.request_headers_boxed(&mut boxed, end_of_stream).await;
+        if let Some(back) = boxed {
+            *head = *back;
+        }
+        verdict
+    }
+
+    async fn request_headers_boxed(
+        &self,
+        head: &mut Option<Box<RequestHead>>,
+        end_of_stream: bool,
+    ) -> Result<Verdict, ProxyError> {
         for b in self.order(Dir::Request) {
             if b.skip.load(Ordering::Acquire) {
                 continue;
             }
-            let n = head.headers.len() as u32 + 4;
+            let n = head.as_ref().map_or(0, |h| h.headers.len()) as u32 + 4;
             let eos = end_of_stream as u32;
             // Kept here until the callback runs, so a failure before it loses nothing.
-            let mut carry = Some(std::mem::replace(head, empty_request()));
+            let mut carry = head.take();
             let mut taken = None;
             let result = self
                 .run(
@@ -665,7 +681,7 @@ impl ChainStream {
                 Some(h) => Some(h),
                 None => take_back(taken, b, |s| s.request.take()).await,
             };
-            *head = back.unwrap_or_else(empty_request);
+            *head = Some(back.unwrap_or_else(|| Box::new(empty_request())));
             if let Some(local) = self.decide(b, result)? {
                 return Ok(Verdict::Respond(local));
             }
@@ -687,19 +703,26 @@ impl ChainStream {
                 ),
             });
         }
+        let mut boxed = Some(Box::new(std::mem::replace(head, empty_response())));
+        let verdict = self.response_headers_boxed(&mut boxed, end_of_stream).await;
+        if let Some(back) = boxed {
+            *head = *back;
+        }
+        verdict
+    }
+
+    async fn response_headers_boxed(
+        &self,
+        head: &mut Option<Box<ResponseHead>>,
+        end_of_stream: bool,
+    ) -> Result<Verdict, ProxyError> {
         for b in self.order(Dir::Response) {
             if b.skip.load(Ordering::Acquire) {
                 continue;
             }
-            let n = head.headers.len() as u32 + 1;
+            let n = head.as_ref().map_or(0, |h| h.headers.len()) as u32 + 1;
             let eos = end_of_stream as u32;
-            let mut carry = Some(std::mem::replace(
-                head,
-                ResponseHead {
-                    status: StatusCode::OK,
-                    headers: HeaderMap::new(),
-                },
-            ));
+            let mut carry = head.take();
             let mut taken = None;
             let result = self
                 .run(
@@ -725,9 +748,7 @@ impl ChainStream {
                 Some(h) => Some(h),
                 None => take_back(taken, b, |s| s.response.take()).await,
             };
-            if let Some(back) = back {
-                *head = back;
-            }
+            *head = Some(back.unwrap_or_else(|| Box::new(empty_response())));
             if let Some(local) = self.decide(b, result)? {
                 return Ok(Verdict::Respond(local));
             }
@@ -747,7 +768,8 @@ impl ChainStream {
                 return Ok(BodyStep::Data(data));
             }
             let cap = b.plugin.spec.limits.body_buffer;
-            let chunk = data.clone();
+            // Moved into the plugin's buffer; back here only if the callback never ran.
+            let mut carry = Some(std::mem::take(&mut data));
             let mut over = false;
             let over_flag = &mut over;
             let mut out = Bytes::new();
@@ -756,6 +778,7 @@ impl ChainStream {
                     b,
                     dir,
                     |s| {
+                        let chunk = carry.take().unwrap_or_default();
                         let buf = match dir {
                             Dir::Request => &mut s.request_body,
                             Dir::Response => &mut s.response_body,
@@ -763,7 +786,15 @@ impl ChainStream {
                         if (buf.len() + chunk.len()) as u64 > cap {
                             *over_flag = true;
                         }
-                        buf.extend_from_slice(&chunk);
+                        if buf.is_empty() {
+                            // What the previous plugin let through is usually not shared with
+                            // anything, and becomes this plugin's buffer without a copy.
+                            *buf = chunk
+                                .try_into_mut()
+                                .unwrap_or_else(|c| BytesMut::from(&c[..]));
+                        } else {
+                            buf.extend_from_slice(&chunk);
+                        }
                     },
                     |inst, ctx| {
                         let size = {
@@ -791,6 +822,9 @@ impl ChainStream {
                     },
                 )
                 .await;
+            if let Some(chunk) = carry.take() {
+                data = chunk;
+            }
             if over {
                 return Ok(BodyStep::TooLarge(b.plugin.spec.name.clone(), cap));
             }
@@ -843,7 +877,7 @@ impl ChainStream {
                 continue;
             }
             let n = trailers.len() as u32;
-            let mut carry = Some(std::mem::take(trailers));
+            let mut carry = Some(Box::new(std::mem::take(trailers)));
             let mut out = None;
             let result = self
                 .run(
@@ -882,7 +916,7 @@ impl ChainStream {
                     .await
                 }
             };
-            *trailers = back.unwrap_or_default();
+            *trailers = back.map(|t| *t).unwrap_or_default();
             if let Some(local) = self.decide(b, result)? {
                 return Ok(Some(local));
             }
@@ -964,19 +998,26 @@ async fn take_back<T: Send>(
         return Some(v);
     }
     let ctx = b.ctx;
-    b.slot
-        .with(Some(b.generation), |inst| {
-            Ok(inst.store.data_mut().streams.get_mut(&ctx).and_then(take))
-        })
-        .await
-        .ok()
-        .and_then(|(v, _)| v)
+    // Boxed, as only a stream that paused gets here.
+    Box::pin(b.slot.with(Some(b.generation), |inst| {
+        Ok(inst.store.data_mut().streams.get_mut(&ctx).and_then(take))
+    }))
+    .await
+    .ok()
+    .and_then(|(v, _)| v)
 }
 
 fn closed(b: &Binding) -> ProxyError {
     ProxyError::PluginFailed {
         plugin: b.plugin.spec.name.clone(),
         reason: "the plugin closed the stream".into(),
+    }
+}
+
+fn empty_response() -> ResponseHead {
+    ResponseHead {
+        status: StatusCode::OK,
+        headers: HeaderMap::new(),
     }
 }
 

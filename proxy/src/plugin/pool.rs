@@ -264,7 +264,13 @@ impl Slot {
         generation: Option<u64>,
         f: impl FnOnce(&mut Instance) -> Result<T, Fault>,
     ) -> Result<(T, u64), Fault> {
-        let mut state = self.state.lock().await;
+        // Waiting is rare (another thread is in this instance): its state is boxed, so that
+        // every callback's future stays small.
+        let mut state = if let Ok(state) = self.state.try_lock() {
+            state
+        } else {
+            Box::pin(self.state.lock()).await
+        };
         if state.instance.is_none() {
             if generation.is_some() {
                 return Err(Fault::Abi(

@@ -46,8 +46,8 @@ pub fn get(ctx: &mut HostCtx, path: &[u8]) -> Option<Bytes> {
         _ => {}
     }
     let stream = ctx.streams.get(&ctx.effective)?;
-    if !stream.properties.is_empty()
-        && let Some(v) = stream.properties.get(&key(path))
+    if let Some(set) = &stream.properties
+        && let Some(v) = set.get(&key(path))
     {
         return Some(v.clone());
     }
@@ -122,6 +122,6 @@ fn address(addr: &std::net::SocketAddr) -> Bytes {
 pub fn set(ctx: &mut HostCtx, path: &[u8], value: Bytes) {
     let key = key(path);
     if let Some(stream) = ctx.streams.get_mut(&ctx.effective) {
-        stream.properties.insert(key, value);
+        stream.properties.get_or_insert_default().insert(key, value);
     }
 }

@@ -278,7 +278,7 @@ impl H2cConn {
 
 /// A named group of endpoints with its clients.
 pub struct Upstream {
-    pub name: String,
+    pub name: Arc<str>,
     endpoints: Vec<Authority>,
     next: AtomicUsize,
     clients: Clients,
@@ -320,7 +320,7 @@ impl Upstream {
             }
         };
         Upstream {
-            name,
+            name: name.into(),
             endpoints,
             next: AtomicUsize::new(0),
             clients,
@@ -390,7 +390,7 @@ impl Upstream {
                 Err(_) if progress.as_ref().is_some_and(|p| p.last() > last) => continue,
                 Err(_) => {
                     return Err(ProxyError::UpstreamTimeout {
-                        upstream: self.name.clone(),
+                        upstream: self.name.to_string(),
                         after: timeout,
                     });
                 }
