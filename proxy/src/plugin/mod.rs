@@ -655,7 +655,7 @@ impl ChainStream {
         end_of_stream: bool,
     ) -> Result<Verdict, ProxyError> {
         for b in self.order(Dir::Request) {
-            if b.skip.load(Ordering::Acquire) {
+            if b.skip.load(Ordering::Acquire) || !b.plugin.pool.head_hooks.request {
                 continue;
             }
             let n = head.as_ref().map_or(0, |h| h.headers.len()) as u32 + 4;
@@ -717,7 +717,7 @@ impl ChainStream {
         end_of_stream: bool,
     ) -> Result<Verdict, ProxyError> {
         for b in self.order(Dir::Response) {
-            if b.skip.load(Ordering::Acquire) {
+            if b.skip.load(Ordering::Acquire) || !b.plugin.pool.head_hooks.response {
                 continue;
             }
             let n = head.as_ref().map_or(0, |h| h.headers.len()) as u32 + 1;

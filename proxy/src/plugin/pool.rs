@@ -25,6 +25,16 @@ pub struct Pool {
     /// Which body phases the module exports callbacks for; a direction no plugin of a chain
     /// handles is not filtered at all.
     pub body_hooks: BodyHooks,
+    /// Which header phases it has callbacks for; the chain passes over it in the others.
+    pub head_hooks: HeadHooks,
+}
+
+/// Whether a module has a use for a header phase. The response phase also counts when the
+/// module exports `proxy_on_log` or `proxy_on_done`: those read the response status.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HeadHooks {
+    pub request: bool,
+    pub response: bool,
 }
 
 /// Whether a module exports body or trailer callbacks, per direction.
@@ -153,6 +163,7 @@ impl Pool {
     ) -> Result<Pool, Fault> {
         let mut slots = Vec::with_capacity(n);
         let mut body_hooks = BodyHooks::default();
+        let mut head_hooks = HeadHooks::default();
         for _ in 0..n.max(1) {
             let slot = Arc::new(Slot {
                 spec: spec.clone(),
@@ -171,6 +182,12 @@ impl Pool {
                 request: e.on_request_body.is_some() || e.on_request_trailers.is_some(),
                 response: e.on_response_body.is_some() || e.on_response_trailers.is_some(),
             };
+            head_hooks = HeadHooks {
+                request: e.on_request_headers.is_some(),
+                response: e.on_response_headers.is_some()
+                    || e.on_log.is_some()
+                    || e.on_done.is_some(),
+            };
             let deferred = std::mem::take(&mut instance.store.data_mut().deferred);
             slot.state
                 .try_lock()
@@ -182,6 +199,7 @@ impl Pool {
         Ok(Pool {
             slots: slots.into_boxed_slice(),
             body_hooks,
+            head_hooks,
         })
     }
 

@@ -174,3 +174,89 @@ fn inspect_says_every_corpus_module_is_runnable() {
         assert!(!report.contains("(not provided"), "{name}:\n{report}");
     }
 }
+
+/// A chain passes over a plugin in a header phase it has no callback for, but a plugin whose
+/// `proxy_on_log` may read `response.code` still gets the response phase, without exporting
+/// `proxy_on_response_headers`.
+#[test]
+fn a_plugin_with_only_on_log_still_sees_the_response_status() {
+    let host = PluginHost::default();
+    // on_log logs "code=found" when response.code is readable, "code=missing" when not.
+    let imports = r#"
+  (import "env" "proxy_get_property" (func $prop (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))"#;
+    let exports = format!(
+        r#"{ABI_0_2_1}
+  (data (i32.const 16) "response\00code")
+  (data (i32.const 48) "code=found")
+  (data (i32.const 64) "code=missing")
+  (func (export "proxy_on_log") (param i32)
+    (if (i32.eqz (call $prop (i32.const 16) (i32.const 13) (i32.const 96) (i32.const 100)))
+      (then (drop (call $log (i32.const 2) (i32.const 48) (i32.const 10))))
+      (else (drop (call $log (i32.const 2) (i32.const 64) (i32.const 12))))))"#
+    );
+    let m = module(&host, imports, &exports, "");
+    let pool = start(&host, &m).expect("starts");
+    assert!(!pool.head_hooks.request, "no request headers callback");
+    assert!(pool.head_hooks.response, "on_log needs the response phase");
+    let plugin = Arc::new(Plugin {
+        spec: spec(&host),
+        pool,
+    });
+    let chain = Chain::new(vec![plugin.clone()]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let info = StreamInfo {
+            id: "1".into(),
+            started: std::time::SystemTime::now(),
+            source: "127.0.0.1:1".parse().expect("addr"),
+            destination: "127.0.0.1:2".parse().expect("addr"),
+            tls_version: None,
+            mtls: false,
+            sni: None,
+            protocol: "HTTP/1.1",
+            scheme: "http",
+            method: http::Method::GET,
+            host: "a".into(),
+            path: "/".into(),
+            route: "r".into(),
+            upstream: None,
+        };
+        let stream = chain.start(Arc::new(info)).await.expect("start");
+        let mut req = RequestHead {
+            method: http::Method::GET,
+            scheme: "http",
+            authority: "a".into(),
+            path: "/".into(),
+            headers: HeaderMap::new(),
+        };
+        stream
+            .request_headers(&mut req, true)
+            .await
+            .expect("request");
+        let mut resp = ResponseHead {
+            status: StatusCode::IM_A_TEAPOT,
+            headers: HeaderMap::new(),
+        };
+        stream
+            .response_headers(&mut resp, true)
+            .await
+            .expect("response");
+        drop(stream);
+    });
+    let state = plugin.pool.slots[0].state.try_lock().expect("idle");
+    let logs = &state
+        .instance
+        .as_ref()
+        .expect("live")
+        .store
+        .data()
+        .recent_logs;
+    assert_eq!(
+        logs.back().map(String::as_str),
+        Some("code=found"),
+        "{logs:?}"
+    );
+}
