@@ -640,12 +640,9 @@ impl ChainStream {
                 "header {name} is not valid UTF-8, which the plugins of this route require"
             )));
         }
-        // Boxed once for the whole chain: from plugin to plugin, only the pointer moves.
-        let mut boxed = Some(Box::new(std::mem::replace(head, empty_request())));
+        let mut boxed = boxed(head, empty_request());
         let verdict = self.request_headers_boxed(&mut boxed, end_of_stream).await;
-        if let Some(back) = boxed {
-            *head = *back;
-        }
+        unbox(head, boxed);
         verdict
     }
 
@@ -703,11 +700,9 @@ impl ChainStream {
                 ),
             });
         }
-        let mut boxed = Some(Box::new(std::mem::replace(head, empty_response())));
+        let mut boxed = boxed(head, empty_response());
         let verdict = self.response_headers_boxed(&mut boxed, end_of_stream).await;
-        if let Some(back) = boxed {
-            *head = *back;
-        }
+        unbox(head, boxed);
         verdict
     }
 
@@ -1011,6 +1006,19 @@ fn closed(b: &Binding) -> ProxyError {
     ProxyError::PluginFailed {
         plugin: b.plugin.spec.name.clone(),
         reason: "the plugin closed the stream".into(),
+    }
+}
+
+/// A phase's head, boxed once for the whole chain: from plugin to plugin, only the pointer
+/// moves. `empty` stands in its place until [`unbox`] puts it back.
+fn boxed<H>(head: &mut H, empty: H) -> Option<Box<H>> {
+    Some(Box::new(std::mem::replace(head, empty)))
+}
+
+/// Puts back what the chain left of a head [`boxed`] took.
+fn unbox<H>(head: &mut H, boxed: Option<Box<H>>) {
+    if let Some(back) = boxed {
+        *head = *back;
     }
 }
 
