@@ -531,6 +531,80 @@ async fn slow_headers_are_cut_off_after_header_read_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_head_after_an_idle_spell_is_cut_off_after_header_read_timeout() {
+    // The connection's timer sleeps until the idle timeout once a request has ended; the
+    // first byte of the next head must bring it forward to that head's header clock.
+    let (proxy, up) = proxy_with("{ header_read_timeout: 300ms, idle_timeout: 30s }").await;
+    let mut stream = TcpStream::connect(proxy.addr("web"))
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let complete = |got: &[u8]| {
+        let text = String::from_utf8_lossy(got);
+        let Some(end) = text.find("\r\n\r\n") else {
+            return false;
+        };
+        let length = text[..end]
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().to_string())
+            })
+            .and_then(|v| v.parse::<usize>().ok())
+            .expect("a response with a content-length");
+        got.len() >= end + 4 + length
+    };
+    while !complete(&got) {
+        let n = tokio::time::timeout(GUARD, stream.read(&mut buf))
+            .await
+            .expect("a response in time")
+            .expect("read");
+        assert!(n > 0, "closed before the first response");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // Past the header timeout with no head: the connection is idle, not reading a head.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    let started = Instant::now();
+    let (mut read, mut write) = stream.into_split();
+    let trickle = tokio::spawn(async move {
+        for b in b"GET /second HTTP/1.1\r\nX-Slow: "
+            .iter()
+            .chain(b"x".repeat(1000).iter())
+        {
+            if write.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(GUARD, read.read_to_end(&mut sink)).await;
+    let waited = started.elapsed();
+    trickle.abort();
+    assert!(
+        closed.is_ok(),
+        "still open {waited:?} after the second head began"
+    );
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_millis(1500),
+        "closed {waited:?} after the second head began, expected about 300ms"
+    );
+    assert_eq!(up.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keepalive_connections_are_closed_after_idle_timeout() {
     // The idle timeout is longer than the header read timeout: an idle keep-alive connection
     // is not "reading headers" and must live for the whole idle timeout.

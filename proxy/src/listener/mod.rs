@@ -115,8 +115,13 @@ pub struct Activity {
     head_start_ms: AtomicU64,
     /// The connection began with the HTTP/2 preface.
     h2: AtomicBool,
-    /// Wakes the connection's timer when a head starts to arrive.
+    /// Wakes the connection's timer when a head starts to arrive that its header clock would
+    /// let expire before the timer looks again.
     head_started: tokio::sync::Notify,
+    /// Heads that start before this (ms since accept) wake the timer (see [`Activity::armed`]).
+    /// A later one expires no sooner than the timer looks, which sees it then; so on a busy
+    /// kept-alive connection a request's head costs no wake and no timer change.
+    wake_head_before_ms: AtomicU64,
     /// HTTP/1 heads 1..=n were read whole, in order, and none had both `Content-Length` and
     /// `Transfer-Encoding` (see [`watched`]).
     heads_clean: AtomicU64,
@@ -177,6 +182,7 @@ impl Activity {
             head_start_ms: AtomicU64::new(NO_HEAD),
             h2: AtomicBool::new(false),
             head_started: tokio::sync::Notify::new(),
+            wake_head_before_ms: AtomicU64::new(0),
             heads_clean: AtomicU64::new(0),
             head_both: AtomicU64::new(0),
             responses: Mutex::new(Responses::default()),
@@ -232,13 +238,22 @@ impl Activity {
         if self.active.load(Ordering::Acquire) > 0 {
             return;
         }
+        let now = self.age_ms();
         let started = self
             .head_start_ms
-            .compare_exchange(NO_HEAD, self.age_ms(), Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(NO_HEAD, now, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
-        if started {
+        if started && now < self.wake_head_before_ms.load(Ordering::Acquire) {
             self.head_started.notify_one();
         }
+    }
+
+    /// The connection's timer now looks at `at`: a head starting later than `at - header`
+    /// expires no sooner, so only an earlier one needs to wake it.
+    fn armed(&self, at: tokio::time::Instant, header: Duration) {
+        let since = at.into_std().saturating_duration_since(self.born);
+        let before = since.saturating_sub(header).as_millis() as u64;
+        self.wake_head_before_ms.store(before, Ordering::Release);
     }
 
     /// The scanner read a head whole (heads come in order, each once).
@@ -573,6 +588,11 @@ async fn serve_http<IO>(
     let (idle, header) = (limits.idle_timeout, limits.header_read_timeout);
     let body_idle = limits.body_idle_timeout;
     let mut next_check = tokio::time::Instant::now();
+    // One timer for the connection's life, moved only when a clock needs it earlier or has
+    // been looked at: a new `Sleep` per loop would re-enter tokio's timer wheel, and one
+    // earlier than every other timer wakes the runtime's driver (a syscall) each time.
+    let timer = tokio::time::sleep_until(next_check);
+    tokio::pin!(timer);
     let mut stopping = false;
     if reject && h2_only {
         // HTTP/2 has no `Connection: close`: GOAWAY right away frees the slot.
@@ -595,8 +615,11 @@ async fn serve_http<IO>(
                 stopping = true;
                 connection.as_mut().graceful_shutdown();
             }
-            _ = activity.head_started.notified() => next_check = tokio::time::Instant::now(),
-            _ = tokio::time::sleep_until(next_check) => {
+            _ = activity.head_started.notified() => {
+                next_check = tokio::time::Instant::now();
+                timer.as_mut().reset(next_check);
+            }
+            _ = &mut timer => {
                 let age = activity.born.elapsed();
                 match activity.expiry(idle, header) {
                     Expiry::Busy => {
@@ -648,6 +671,8 @@ async fn serve_http<IO>(
                         next_check = activity.at(at).min(soon);
                     }
                 }
+                timer.as_mut().reset(next_check);
+                activity.armed(next_check, header);
             }
         }
     }
@@ -695,6 +720,32 @@ mod tests {
         a.begin();
         a.end();
         assert!(matches!(a.expiry(idle, header), Expiry::Idle(_)));
+    }
+
+    #[test]
+    fn a_head_wakes_the_timer_only_when_its_clock_ends_first() {
+        use futures_util::FutureExt;
+        let header = Duration::from_secs(10);
+        let a = Activity::new();
+        a.begin();
+        a.end();
+        // The timer looks again within the header timeout (as while requests run): a head
+        // starting now expires no sooner, so it wakes nothing.
+        a.armed(tokio::time::Instant::now() + header, header);
+        a.head_bytes();
+        assert!(a.head_started.notified().now_or_never().is_none());
+        a.begin();
+        a.end();
+        // The timer sleeps until the idle timeout: the next head must bring it forward.
+        a.armed(
+            tokio::time::Instant::now() + Duration::from_secs(60),
+            header,
+        );
+        a.head_bytes();
+        assert!(a.head_started.notified().now_or_never().is_some());
+        // Bytes that continue the same head do not wake it again.
+        a.head_bytes();
+        assert!(a.head_started.notified().now_or_never().is_none());
     }
 
     #[test]
