@@ -59,7 +59,7 @@ pub fn prepare(
     }
     set_forwarded(
         headers,
-        conn.peer.ip(),
+        &conn.peer_ip,
         conn.tls.is_some(),
         host,
         snapshot.settings.trust_forwarded,

@@ -82,7 +82,9 @@ async fn proxy(
     actions::check_request(&req, limits)?;
     actions::check_framing(&req, conn)?;
     ex.host = actions::request_host(&req)?.to_string();
-    ex.path = req.uri().path().to_string();
+    if snapshot.settings.access_log {
+        ex.path = req.uri().path().to_string();
+    }
     actions::check_misdirected(conn, &ex.host)?;
     if let Some(port) = conn.listener.redirect_https {
         return Ok((actions::https_redirect(&req, &ex.host, port), None));
@@ -193,10 +195,8 @@ async fn act(
                     }
                 }
             };
-            shared
-                .metrics
-                .upstream_duration
-                .with_label_values(&[&*upstream.name])
+            upstream
+                .duration(&shared.metrics)
                 .observe(started.elapsed().as_secs_f64());
             Ok((resp?, Some(target.route.closing.clone())))
         }
@@ -363,8 +363,11 @@ fn request_id<B>(req: &Request<B>) -> HeaderValue {
             return v.clone();
         }
     }
-    let id = format!("{:032x}", fastrand::u128(..));
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    // 128 random bits as 32 lowercase hex digits.
+    let bits = fastrand::u128(..);
+    let id: [u8; 32] =
+        std::array::from_fn(|i| b"0123456789abcdef"[(bits >> (124 - 4 * i)) as usize & 0xf]);
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]
@@ -388,7 +391,19 @@ mod tests {
         for bad in [None, Some(""), Some("has space"), Some(&*"x".repeat(129))] {
             let id = id_for(bad);
             assert_eq!(id.len(), 32, "{bad:?}");
-            assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit), "{bad:?}");
+            assert!(
+                id.as_bytes()
+                    .iter()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b)),
+                "{bad:?}"
+            );
+        }
+        // 128 random bits: every hex digit varies, the first as much as the last.
+        let ids: Vec<HeaderValue> = (0..64).map(|_| id_for(None)).collect();
+        for at in [0, 31] {
+            let digits: std::collections::HashSet<u8> =
+                ids.iter().map(|id| id.as_bytes()[at]).collect();
+            assert!(digits.len() > 4, "digit {at} barely varies: {digits:?}");
         }
     }
 }

@@ -49,6 +49,8 @@ use watched::{Head, Watched};
 pub struct ConnInfo {
     pub listener: Arc<ListenerConfig>,
     pub peer: SocketAddr,
+    /// The peer's IP address as text, formatted once for every request's `x-forwarded-for`.
+    pub peer_ip: http::HeaderValue,
     /// The address the client connected to.
     pub local: SocketAddr,
     pub tls: Option<TlsInfo>,
@@ -472,6 +474,7 @@ async fn serve(
             let conn = Arc::new(ConnInfo {
                 listener: config.clone(),
                 peer,
+                peer_ip: ip_header(peer),
                 local,
                 tls: None,
                 activity: Activity::new(),
@@ -521,6 +524,7 @@ async fn serve(
             let conn = Arc::new(ConnInfo {
                 listener: config,
                 peer,
+                peer_ip: ip_header(peer),
                 local,
                 tls: Some(info),
                 activity: Activity::new(),
@@ -530,6 +534,12 @@ async fn serve(
             serve_http(shared, conn, &limits, tls_stream, stop, reject, h2, h2).await;
         }
     }
+}
+
+/// An IP address as a header value (always valid: digits, hex, `.` and `:`).
+fn ip_header(peer: SocketAddr) -> http::HeaderValue {
+    http::HeaderValue::try_from(peer.ip().to_string())
+        .unwrap_or_else(|_| http::HeaderValue::from_static(""))
 }
 
 /// Serves HTTP on an established connection until it closes, goes idle, or is stopped.

@@ -23,6 +23,14 @@ const UNTRUSTED: &[&str] = &[
 /// header names. `TE: trailers` is kept (gRPC needs it); with `keep_upgrade` the `Upgrade`
 /// header stays and `Connection: upgrade` is set again.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // One look at the names first: most requests carry none of these, and a removal by name
+    // costs a hash lookup each.
+    if !headers.keys().any(is_hop_by_hop) {
+        if keep_upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        return;
+    }
     if let Some(conn) = headers.get(header::CONNECTION) {
         let named: Vec<HeaderName> = conn
             .to_str()
@@ -56,6 +64,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// The fields [`strip_hop_by_hop`] removes by name (besides those `Connection` names, which
+/// only matter when it is present).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::TE
+        || name == header::UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
 /// Is this an HTTP/1.1 upgrade to WebSocket, the one protocol Portico tunnels? Any other
 /// `Upgrade` (`h2c` above all: a tunnelled h2c connection would carry requests the router
 /// never sees) is answered as a plain request, its `Upgrade` header removed.
@@ -77,28 +96,30 @@ fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     })
 }
 
-/// Sets `x-forwarded-for`, `-proto` and `-host`. With `trust` an incoming `x-forwarded-for`
-/// is appended to; without, it is replaced (Portico is the edge).
+/// Sets `x-forwarded-for`, `-proto` and `-host`; `peer` is the client's IP address as text.
+/// With `trust` an incoming `x-forwarded-for` is appended to; without, it is replaced (Portico
+/// is the edge).
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    peer: std::net::IpAddr,
+    peer: &HeaderValue,
     https: bool,
     host: &str,
     trust: bool,
 ) {
-    if !trust {
+    if !trust && headers.keys().any(|n| UNTRUSTED.contains(&n.as_str())) {
         // What a client claims about earlier hops is not believed at the edge; these also
         // carry paths some frameworks trust over the request line (X-Original-URL).
         for name in UNTRUSTED {
             headers.remove(*name);
         }
     }
-    let peer = peer.to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if trust && !prev.is_empty() => format!("{prev}, {peer}"),
-        _ => peer,
+        Some(prev) if trust && !prev.is_empty() => {
+            HeaderValue::try_from(format!("{prev}, {}", peer.to_str().unwrap_or_default())).ok()
+        }
+        _ => Some(peer.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(
@@ -123,13 +144,13 @@ mod tests {
         );
         h.insert("x-real-ip", HeaderValue::from_static("6.6.6.6"));
         h.insert("x-original-url", HeaderValue::from_static("/admin"));
-        let peer = "10.1.2.3".parse().unwrap();
-        set_forwarded(&mut h, peer, false, "a.example", false);
+        let peer = HeaderValue::from_static("10.1.2.3");
+        set_forwarded(&mut h, &peer, false, "a.example", false);
         assert!(h.get("forwarded").is_none());
         assert!(h.get("x-real-ip").is_none());
         assert!(h.get("x-original-url").is_none());
         h.insert("x-real-ip", HeaderValue::from_static("6.6.6.6"));
-        set_forwarded(&mut h, peer, false, "a.example", true);
+        set_forwarded(&mut h, &peer, false, "a.example", true);
         assert_eq!(h.get("x-real-ip").unwrap(), "6.6.6.6");
     }
 
@@ -190,13 +211,13 @@ mod tests {
     fn forwarded_for_replaced_unless_trusted() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
-        let peer = "10.1.2.3".parse().unwrap();
-        set_forwarded(&mut h, peer, true, "a.example", false);
+        let peer = HeaderValue::from_static("10.1.2.3");
+        set_forwarded(&mut h, &peer, true, "a.example", false);
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.1.2.3");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "a.example");
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
-        set_forwarded(&mut h, peer, false, "a.example", true);
+        set_forwarded(&mut h, &peer, false, "a.example", true);
         assert_eq!(h.get("x-forwarded-for").unwrap(), "6.6.6.6, 10.1.2.3");
     }
 }

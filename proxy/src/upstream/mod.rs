@@ -283,6 +283,9 @@ pub struct Upstream {
     next: AtomicUsize,
     clients: Clients,
     pub request_timeout: Duration,
+    /// This upstream's child of `portico_upstream_request_duration_seconds`, resolved on first
+    /// use rather than by label on every request.
+    duration: std::sync::OnceLock<prometheus::Histogram>,
 }
 
 // One per upstream and snapshot: its size does not matter, an extra indirection per request would.
@@ -325,7 +328,14 @@ impl Upstream {
             next: AtomicUsize::new(0),
             clients,
             request_timeout,
+            duration: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The histogram of this upstream's response times.
+    pub fn duration(&self, metrics: &crate::telemetry::metrics::Metrics) -> &prometheus::Histogram {
+        self.duration
+            .get_or_init(|| metrics.upstream_duration.with_label_values(&[&*self.name]))
     }
 
     /// Round robin over the endpoints; returns an index into `endpoints`.
