@@ -61,16 +61,9 @@ impl ProxyError {
         ProxyError::Internal(msg.into())
     }
 
-    /// Classifies a client error: connection failures are 502, a request body over its
-    /// limit is 413, a request body that stopped moving 408, anything else the upstream did
-    /// is 502.
-    pub fn from_client_error(upstream: &str, e: hyper_util::client::legacy::Error) -> Self {
-        let connecting = e.is_connect();
-        Self::from_upstream_error(upstream, &e, connecting)
-    }
-
-    /// The same for any error of a request to an upstream; `connecting` when no connection
-    /// could be made.
+    /// Classifies an error of a request to an upstream (`connecting`: no connection could be
+    /// made): connection failures are 502, a request body over its limit is 413, a request
+    /// body that stopped moving 408, anything else the upstream did is 502.
     pub fn from_upstream_error(
         upstream: &str,
         e: &(dyn std::error::Error + 'static),

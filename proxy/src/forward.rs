@@ -178,7 +178,7 @@ pub async fn send(
 
     let (mut parts, incoming) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
-    Ok(Response::from_parts(parts, body::incoming(incoming)))
+    Ok(Response::from_parts(parts, body::boxed(incoming)))
 }
 
 fn spawn_tunnel(

@@ -3,11 +3,11 @@
 //! Clients (and so their connections) live in a [`ClientCache`] owned by the server and
 //! survive reloads: a reload that keeps an upstream keeps its warm connections.
 //!
-//! HTTP/1.1 upstreams share one pooled client per settings, which connects to the endpoint
-//! named in the request URI; the `Host` header carries the request's host. HTTP/2 has no such
-//! split: the URI's authority *is* the request's host (`:authority`), and a pool keyed by it
-//! would open a connection per host a client cares to send. So an h2c endpoint has exactly one
-//! connection ([`H2cConn`]) that every request shares, whatever its host.
+//! An HTTP/1.1 endpoint has a pool of connections ([`h1::H1Pool`]), each carrying one request
+//! at a time; the `Host` header carries the request's host. HTTP/2 has no such split: the
+//! URI's authority *is* the request's host (`:authority`), and a pool keyed by it would open a
+//! connection per host a client cares to send. So an h2c endpoint has exactly one connection
+//! ([`H2cConn`]) that every request shares, whatever its host.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -17,25 +17,23 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::TryFutureExt;
 use futures_util::future::Either;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, header};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use hyper::body::Incoming;
 use hyper::client::conn::http2::{self, SendRequest};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+mod h1;
 pub mod headers;
+
+use h1::H1Pool;
+pub use h1::UpstreamBody;
 
 use crate::body::{self, Body, BoxError};
 use crate::error::{ProxyError, error_chain};
-
-pub type HttpClient = Client<HttpConnector, Body>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum UpstreamProtocol {
@@ -50,10 +48,12 @@ pub struct ClientKey {
     pub idle_timeout: Duration,
 }
 
-/// Clients by their settings; shared by every snapshot so pools outlive reloads.
+/// Connection pools by settings and endpoint; shared by every snapshot so pools outlive
+/// reloads. Never pruned: a pool of an endpoint removed by a reload keeps nothing open past
+/// `idle_timeout`.
 #[derive(Default)]
 pub struct ClientCache {
-    clients: Mutex<HashMap<ClientKey, HttpClient>>,
+    h1: Mutex<HashMap<(ClientKey, Authority), Arc<H1Pool>>>,
     /// h2c connections by settings and endpoint. Never pruned: an endpoint removed by a reload
     /// leaves a holder whose connection closes after `idle_timeout`.
     h2c: Mutex<HashMap<(ClientKey, Authority), Arc<H2cConn>>>,
@@ -66,11 +66,12 @@ impl std::fmt::Debug for ClientCache {
 }
 
 impl ClientCache {
-    pub fn get(&self, key: ClientKey) -> HttpClient {
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        clients
-            .entry(key)
-            .or_insert_with(|| client_builder(key).build(connector(key)))
+    /// The HTTP/1.1 connection pool of one endpoint.
+    fn get_h1(&self, key: ClientKey, endpoint: &Authority) -> Arc<H1Pool> {
+        let mut pools = self.h1.lock().unwrap_or_else(|e| e.into_inner());
+        pools
+            .entry((key, endpoint.clone()))
+            .or_insert_with(|| Arc::new(H1Pool::new(key, endpoint.clone())))
             .clone()
     }
 
@@ -84,27 +85,7 @@ impl ClientCache {
     }
 }
 
-fn connector(key: ClientKey) -> HttpConnector {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(key.connect_timeout));
-    connector.set_keepalive(Some(TCP_KEEPALIVE));
-    connector
-}
-
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
-
-fn client_builder(key: ClientKey) -> hyper_util::client::legacy::Builder {
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(key.idle_timeout)
-        .pool_max_idle_per_host(1024)
-        .retry_canceled_requests(true)
-        .set_host(false);
-    builder
-}
 
 /// The one HTTP/2 connection to an h2c endpoint, shared by every request to it (HTTP/2
 /// multiplexes them). Dialled on first use and again once it has closed; dropped after
@@ -148,12 +129,12 @@ impl H2cConn {
         self: &Arc<Self>,
         upstream: &str,
         mut req: Request<Body>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
         let mut retried = false;
         loop {
             let mut sender = self.sender(upstream).await?;
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(resp),
+                Ok(resp) => return Ok(resp.map(UpstreamBody::shared)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if !retried => (req, retried) = (unsent, true),
                     _ => return Err(ProxyError::from_upstream_error(upstream, e.error(), false)),
@@ -291,8 +272,8 @@ pub struct Upstream {
 // One per upstream and snapshot: its size does not matter, an extra indirection per request would.
 #[allow(clippy::large_enum_variant)]
 enum Clients {
-    /// One client for every endpoint; the request URI names the endpoint.
-    Http1(HttpClient),
+    /// A pool of connections per endpoint, in the order of `endpoints`.
+    Http1(Vec<Arc<H1Pool>>),
     /// One connection per endpoint, in the order of `endpoints`; the request URI names the
     /// host.
     H2c(Vec<Arc<H2cConn>>),
@@ -317,7 +298,9 @@ impl Upstream {
         request_timeout: Duration,
     ) -> Self {
         let clients = match key.protocol {
-            UpstreamProtocol::Http1 => Clients::Http1(cache.get(key)),
+            UpstreamProtocol::Http1 => {
+                Clients::Http1(endpoints.iter().map(|e| cache.get_h1(key, e)).collect())
+            }
             UpstreamProtocol::H2c => {
                 Clients::H2c(endpoints.iter().map(|e| cache.get_h2c(key, e)).collect())
             }
@@ -349,32 +332,41 @@ impl Upstream {
     /// The timeout counts from the request body's last progress, not from the start: a slow
     /// but steady upload may take longer than the timeout, while a body that stops moving
     /// (or an upstream that stops reading it) still times out.
-    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
+    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<UpstreamBody>, ProxyError> {
         let endpoint = self.pick();
         let pq = req
             .uri()
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.path_and_query = Some(pq);
-        parts.authority = Some(match &self.clients {
+        match &self.clients {
             Clients::Http1(_) => {
+                // Origin form: the connection names the endpoint, `Host` the request's host
+                // (an HTTP/1.1 request must have one: a plugin callout may not set it).
                 *req.version_mut() = http::Version::HTTP_11;
-                self.endpoints[endpoint].clone()
+                *req.uri_mut() = Uri::from(pq);
+                if !req.headers().contains_key(header::HOST)
+                    && let Ok(host) = http::HeaderValue::from_str(self.endpoints[endpoint].as_str())
+                {
+                    req.headers_mut().insert(header::HOST, host);
+                }
             }
             Clients::H2c(_) => {
                 // The host moves from the `Host` header to `:authority` (RFC 9113 §8.3.1).
                 *req.version_mut() = http::Version::HTTP_2;
                 let host = req.headers_mut().remove(header::HOST);
-                host.and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                let authority = host
+                    .and_then(|h| Authority::try_from(h.as_bytes()).ok())
                     .filter(|a| !a.as_str().contains('@'))
-                    .unwrap_or_else(|| self.endpoints[endpoint].clone())
+                    .unwrap_or_else(|| self.endpoints[endpoint].clone());
+                let mut parts = http::uri::Parts::default();
+                parts.scheme = Some(Scheme::HTTP);
+                parts.path_and_query = Some(pq);
+                parts.authority = Some(authority);
+                *req.uri_mut() = Uri::from_parts(parts)
+                    .map_err(|e| ProxyError::internal(format!("building upstream URI: {e}")))?;
             }
-        });
-        *req.uri_mut() = Uri::from_parts(parts)
-            .map_err(|e| ProxyError::internal(format!("building upstream URI: {e}")))?;
+        }
         let timeout = self.request_timeout;
         let progress = (!req.body().is_end_stream()).then(|| Arc::new(Progress::new()));
         if let Some(progress) = &progress {
@@ -382,11 +374,7 @@ impl Upstream {
             req = req.map(|inner| body::boxed(Watched { inner, progress }));
         }
         let response = match &self.clients {
-            Clients::Http1(client) => Either::Left(
-                client
-                    .request(req)
-                    .map_err(|e| ProxyError::from_client_error(&self.name, e)),
-            ),
+            Clients::Http1(pools) => Either::Left(pools[endpoint].send(&self.name, req)),
             Clients::H2c(conns) => Either::Right(conns[endpoint].send(&self.name, req)),
         };
         tokio::pin!(response);
