@@ -406,9 +406,12 @@ mod tests {
     #[tokio::test]
     async fn idle_connections_close_after_the_idle_timeout() {
         let mut s = server(10, false).await;
-        let pool = pool(&s.endpoint, Duration::from_millis(100));
-        let resp = pool.send("up", get()).await.unwrap();
-        assert_eq!(read_all(resp).await, 10);
+        let pool = pool(&s.endpoint, Duration::from_millis(500));
+        for _ in 0..2 {
+            let resp = pool.send("up", get()).await.unwrap();
+            assert_eq!(read_all(resp).await, 10);
+        }
+        assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
         // Nothing else uses the pool: its sweep drops the connection.
         tokio::time::timeout(Duration::from_secs(5), s.ended.recv())
             .await
