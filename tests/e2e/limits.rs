@@ -67,6 +67,26 @@ async fn until_closed(stream: &mut TcpStream) -> Vec<u8> {
     }
 }
 
+/// A slowloris: sends `head` and then a header value one byte every 100 ms until the server
+/// closes the connection. Returns how long that took from the first byte (`None`: still open
+/// after [`GUARD`]).
+async fn trickle_until_closed(stream: TcpStream, head: &'static str) -> Option<Duration> {
+    let started = Instant::now();
+    let (mut read, mut write) = stream.into_split();
+    let trickle = tokio::spawn(async move {
+        for b in head.bytes().chain(std::iter::repeat_n(b'x', 1000)) {
+            if write.write_all(&[b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(GUARD, read.read_to_end(&mut sink)).await;
+    trickle.abort();
+    closed.ok().map(|_| started.elapsed())
+}
+
 /// A request body of these chunk sizes, with no length known in advance.
 fn streamed(chunks: &[usize]) -> TestBody {
     let frames: Vec<
@@ -490,28 +510,10 @@ async fn slow_headers_are_cut_off_after_header_read_timeout() {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
         let started = Instant::now();
         stream.write_all(prefix.as_bytes()).await.expect("write");
-        let (mut read, mut write) = stream.into_split();
-        let trickle = tokio::spawn(async move {
-            for b in b"GET / HTTP/1.1\r\nX-Slow: "
-                .iter()
-                .chain(b"x".repeat(1000).iter())
-            {
-                if write.write_all(&[*b]).await.is_err() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        });
-        let mut sink = Vec::new();
-        let closed = tokio::time::timeout(GUARD, read.read_to_end(&mut sink)).await;
-        let waited = started.elapsed();
-        trickle.abort();
+        let waited = trickle_until_closed(stream, "GET / HTTP/1.1\r\nX-Slow: ").await;
+        let waited = waited.map(|_| started.elapsed());
         assert!(
-            closed.is_ok(),
-            "prefix {prefix:?}: still open after {waited:?}"
-        );
-        assert!(
-            waited >= Duration::from_millis(250) && waited < Duration::from_millis(1500),
+            waited.is_some_and(|w| w >= Duration::from_millis(250) && w < Duration::from_millis(1500)),
             "prefix {prefix:?}: closed after {waited:?}, expected about 300ms"
         );
     }
@@ -576,29 +578,9 @@ async fn a_slow_head_after_an_idle_spell_is_cut_off_after_header_read_timeout() 
     // Past the header timeout with no head: the connection is idle, not reading a head.
     tokio::time::sleep(Duration::from_millis(700)).await;
 
-    let started = Instant::now();
-    let (mut read, mut write) = stream.into_split();
-    let trickle = tokio::spawn(async move {
-        for b in b"GET /second HTTP/1.1\r\nX-Slow: "
-            .iter()
-            .chain(b"x".repeat(1000).iter())
-        {
-            if write.write_all(&[*b]).await.is_err() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
-    let mut sink = Vec::new();
-    let closed = tokio::time::timeout(GUARD, read.read_to_end(&mut sink)).await;
-    let waited = started.elapsed();
-    trickle.abort();
+    let waited = trickle_until_closed(stream, "GET /second HTTP/1.1\r\nX-Slow: ").await;
     assert!(
-        closed.is_ok(),
-        "still open {waited:?} after the second head began"
-    );
-    assert!(
-        waited >= Duration::from_millis(250) && waited < Duration::from_millis(1500),
+        waited.is_some_and(|w| w >= Duration::from_millis(250) && w < Duration::from_millis(1500)),
         "closed {waited:?} after the second head began, expected about 300ms"
     );
     assert_eq!(up.hits(), 1);

@@ -351,14 +351,20 @@ mod tests {
         resp.into_body().collect().await.unwrap().to_bytes().len()
     }
 
+    /// `n` requests one after another, each response read whole; the bytes of each.
+    async fn one_after_another(pool: &Arc<H1Pool>, n: usize) -> Vec<usize> {
+        let mut sizes = Vec::new();
+        for _ in 0..n {
+            sizes.push(read_all(pool.send("up", get()).await.unwrap()).await);
+        }
+        sizes
+    }
+
     #[tokio::test]
     async fn a_connection_serves_one_request_after_another() {
         let s = server(100_000, false).await;
         let pool = pool(&s.endpoint, Duration::from_secs(60));
-        for _ in 0..5 {
-            let resp = pool.send("up", get()).await.unwrap();
-            assert_eq!(read_all(resp).await, 100_000);
-        }
+        assert_eq!(one_after_another(&pool, 5).await, [100_000; 5]);
         assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
     }
 
@@ -366,10 +372,7 @@ mod tests {
     async fn a_connection_the_upstream_closes_is_not_reused() {
         let s = server(10, true).await;
         let pool = pool(&s.endpoint, Duration::from_secs(60));
-        for _ in 0..3 {
-            let resp = pool.send("up", get()).await.unwrap();
-            assert_eq!(read_all(resp).await, 10);
-        }
+        assert_eq!(one_after_another(&pool, 3).await, [10; 3]);
         assert_eq!(s.accepted.load(Ordering::SeqCst), 3);
     }
 
@@ -396,10 +399,7 @@ mod tests {
         let (a, b) = (a.unwrap(), b.unwrap());
         assert_eq!(s.accepted.load(Ordering::SeqCst), 2);
         assert_eq!(read_all(a).await + read_all(b).await, 2000);
-        for _ in 0..4 {
-            let resp = pool.send("up", get()).await.unwrap();
-            assert_eq!(read_all(resp).await, 1000);
-        }
+        assert_eq!(one_after_another(&pool, 4).await, [1000; 4]);
         assert_eq!(s.accepted.load(Ordering::SeqCst), 2);
     }
 
@@ -407,10 +407,7 @@ mod tests {
     async fn idle_connections_close_after_the_idle_timeout() {
         let mut s = server(10, false).await;
         let pool = pool(&s.endpoint, Duration::from_millis(500));
-        for _ in 0..2 {
-            let resp = pool.send("up", get()).await.unwrap();
-            assert_eq!(read_all(resp).await, 10);
-        }
+        assert_eq!(one_after_another(&pool, 2).await, [10; 2]);
         assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
         // Nothing else uses the pool: its sweep drops the connection.
         tokio::time::timeout(Duration::from_secs(5), s.ended.recv())
