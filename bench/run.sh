@@ -21,20 +21,21 @@ ROOT=$(cd "$BENCH_DIR/.." && pwd)
 # ---------------------------------------------------------------------------------------------
 KNOBS=(DURATION WARMUP UPSTREAM_DURATION CONNECTIONS IDLE_CONNS HANDSHAKE_CLIENTS SCENARIOS
        PROXIES DIRECT SKIP_BUILD SKIP_INSTALL PORTICO_BIN TLS_KEY FORWARD_HEADERS OUTPUT
-       KEEP_TMP PROXY_CPU LOAD_CPU PLUGIN_ROUNDS S1_ROUNDS CRITERION CRITERION_ARGS)
+       KEEP_TMP PROXY_CPU LOAD_CPU PLUGIN_ROUNDS PLUGIN_DURATION S1_ROUNDS CRITERION CRITERION_ARGS)
 SET_KNOBS=()
 for k in "${KNOBS[@]}"; do
     if [[ -n ${!k+x} ]]; then SET_KNOBS+=("$k=${!k@Q}"); fi
 done
 
-DURATION=${DURATION:-10s}             # measured run of scenarios 1, 2, 3; each run of 6 and 7
+DURATION=${DURATION:-10s}             # measured run of scenarios 1, 2, 3
+PLUGIN_DURATION=${PLUGIN_DURATION:-5s}  # each run of scenarios 6 and 7 (in pairs, see chain_rounds)
 WARMUP=${WARMUP:-2s}                  # unmeasured run before scenarios 1, 2; per chain in 6, 7
 UPSTREAM_DURATION=${UPSTREAM_DURATION:-5s}  # each of scenario 4's runs (cold, warm pool)
 CONNECTIONS=${CONNECTIONS:-50}        # wrk connections (scenarios 1, 4, 6 and 7)
 IDLE_CONNS=${IDLE_CONNS:-10000}       # scenario 5
 HANDSHAKE_CLIENTS=${HANDSHAKE_CLIENTS:-4}   # parallel `openssl s_time` processes (scenario 3)
 SCENARIOS=${SCENARIOS:-"1 2 3 4 5 6 7"}
-PLUGIN_ROUNDS=${PLUGIN_ROUNDS:-5}     # scenarios 6 and 7: rounds over all chains (interleaved)
+PLUGIN_ROUNDS=${PLUGIN_ROUNDS:-5}     # scenarios 6 and 7: rounds (each: every chain paired with a baseline run)
 S1_ROUNDS=${S1_ROUNDS:-3}             # scenario 1: rounds over the targets (median round kept)
 CRITERION=${CRITERION:-1}             # scenario 7: 1 = also run the criterion bench first_party
 CRITERION_ARGS=${CRITERION_ARGS:-"--warm-up-time 1 --measurement-time 3"}   # its CLI options
@@ -885,9 +886,8 @@ s5_conns() {
 # 6. Plugin chains: Portico alone, scenario 1's load, through chains of the rw test plugin
 #    (tests/plugins/rw: N request-header hostcalls, alternating get x-rw-in / set x-rw-<i>).
 #    One Portico serves every chain, one listener each, so the chains are measured in the same
-#    process and interleaved: PLUGIN_ROUNDS rounds, each running every chain once (starting
-#    one further along each round), summed per chain. Differences from the 0-plugin chain are
-#    what the plugins cost.
+#    process, each in pairs with a run of the 0-plugin chain (chain_rounds). Differences from
+#    the 0-plugin chain within the pairs are what the plugins cost.
 start_plugins() {
     local dir=$TMP/portico-plugins v
     mkdir -p "$dir"
@@ -959,66 +959,91 @@ s6_plugins() {
 }
 
 # The measurement of scenarios 6 and 7: one Portico (TARGET) with a listener per chain, scenario
-# 1's load on each, interleaved: PLUGIN_ROUNDS rounds, each running every chain once (starting
-# one further along each round).
+# 1's load on each, in PLUGIN_ROUNDS rounds. The first chain is the baseline, and every other
+# chain is measured in a pair with a baseline run right next to it (the baseline first in one
+# round, second in the next; the chains' order rotated): this machine's speed drifts by more
+# than a plugin costs over the minutes a round takes, but hardly over the seconds of a pair.
 #   chain_rounds S TARGET CHAINS PORTS HEADERS
 # CHAINS names the array of chains, PORTS the map chain -> port, HEADERS the map chain -> the
-# request headers wrk adds (one a line). Sets, per chain V: R[S.V.rN.cpu_us] per round,
-# R[S.V.rounds] (those, listed), R[S.V.cpu_us] (their median), R[S.V.pooled_cpu_us], and over
-# all rounds requests, errors, rps, p50_ms/p99_ms (mean of the rounds'), cpu_pct,
-# load_core_pct, other_pct (the worst round's).
+# request headers wrk adds (one a line). Sets, per chain V: R[S.V.rN.cpu_us] per round (the
+# baseline's: the median of its runs in the round), R[S.V.rN.base_us] (the baseline run of V's
+# pair), R[S.V.rounds] (the rounds', listed), R[S.V.cpu_us] (their median),
+# R[S.V.pooled_cpu_us], and over all its runs requests, errors, rps, p50_ms/p99_ms and
+# load_core_pct (means of the runs'), cpu_pct, other_pct (the worst run's).
 chain_rounds() {
-    local s=$1 t=$2 round i v out n k rounds=$PLUGIN_ROUNDS
+    local s=$1 t=$2 round i v w k n rounds=$PLUGIN_ROUNDS base_runs
     local -n chain_list=$3 chain_port=$4 chain_headers=$5
-    local -a order
+    local base=${chain_list[0]}
+    local -a others=("${chain_list[@]:1}") pair
     for v in "${chain_list[@]}"; do
         header_args "${chain_headers[$v]:-}"
         run_wrk "$t" "${chain_port[$v]}" "$WARMUP" "$TMP/$s.$v.warmup" "${HDR[@]}"
-        for k in ticks requests duration_us errors p50_us p99_us load_pct; do R[$s.$v.sum_$k]=0; done
+        for k in ticks requests duration_us errors p50_us p99_us load_pct runs; do R[$s.$v.sum_$k]=0; done
         R[$s.$v.sum_wall]=0 R[$s.$v.other_pct]=0 R[$s.$v.rounds]=""
     done
     for round in $(seq "$rounds"); do
-        order=()
-        for i in "${!chain_list[@]}"; do
-            order+=("${chain_list[(i + round - 1) % ${#chain_list[@]}]}")
+        log "$t: scenario ${s#s}, round $round of $rounds"
+        base_runs=""
+        for i in "${!others[@]}"; do
+            v=${others[(i + round - 1) % ${#others[@]}]}
+            if (( (round + i) % 2 )); then pair=("$base" "$v"); else pair=("$v" "$base"); fi
+            for w in "${pair[@]}"; do
+                chain_run "$s" "$t" "$w" "$round" "${chain_port[$w]}" "${chain_headers[$w]:-}"
+            done
+            R[$s.$v.r$round.base_us]=$BASE_CPU_US
+            base_runs+=" $BASE_CPU_US"
         done
-        log "$t: scenario ${s#s}, round $round of $rounds (${order[*]})"
-        for v in "${order[@]}"; do
-            out=$TMP/$s.$v.r$round.txt
-            k=$s.$t.$v.r$round
-            header_args "${chain_headers[$v]:-}"
-            cpu_begin "$t"
-            run_wrk "$t" "${chain_port[$v]}" "$DURATION" "$out" "${HDR[@]}"
-            cpu_end "$t" "$k"
-            n=$(wrk_field "$out" requests)
-            R[$s.$v.r$round.cpu_us]=$(calc %.2f "${R[$k.cpu_ticks]} * 1e6 / $CLK_TCK / ($n + 0.000001)")
+        if (( ${#others[@]} == 0 )); then
+            chain_run "$s" "$t" "$base" "$round" "${chain_port[$base]}" "${chain_headers[$base]:-}"
+            base_runs=$BASE_CPU_US
+        fi
+        R[$s.$base.r$round.cpu_us]=$(median "$base_runs")
+        for v in "${chain_list[@]}"; do
             R[$s.$v.rounds]="${R[$s.$v.rounds]}${R[$s.$v.rounds]:+ / }${R[$s.$v.r$round.cpu_us]}"
-            add "$s.$v.sum_ticks" "${R[$k.cpu_ticks]}"
-            add "$s.$v.sum_requests" "$n"
-            add "$s.$v.sum_duration_us" "$(wrk_field "$out" duration_us)"
-            add "$s.$v.sum_errors" "$(wrk_field "$out" errors)"
-            add "$s.$v.sum_errors" "$(wrk_field "$out" non2xx)"
-            add "$s.$v.sum_p50_us" "$(wrk_field "$out" p50_us)"
-            add "$s.$v.sum_p99_us" "$(wrk_field "$out" p99_us)"
-            add "$s.$v.sum_load_pct" "${R[$k.load_core_pct]}"
-            R[$s.$v.sum_wall]=$(calc %.3f "${R[$s.$v.sum_wall]} + ${R[$k.wall_s]}")
-            if (( ${R[$k.other_pct]} > ${R[$s.$v.other_pct]} )); then R[$s.$v.other_pct]=${R[$k.other_pct]}; fi
         done
     done
     for v in "${chain_list[@]}"; do
         n=${R[$s.$v.sum_requests]}
+        k=${R[$s.$v.sum_runs]}
         R[$s.$v.requests]=$n
         R[$s.$v.errors]=${R[$s.$v.sum_errors]}
         R[$s.$v.rps]=$(calc %.0f "$n / (${R[$s.$v.sum_duration_us]} + 0.001) * 1e6")
-        R[$s.$v.p50_ms]=$(calc %.3f "${R[$s.$v.sum_p50_us]} / $rounds / 1000")
-        R[$s.$v.p99_ms]=$(calc %.3f "${R[$s.$v.sum_p99_us]} / $rounds / 1000")
+        R[$s.$v.p50_ms]=$(calc %.3f "${R[$s.$v.sum_p50_us]} / $k / 1000")
+        R[$s.$v.p99_ms]=$(calc %.3f "${R[$s.$v.sum_p99_us]} / $k / 1000")
         R[$s.$v.cpu_pct]=$(calc %.0f "${R[$s.$v.sum_ticks]} / $CLK_TCK / (${R[$s.$v.sum_wall]} + 0.001) * 100")
-        R[$s.$v.load_core_pct]=$(calc %.0f "${R[$s.$v.sum_load_pct]} / $rounds")
+        R[$s.$v.load_core_pct]=$(calc %.0f "${R[$s.$v.sum_load_pct]} / $k")
         if (( n > 0 )); then
             R[$s.$v.pooled_cpu_us]=$(calc %.2f "${R[$s.$v.sum_ticks]} * 1e6 / $CLK_TCK / $n")
             R[$s.$v.cpu_us]=$(median "${R[$s.$v.rounds]// \/ / }")
         fi
     done
+}
+
+# One measured run of chain V (BASE: the baseline) in round ROUND of scenario S. Its proxy CPU
+# per request goes to BASE_CPU_US for the baseline, else to R[S.V.rROUND.cpu_us]; V's sums grow.
+#   chain_run S TARGET V ROUND PORT HEADERS
+chain_run() {
+    local s=$1 t=$2 v=$3 round=$4 port=$5 out k n cpu
+    out=$TMP/$s.$v.r$round.${R[$s.$v.sum_runs]}.txt
+    k=$s.$t.$v.r$round
+    header_args "$6"
+    cpu_begin "$t"
+    run_wrk "$t" "$port" "$PLUGIN_DURATION" "$out" "${HDR[@]}"
+    cpu_end "$t" "$k"
+    n=$(wrk_field "$out" requests)
+    cpu=$(calc %.2f "${R[$k.cpu_ticks]} * 1e6 / $CLK_TCK / ($n + 0.000001)")
+    if [[ $v == "${chain_list[0]}" ]]; then BASE_CPU_US=$cpu; else R[$s.$v.r$round.cpu_us]=$cpu; fi
+    add "$s.$v.sum_runs" 1
+    add "$s.$v.sum_ticks" "${R[$k.cpu_ticks]}"
+    add "$s.$v.sum_requests" "$n"
+    add "$s.$v.sum_duration_us" "$(wrk_field "$out" duration_us)"
+    add "$s.$v.sum_errors" "$(wrk_field "$out" errors)"
+    add "$s.$v.sum_errors" "$(wrk_field "$out" non2xx)"
+    add "$s.$v.sum_p50_us" "$(wrk_field "$out" p50_us)"
+    add "$s.$v.sum_p99_us" "$(wrk_field "$out" p99_us)"
+    add "$s.$v.sum_load_pct" "${R[$k.load_core_pct]}"
+    R[$s.$v.sum_wall]=$(calc %.3f "${R[$s.$v.sum_wall]} + ${R[$k.wall_s]}")
+    if (( ${R[$k.other_pct]} > ${R[$s.$v.other_pct]} )); then R[$s.$v.other_pct]=${R[$k.other_pct]}; fi
 }
 
 header_args() {   # header_args "NAME: value<newline>...": HDR=(-H "NAME: value" ...), for wrk and curl
@@ -1030,14 +1055,19 @@ header_args() {   # header_args "NAME: value<newline>...": HDR=(-H "NAME: value"
 }
 
 # chain_delta S V BASE: chain V against chain BASE of scenario S, R[S.V-BASE.delta] and
-# R[S.V-BASE.spread]: the median over the rounds of the difference within a round (the two runs
-# minutes apart at most), so that one disturbed run does not move the result; the range of
-# those differences is the error bar.
+# R[S.V-BASE.spread]. Per round, a chain's difference from the baseline is taken within its pair
+# (seconds apart); against another chain it is the difference of the two chains' differences.
+# The result is the median over the rounds, so that one disturbed pair does not move it; the
+# range of the per-round differences is the error bar.
 chain_delta() {
-    local s=$1 v=$2 base=$3 round ds=""
+    local s=$1 v=$2 base=$3 round d ds=""
     [[ -n ${R[$s.$v.cpu_us]:-} && -n ${R[$s.$base.cpu_us]:-} ]] || return 0
     for round in $(seq "$PLUGIN_ROUNDS"); do
-        ds+=" $(calc %.2f "${R[$s.$v.r$round.cpu_us]} - ${R[$s.$base.r$round.cpu_us]}")"
+        d="${R[$s.$v.r$round.cpu_us]} - ${R[$s.$v.r$round.base_us]}"
+        if [[ -n ${R[$s.$base.r$round.base_us]:-} ]]; then
+            d="$d - (${R[$s.$base.r$round.cpu_us]} - ${R[$s.$base.r$round.base_us]})"
+        fi
+        ds+=" $(calc %.2f "$d")"
     done
     R[$s.$v-$base.delta]=$(calc %+.2f "$(median "$ds")")
     R[$s.$v-$base.spread]=$(tr ' ' '\n' <<<"$ds" | sed '/^$/d' | sort -g |
@@ -1065,8 +1095,8 @@ run_plugins() {
 }
 
 # 7. The first-party plugins (plugins/: jwt, rate-limit, auth, header-rewrite) under load, by
-#    scenario 6's method: one Portico, a listener per chain, the chains interleaved, each
-#    against the 0-plugin chain. Every request carries a bearer token, an API key and a header
+#    scenario 6's method: one Portico, a listener per chain, each chain in pairs with the
+#    0-plugin chain. Every request carries a bearer token, an API key and a header
 #    that header-rewrite removes, the baseline's too.
 
 # The JWKS and one token per algorithm, minted now by proxy/examples/bench_tokens.rs; then each
@@ -1482,9 +1512,9 @@ Produced by \`$(run_cmd)\` (method: [bench/README.md](../bench/README.md#scenari
 - Date: $(date -u '+%Y-%m-%d %H:%M UTC')
 - Machine: $(nproc) cores, $cpu_model, Linux ${VERSIONS[kernel]}; Portico pinned to CPU $PROXY_CPU (one worker), backend nginx and wrk pinned to CPU $LOAD_CPU
 - Versions: ${VERSIONS[portico]:-portico (unknown)}; plugin \`tests/plugins/rw\` built with the public \`proxy-wasm\` crate 0.2.5 by \`scripts/build-test-plugins.sh\`; wrk ${VERSIONS[wrk]}
-- Settings: DURATION=$DURATION per run, WARMUP=$WARMUP per chain, CONNECTIONS=$CONNECTIONS, PLUGIN_ROUNDS=$PLUGIN_ROUNDS
+- Settings: PLUGIN_DURATION=$PLUGIN_DURATION per run, WARMUP=$WARMUP per chain, CONNECTIONS=$CONNECTIONS, PLUGIN_ROUNDS=$PLUGIN_ROUNDS
 
-Scenario 1's load — \`wrk -t1 -c$CONNECTIONS -d$DURATION --latency\`, HTTP/1.1 keep-alive, body \`hello\\n\` — with one more request header, \`x-rw-in: 1\`, on every chain including the baseline. One Portico serves all chains, a listener each, same route and upstream; the chains are measured interleaved: $PLUGIN_ROUNDS rounds, each running every chain once (a round starts one chain further along). The plugin is \`rw\` ([tests/plugins/README.md](../tests/plugins/README.md)): \`on_http_request_headers\` makes N header hostcalls, alternating get \`x-rw-in\` and set \`x-rw-<i>\`; its other callbacks are the SDK's defaults, but each plugin still gets every phase (context create, request headers, response headers, response body, log, done, delete). Before measuring, every chain's plugins were shown to run: the backend echoed the headers they wrote. A row's proxy CPU µs/req is the median of its rounds (each listed under "per round"); **Δ** is the median over the rounds of (this chain − the 0-plugin chain, both in the same round), and "Δ range" the smallest and largest of those per-round differences: the error bar. Requests, req/s, CPU % and busy % are over all rounds; p50/p99 the mean of the rounds'; "other processes %" the worst round's.
+Scenario 1's load — \`wrk -t1 -c$CONNECTIONS -d$PLUGIN_DURATION --latency\`, HTTP/1.1 keep-alive, body \`hello\\n\` — with one more request header, \`x-rw-in: 1\`, on every chain including the baseline. One Portico serves all chains, a listener each, same route and upstream. **Every chain is measured in pairs with the 0-plugin chain**: $PLUGIN_ROUNDS rounds, in each of which every other chain runs once right before or right after a run of the baseline (alternating from round to round; the chains' order rotated), because this machine's speed drifts by more than a plugin costs over the minutes a round takes, but hardly over the seconds of a pair. The plugin is \`rw\` ([tests/plugins/README.md](../tests/plugins/README.md)): \`on_http_request_headers\` makes N header hostcalls, alternating get \`x-rw-in\` and set \`x-rw-<i>\`; its other callbacks are the SDK's defaults, but each plugin still gets every phase (context create, request headers, response headers, response body, log, done, delete). Before measuring, every chain's plugins were shown to run: the backend echoed the headers they wrote. A row's proxy CPU µs/req is the median of its rounds (each listed under "per round"; the baseline's round is the median of its runs in that round); **Δ** is the median over the rounds of (this chain − the baseline run of its pair), and "Δ range" the smallest and largest of those per-round differences: the error bar. Five hostcalls against none is the difference of the two chains' per-round differences. Requests, req/s, CPU % and busy % are over all runs; p50/p99 the mean of the runs'; "other processes %" the worst run's.
 
 | chain | requests | req/s | p50 ms | p99 ms | errors | proxy CPU % | **proxy CPU µs/req** | per round | **Δ vs 0 plugins, µs** | Δ range | load core busy % | other processes % |
 |---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---:|---:|
@@ -1540,9 +1570,9 @@ Produced by \`$(run_cmd)\` (method: [bench/README.md](../bench/README.md#scenari
 - Date: $(date -u '+%Y-%m-%d %H:%M UTC')
 - Machine: $(nproc) cores, $cpu_model, Linux ${VERSIONS[kernel]}; Portico pinned to CPU $PROXY_CPU (one worker), backend nginx and wrk pinned to CPU $LOAD_CPU
 - Versions: ${VERSIONS[portico]:-portico (unknown)}; plugins from \`plugins/\` built by \`scripts/build-plugins.sh\` (profile \`plugin\`): $sizes; wrk ${VERSIONS[wrk]}
-- Settings: DURATION=$DURATION per run, WARMUP=$WARMUP per chain, CONNECTIONS=$CONNECTIONS, PLUGIN_ROUNDS=$PLUGIN_ROUNDS$([[ $CRITERION == 1 ]] && echo ", criterion: \`$CRITERION_ARGS\`")
+- Settings: PLUGIN_DURATION=$PLUGIN_DURATION per run, WARMUP=$WARMUP per chain, CONNECTIONS=$CONNECTIONS, PLUGIN_ROUNDS=$PLUGIN_ROUNDS$([[ $CRITERION == 1 ]] && echo ", criterion: \`$CRITERION_ARGS\`")
 
-Scenario 6's method with the plugins of \`plugins/\`: scenario 1's load — \`wrk -t1 -c$CONNECTIONS -d$DURATION --latency\`, HTTP/1.1 keep-alive, body \`hello\\n\` — on one Portico with a listener per chain, same route and upstream, the chains interleaved over $PLUGIN_ROUNDS rounds. **Every chain's request, the baseline's too, carries three more headers**: \`authorization: Bearer <token>\` (the RS256 token, except on the HS256 and ES256 jwt chains, which get their algorithm's: ${#FP_TOKEN[HS256]}, ${#FP_TOKEN[RS256]} and ${#FP_TOKEN[ES256]} bytes for HS256, RS256, ES256), \`x-api-key: <the key>\` and \`x-debug: 1\`. The tokens are minted at the start of the run by \`proxy/examples/bench_tokens.rs\` with the jwt plugin's test keys (issuer \`https://idp.test\`, audience \`api\`, valid for a day). The plugins are configured as in [bench/micro/first_party.rs](../bench/micro/first_party.rs):
+Scenario 6's method with the plugins of \`plugins/\`: scenario 1's load — \`wrk -t1 -c$CONNECTIONS -d$PLUGIN_DURATION --latency\`, HTTP/1.1 keep-alive, body \`hello\\n\` — on one Portico with a listener per chain, same route and upstream, every chain measured in pairs with the 0-plugin chain over $PLUGIN_ROUNDS rounds. **Every chain's request, the baseline's too, carries three more headers**: \`authorization: Bearer <token>\` (the RS256 token, except on the HS256 and ES256 jwt chains, which get their algorithm's: ${#FP_TOKEN[HS256]}, ${#FP_TOKEN[RS256]} and ${#FP_TOKEN[ES256]} bytes for HS256, RS256, ES256), \`x-api-key: <the key>\` and \`x-debug: 1\`. The tokens are minted at the start of the run by \`proxy/examples/bench_tokens.rs\` with the jwt plugin's test keys (issuer \`https://idp.test\`, audience \`api\`, valid for a day). The plugins are configured as in [bench/micro/first_party.rs](../bench/micro/first_party.rs):
 
 - jwt: \`issuer: https://idp.test\`, \`audiences: [api]\`, an inline JWKS of an RSA 2048, an EC P-256 and an HMAC key; \`cache_size: 10000\` (warm: the request repeats one token, verified once and then found in the cache) or \`cache_size: 0\` (cold: every request verifies the signature, with Portico's native \`portico.verify_signature\`);
 - rate-limit: \`rate: 1000000000, per: 1s, key: client_ip\` (never refuses; every request updates the client's bucket);
@@ -1550,7 +1580,7 @@ Scenario 6's method with the plugins of \`plugins/\`: scenario 1's load — \`wr
 - header-rewrite: request \`set: { x-request-host: "{request.host}" }\`, \`remove: [x-debug]\`; response \`set: { strict-transport-security: ... }\`, \`remove: [server]\`;
 - chain of 4: jwt (RS256, warm) + rate-limit + auth api_key + header-rewrite, in that order, entries of their own.
 
-Before measuring, each chain answered \`hello\` through its plugins, and they were shown to run: requests without the token (jwt) or without the key (auth) got 401, the backend saw what auth and header-rewrite changed, the response lost \`server\` and gained HSTS exactly where header-rewrite runs, and rate-limit's \`requests_allowed\` counter moved. A chain that failed is listed under the problems and not measured. Columns as in scenario 6: proxy CPU µs/req is the median of the rounds; **Δ** the median over the rounds of (this chain − the 0-plugin chain in the same round), "Δ range" the smallest and largest of those per-round differences.
+Before measuring, each chain answered \`hello\` through its plugins, and they were shown to run: requests without the token (jwt) or without the key (auth) got 401, the backend saw what auth and header-rewrite changed, the response lost \`server\` and gained HSTS exactly where header-rewrite runs, and rate-limit's \`requests_allowed\` counter moved. A chain that failed is listed under the problems and not measured. Columns as in scenario 6: proxy CPU µs/req is the median of the rounds; **Δ** the median over the rounds of (this chain − the baseline run of its pair), "Δ range" the smallest and largest of those per-round differences.
 
 | chain | token | requests | req/s | p50 ms | p99 ms | errors | proxy CPU % | **proxy CPU µs/req** | per round | **Δ vs 0 plugins, µs** | Δ range | load core busy % | other processes % |
 |---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---:|---:|
