@@ -1065,8 +1065,7 @@ enum BodyStep {
     TooLarge(String, u64),
 }
 
-type StepFuture =
-    Pin<Box<dyn std::future::Future<Output = Result<Option<Frame<Bytes>>, ProxyError>> + Send>>;
+type StepFuture = Pin<Box<dyn std::future::Future<Output = Result<StepDone, ProxyError>> + Send>>;
 
 pin_project_lite::pin_project! {
     /// A body that holds the chain's stream contexts until it ends.
@@ -1099,11 +1098,6 @@ impl http_body::Body for KeepAlive {
 
 /// A body whose frames pass through the chain.
 struct Filtered {
-    state: Arc<Mutex<FilterState>>,
-    pending: Option<StepFuture>,
-}
-
-struct FilterState {
     chain: Arc<ChainStream>,
     dir: Dir,
     inner: Option<Body>,
@@ -1111,6 +1105,7 @@ struct FilterState {
     /// Trailers waiting until the data buffered before them has been sent.
     held: Option<Frame<Bytes>>,
     done: bool,
+    pending: Option<StepFuture>,
 }
 
 fn filtered(
@@ -1120,16 +1115,41 @@ fn filtered(
     local: Option<tokio::sync::oneshot::Sender<LocalResponse>>,
 ) -> Body {
     crate::body::boxed(Filtered {
-        state: Arc::new(Mutex::new(FilterState {
-            chain,
-            dir,
-            inner: Some(body),
-            local,
-            held: None,
-            done: false,
-        })),
+        chain,
+        dir,
+        inner: Some(body),
+        local,
+        held: None,
+        done: false,
         pending: None,
     })
+}
+
+impl Filtered {
+    /// What is left once the chain has seen the end: held trailers, then nothing.
+    fn after_end(&mut self) -> Poll<Option<Result<Frame<Bytes>, crate::body::BoxError>>> {
+        Poll::Ready(self.held.take().map(Ok))
+    }
+
+    /// A body callback answered the request: hand the answer over and end this body with an
+    /// error (which abandons the upstream request).
+    fn answer_locally(&mut self, local: LocalResponse) -> ProxyError {
+        self.done = true;
+        let plugin = String::new();
+        match self.local.take() {
+            Some(tx) => {
+                let _ = tx.send(local);
+                ProxyError::PluginFailed {
+                    plugin,
+                    reason: "request answered by a plugin during its body".into(),
+                }
+            }
+            None => ProxyError::PluginFailed {
+                plugin,
+                reason: "a plugin sent a local response after the response had started".into(),
+            },
+        }
+    }
 }
 
 impl http_body::Body for Filtered {
@@ -1140,51 +1160,49 @@ impl http_body::Body for Filtered {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
         loop {
-            if let Some(fut) = self.pending.as_mut() {
+            if let Some(fut) = this.pending.as_mut() {
                 let out = std::task::ready!(fut.as_mut().poll(cx));
-                self.pending = None;
-                match out {
-                    Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
-                    Ok(None) => {
-                        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-                        if st.done {
-                            if let Some(t) = st.held.take() {
-                                return Poll::Ready(Some(Ok(t)));
-                            }
-                            return Poll::Ready(None);
-                        }
-                        continue;
-                    }
+                this.pending = None;
+                let step = match out {
+                    Ok(step) => step,
                     Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
+                };
+                if let Some(local) = step.local {
+                    return Poll::Ready(Some(Err(Box::new(this.answer_locally(local)))));
                 }
+                this.done |= step.end;
+                if step.held.is_some() {
+                    this.held = step.held;
+                }
+                if let Some(frame) = step.frame {
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                continue;
+            }
+            if this.done {
+                return this.after_end();
             }
             // Pull the next frame from the inner body.
-            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            if st.done {
-                if let Some(t) = st.held.take() {
-                    return Poll::Ready(Some(Ok(t)));
-                }
-                return Poll::Ready(None);
-            }
-            let Some(inner) = st.inner.as_mut() else {
+            let Some(inner) = this.inner.as_mut() else {
                 return Poll::Ready(None);
             };
-            let frame = std::task::ready!(Pin::new(inner).poll_frame(cx));
-            let end_after = st.inner.as_ref().is_some_and(|b| b.is_end_stream());
-            let step: Option<Step> = match frame {
-                None => Some(Step::Data(Bytes::new(), true)),
+            let frame = std::task::ready!(Pin::new(&mut *inner).poll_frame(cx));
+            let end_after = inner.is_end_stream();
+            let step = match frame {
+                None => Step::Data(Bytes::new(), true),
                 Some(Err(e)) => return Poll::Ready(Some(Err(e))),
                 Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => Some(Step::Data(data, end_after)),
-                    Err(frame) => frame.into_trailers().ok().map(Step::Trailers),
+                    Ok(data) => Step::Data(data, end_after),
+                    Err(frame) => match frame.into_trailers() {
+                        Ok(t) => Step::Trailers(t),
+                        // A frame of another kind: skip it.
+                        Err(_) => continue,
+                    },
                 },
             };
-            drop(st);
-            // A frame of another kind: skip it.
-            let Some(step) = step else { continue };
-            let state = self.state.clone();
-            self.pending = Some(Box::pin(run_step(state, step)));
+            this.pending = Some(Box::pin(run_step(this.chain.clone(), this.dir, step)));
         }
     }
 }
@@ -1194,54 +1212,69 @@ enum Step {
     Trailers(HeaderMap),
 }
 
-async fn run_step(
-    state: Arc<Mutex<FilterState>>,
-    step: Step,
-) -> Result<Option<Frame<Bytes>>, ProxyError> {
-    let (chain, dir) = {
-        let st = state.lock().unwrap_or_else(|e| e.into_inner());
-        (st.chain.clone(), st.dir)
-    };
+/// What a step through the chain produced, for [`Filtered`] to apply.
+#[derive(Default)]
+struct StepDone {
+    /// The frame to pass on, if any.
+    frame: Option<Frame<Bytes>>,
+    /// The chain has seen the end of the body: after `frame` and `held`, nothing more.
+    end: bool,
+    /// Trailers to send after `frame`.
+    held: Option<Frame<Bytes>>,
+    /// A plugin answered the request from a body callback.
+    local: Option<LocalResponse>,
+}
+
+impl StepDone {
+    fn data(d: Bytes, end: bool) -> StepDone {
+        StepDone {
+            frame: (!d.is_empty()).then(|| Frame::data(d)),
+            end,
+            ..StepDone::default()
+        }
+    }
+
+    fn local(local: LocalResponse) -> StepDone {
+        StepDone {
+            local: Some(local),
+            ..StepDone::default()
+        }
+    }
+}
+
+async fn run_step(chain: Arc<ChainStream>, dir: Dir, step: Step) -> Result<StepDone, ProxyError> {
     let (data, eos) = match step {
         Step::Data(d, eos) => (d, eos),
         Step::Trailers(mut t) => {
             // The data callbacks see the end of the stream before the trailers.
             let flushed = chain.body(dir, Bytes::new(), true).await?;
-            let local = chain.trailers(dir, &mut t).await?;
-            if let Some(local) = local {
-                return answer_locally(&state, local);
+            if let Some(local) = chain.trailers(dir, &mut t).await? {
+                return Ok(StepDone::local(local));
             }
-            let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
-            st.done = true;
-            st.held = Some(Frame::trailers(t));
-            drop(st);
+            let held = Some(Frame::trailers(t));
             return match flushed {
-                BodyStep::Data(d) if !d.is_empty() => Ok(Some(Frame::data(d))),
-                BodyStep::Data(_) => Ok(None),
-                BodyStep::Respond(local) => answer_locally(&state, local),
+                BodyStep::Data(d) => Ok(StepDone {
+                    held,
+                    ..StepDone::data(d, true)
+                }),
+                BodyStep::Respond(local) => Ok(StepDone::local(local)),
                 BodyStep::TooLarge(p, cap) => Err(too_large(dir, p, cap)),
             };
         }
     };
-    let step = chain.body(dir, data, eos).await?;
-    if eos {
-        state.lock().unwrap_or_else(|e| e.into_inner()).done = true;
-    }
-    match step {
-        BodyStep::Data(d) if d.is_empty() => Ok(None),
-        BodyStep::Data(d) => Ok(Some(Frame::data(d))),
-        BodyStep::Respond(local) => answer_locally(&state, local),
+    match chain.body(dir, data, eos).await? {
+        BodyStep::Data(d) => Ok(StepDone::data(d, eos)),
+        BodyStep::Respond(local) => Ok(StepDone::local(local)),
         BodyStep::TooLarge(p, cap) => {
             if dir == Dir::Request {
-                let local = LocalResponse {
+                return Ok(StepDone::local(LocalResponse {
                     status: 413,
                     headers: Vec::new(),
                     body: Bytes::from(format!(
                         "request body exceeds the {cap}-byte buffer of plugin {p}\n"
                     )),
                     details: "plugin body buffer".into(),
-                };
-                return answer_locally(&state, local);
+                }));
             }
             Err(too_large(dir, p, cap))
         }
@@ -1259,30 +1292,6 @@ fn too_large(dir: Dir, plugin: String, cap: u64) -> ProxyError {
                 "response"
             }
         ),
-    }
-}
-
-/// A body callback answered the request: hand the answer over and end this body with an error
-/// (which abandons the upstream request).
-fn answer_locally(
-    state: &Arc<Mutex<FilterState>>,
-    local: LocalResponse,
-) -> Result<Option<Frame<Bytes>>, ProxyError> {
-    let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
-    st.done = true;
-    let plugin = String::new();
-    match st.local.take() {
-        Some(tx) => {
-            let _ = tx.send(local);
-            Err(ProxyError::PluginFailed {
-                plugin,
-                reason: "request answered by a plugin during its body".into(),
-            })
-        }
-        None => Err(ProxyError::PluginFailed {
-            plugin,
-            reason: "a plugin sent a local response after the response had started".into(),
-        }),
     }
 }
 
