@@ -487,9 +487,8 @@ async fn serve(
             .await;
         }
         Some(settings) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(settings.server_config());
             let handshake =
-                tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream)).await;
+                tokio::time::timeout(limits.tls_handshake_timeout, settings.accept(stream)).await;
             let tls_stream = match handshake {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {

@@ -11,7 +11,7 @@ use rcgen::{
 };
 use rustls::ClientConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsConnector;
 
 type TestResult = Result<(), Box<dyn Error>>;
 
@@ -574,6 +574,7 @@ struct ServerSide {
     version: &'static str,
     alpn: Option<Vec<u8>>,
     resumed: bool,
+    suite: Option<rustls::CipherSuite>,
 }
 
 struct ClientSide {
@@ -587,6 +588,15 @@ fn client_config(
     client_cert: Option<&Issued>,
     tls12_only: bool,
 ) -> Result<ClientConfig, Box<dyn Error>> {
+    client_config_with(aws_lc_rs::default_provider(), ca, client_cert, tls12_only)
+}
+
+fn client_config_with(
+    provider: CryptoProvider,
+    ca: &TestCa,
+    client_cert: Option<&Issued>,
+    tls12_only: bool,
+) -> Result<ClientConfig, Box<dyn Error>> {
     let mut roots = RootCertStore::empty();
     roots.add(CertificateDer::from_pem_slice(ca.pem().as_bytes())?)?;
     let versions: &[&rustls::SupportedProtocolVersion] = if tls12_only {
@@ -594,7 +604,7 @@ fn client_config(
     } else {
         &[&rustls::version::TLS13, &rustls::version::TLS12]
     };
-    let builder = ClientConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+    let builder = ClientConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(versions)?
         .with_root_certificates(roots);
     let mut config = match client_cert {
@@ -614,12 +624,12 @@ async fn handshake(
     name: &str,
 ) -> Result<Handshake, Box<dyn Error>> {
     let (client_io, server_io) = tokio::io::duplex(64 * 1024);
-    let acceptor = TlsAcceptor::from(tls.server_config());
     let connector = TlsConnector::from(client.into());
     let server_name = ServerName::try_from(name.to_owned())?;
 
     let server = async {
-        let mut stream = acceptor.accept(server_io).await?;
+        // As a listener accepts.
+        let mut stream = tls.accept(server_io).await?;
         let (_, conn) = stream.get_ref();
         let side = ServerSide {
             sni: conn.server_name().map(str::to_owned),
@@ -628,6 +638,7 @@ async fn handshake(
             version: tls_version_str(conn),
             alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
             resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+            suite: conn.negotiated_cipher_suite().map(|s| s.suite()),
         };
         stream.write_all(b"hello").await?;
         stream.shutdown().await?;
@@ -691,6 +702,73 @@ async fn handshake_over_tls12() -> TestResult {
     assert_eq!(server.selected, Some(1));
     assert_eq!(server.alpn.as_deref(), Some(&b"http/1.1"[..]));
     assert_eq!(handshake.client?.greeting?, b"hello");
+    Ok(())
+}
+
+#[tokio::test]
+async fn aes_128_gcm_is_preferred_unless_the_client_puts_chacha20_first() -> TestResult {
+    use rustls::CipherSuite as C;
+    use rustls::crypto::aws_lc_rs::cipher_suite::*;
+    let fixture = three_certs("hs-suites")?;
+    let tls = compile(&fixture.spec)?;
+    let cases = [
+        // Most clients' order (OpenSSL's, browsers'): AES-256-GCM first.
+        (
+            vec![
+                TLS13_AES_256_GCM_SHA384,
+                TLS13_CHACHA20_POLY1305_SHA256,
+                TLS13_AES_128_GCM_SHA256,
+            ],
+            false,
+            C::TLS13_AES_128_GCM_SHA256,
+        ),
+        // A client without AES instructions asks for ChaCha20 first, and gets it.
+        (
+            vec![
+                TLS13_CHACHA20_POLY1305_SHA256,
+                TLS13_AES_256_GCM_SHA384,
+                TLS13_AES_128_GCM_SHA256,
+            ],
+            false,
+            C::TLS13_CHACHA20_POLY1305_SHA256,
+        ),
+        // A client that offers AES-256-GCM alone gets it.
+        (
+            vec![TLS13_AES_256_GCM_SHA384],
+            false,
+            C::TLS13_AES_256_GCM_SHA384,
+        ),
+        // TLS 1.2 alike.
+        (
+            vec![
+                TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+                TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            ],
+            true,
+            C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ),
+        (
+            vec![
+                TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+                TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+                TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            ],
+            true,
+            C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        ),
+    ];
+    for (offered, tls12, want) in cases {
+        let provider = CryptoProvider {
+            cipher_suites: offered.clone(),
+            ..aws_lc_rs::default_provider()
+        };
+        let client = client_config_with(provider, &fixture.ca, None, tls12)?;
+        let handshake = handshake(&tls, client, "www.example.com").await?;
+        let server = handshake.server?;
+        assert_eq!(server.suite, Some(want), "offered {offered:?}");
+        assert_eq!(handshake.client?.greeting?, b"hello");
+    }
     Ok(())
 }
 
