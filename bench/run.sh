@@ -3,11 +3,11 @@
 # same route, same machine, same run; Portico with plugin chains of 0, 1 and 4 plugins
 # (scenario 6); and Portico with the first-party plugins (scenario 7). Writes docs/benchmarks.md.
 #
-#   bash bench/run.sh                      # everything, defaults (~29 min after the builds)
+#   bash bench/run.sh                      # everything, defaults (~18 min after the builds)
 #   PROXIES="nginx haproxy" bash bench/run.sh   # without Portico
 #   SCENARIOS="1 4" DURATION=5s bash bench/run.sh
 #   SCENARIOS=6 bash bench/run.sh          # plugin chains only; keeps the rest of the report
-#   SCENARIOS=7 bash bench/run.sh          # first-party plugins only (~11 min)
+#   SCENARIOS=7 bash bench/run.sh          # first-party plugins only (~10 min)
 #
 # Method and knobs: bench/README.md. Runs as root on Debian 12 (apt-get installs the tools).
 # Traffic goes to 127.0.0.1 only. Everything it starts is stopped on exit.
