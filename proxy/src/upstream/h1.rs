@@ -360,20 +360,20 @@ mod tests {
         sizes
     }
 
+    /// Requests one after another share one connection, unless the upstream closes each.
     #[tokio::test]
-    async fn a_connection_serves_one_request_after_another() {
-        let s = server(100_000, false).await;
-        let pool = pool(&s.endpoint, Duration::from_secs(60));
-        assert_eq!(one_after_another(&pool, 5).await, [100_000; 5]);
-        assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
-    }
-
-    #[tokio::test]
-    async fn a_connection_the_upstream_closes_is_not_reused() {
-        let s = server(10, true).await;
-        let pool = pool(&s.endpoint, Duration::from_secs(60));
-        assert_eq!(one_after_another(&pool, 3).await, [10; 3]);
-        assert_eq!(s.accepted.load(Ordering::SeqCst), 3);
+    async fn a_connection_serves_one_request_after_another_unless_the_upstream_closes_it() {
+        // (body size, upstream sends `Connection: close`, requests, connections expected)
+        for (size, close, n, connections) in [(100_000, false, 5, 1), (10, true, 3, 3)] {
+            let s = server(size, close).await;
+            let pool = pool(&s.endpoint, Duration::from_secs(60));
+            assert_eq!(one_after_another(&pool, n).await, vec![size; n]);
+            assert_eq!(
+                s.accepted.load(Ordering::SeqCst),
+                connections,
+                "close: {close}"
+            );
+        }
     }
 
     #[tokio::test]
