@@ -3,7 +3,7 @@
 # same route, same machine, same run; Portico with plugin chains of 0, 1 and 4 plugins
 # (scenario 6); and Portico with the first-party plugins (scenario 7). Writes docs/benchmarks.md.
 #
-#   bash bench/run.sh                      # everything, defaults (~18 min after the builds)
+#   bash bench/run.sh                      # everything, defaults (~19 min after the builds)
 #   PROXIES="nginx haproxy" bash bench/run.sh   # without Portico
 #   SCENARIOS="1 4" DURATION=5s bash bench/run.sh
 #   SCENARIOS=6 bash bench/run.sh          # plugin chains only; keeps the rest of the report
@@ -21,7 +21,8 @@ ROOT=$(cd "$BENCH_DIR/.." && pwd)
 # ---------------------------------------------------------------------------------------------
 KNOBS=(DURATION WARMUP UPSTREAM_DURATION CONNECTIONS IDLE_CONNS HANDSHAKE_CLIENTS SCENARIOS
        PROXIES DIRECT SKIP_BUILD SKIP_INSTALL PORTICO_BIN TLS_KEY FORWARD_HEADERS OUTPUT
-       KEEP_TMP PROXY_CPU LOAD_CPU PLUGIN_ROUNDS PLUGIN_DURATION S1_ROUNDS CRITERION CRITERION_ARGS)
+       KEEP_TMP PROXY_CPU LOAD_CPU PLUGIN_ROUNDS PLUGIN_DURATION S1_ROUNDS S3_ROUNDS
+       CRITERION CRITERION_ARGS)
 SET_KNOBS=()
 for k in "${KNOBS[@]}"; do
     if [[ -n ${!k+x} ]]; then SET_KNOBS+=("$k=${!k@Q}"); fi
@@ -37,6 +38,7 @@ HANDSHAKE_CLIENTS=${HANDSHAKE_CLIENTS:-4}   # parallel `openssl s_time` processe
 SCENARIOS=${SCENARIOS:-"1 2 3 4 5 6 7"}
 PLUGIN_ROUNDS=${PLUGIN_ROUNDS:-5}     # scenarios 6 and 7: rounds (each: every chain paired with a baseline run)
 S1_ROUNDS=${S1_ROUNDS:-3}             # scenario 1: rounds over the targets (median round kept)
+S3_ROUNDS=${S3_ROUNDS:-3}             # scenario 3: rounds over the proxies (median round kept)
 CRITERION=${CRITERION:-1}             # scenario 7: 1 = also run the criterion bench first_party
 CRITERION_ARGS=${CRITERION_ARGS:-"--warm-up-time 1 --measurement-time 3"}   # its CLI options
 PROXIES=${PROXIES:-"portico nginx haproxy"}
@@ -701,67 +703,6 @@ s1_http1() {
     R[s1.$t.cpu_us]=$(cpu_us_per "s1.$t" "$n")
 }
 
-# Scenario 1 carries issue 2's main target, and one pass per target, one target after the other,
-# lands a drift of the machine on one target only. So it has S1_ROUNDS rounds: the first inside
-# each target's run, the others afterwards, every target started fresh and measured once per
-# round (the order rotated). A target's row is its median round (by CPU per request; by req/s for
-# "direct"); the target's ratio is the median over the rounds of Portico's CPU per request over
-# nginx's in the same round.
-S1_FIELDS=(requests rps p50_ms p99_ms errors cpu_us cpu_pct load_core_pct other_pct)
-
-s1_keep_round() {   # s1_keep_round TARGET ROUND
-    local f
-    for f in "${S1_FIELDS[@]}"; do R[s1r$2.$1.$f]=${R[s1.$1.$f]:-}; done
-}
-
-s1_more_rounds() {
-    local -a targets
-    local r i t n
-    mapfile -t targets < <(targets_for)
-    n=${#targets[@]}
-    for t in "${targets[@]}"; do s1_keep_round "$t" 1; done
-    for ((r = 2; r <= S1_ROUNDS; r++)); do
-        for ((i = 0; i < n; i++)); do
-            t=${targets[(i + r - 1) % n]}
-            log "$t: scenario 1, round $r of $S1_ROUNDS"
-            if start_target "$t"; then
-                s1_http1 "$t"
-                s1_keep_round "$t" "$r"
-            else
-                note "$t" "did not start for scenario 1's round $r"
-            fi
-            stop_target "$t"
-        done
-    done
-    for t in "${targets[@]}"; do s1_median "$t"; done
-}
-
-s1_median() {   # s1_median TARGET: its row becomes its median round
-    local t=$1 key=cpu_us r pick f
-    local -a list=()
-    [[ -n ${R[s1r1.$t.cpu_us]:-} ]] || key=rps
-    for ((r = 1; r <= S1_ROUNDS; r++)); do
-        if [[ -n ${R[s1r$r.$t.$key]:-} ]]; then list+=("${R[s1r$r.$t.$key]} $r"); fi
-    done
-    ((${#list[@]})) || return 0
-    pick=$(printf '%s\n' "${list[@]}" | sort -g | awk '{ v[NR] = $2 } END { print v[int((NR + 1) / 2)] }')
-    for f in "${S1_FIELDS[@]}"; do R[s1.$t.$f]=${R[s1r$pick.$t.$f]:-}; done
-    R[s1.$t.rounds]=$(for ((r = 1; r <= S1_ROUNDS; r++)); do
-        printf '%s' "${R[s1r$r.$t.cpu_us]:-—}"; ((r < S1_ROUNDS)) && printf ' / '; done; echo)
-}
-
-s1_round_ratios() {   # Portico's CPU per request over nginx's, per round: "r1 r2 ..."
-    local r a b
-    for ((r = 1; r <= S1_ROUNDS; r++)); do
-        a=${R[s1r$r.portico.cpu_us]:-} b=${R[s1r$r.nginx.cpu_us]:-}
-        if [[ -n $a && -n $b ]]; then echo "$(calc %.2f "$a / $b")"; fi
-    done | tr '\n' ' '
-}
-
-median_of() {   # median_of NUMBER... -> the median (mean of the middle two for an even count)
-    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR) printf "%.2f\n", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-
 # 2. HTTP/2 over TLS: h2load, 10 connections x 10 streams.
 s2_h2() {
     local t=$1 url="https://127.0.0.1:${TLS_PORT[$1]}/" out=$TMP/s2.$1.txt n
@@ -816,6 +757,119 @@ s3_handshakes() {
     if [[ -n ${R[s3.$t.cpu_us]} ]]; then
         R[s3.$t.hs_per_core]=$(calc %.0f "1e6 / ${R[s3.$t.cpu_us]}")
     fi
+}
+
+# Rounds (scenarios 1 and 3). Each carries one of issue 2's targets, and one pass per target, one
+# target after the other, lands a drift of the machine on one target only. So scenario 1 has
+# S1_ROUNDS rounds and scenario 3 S3_ROUNDS: the first inside each target's run, the others
+# afterwards, one target after the other (the order rotated), every target started fresh once
+# per round and measured in both scenarios when both have that round (scenario 1 first, as in
+# the target's run). A target's row is its median round (by CPU per unit; by req/s for
+# "direct"); a target of issue 2 takes the median over the rounds of the ratio of two targets'
+# CPU per unit in the same round. A round's results are R[s1r2.portico.cpu_us] and the like.
+ROUNDED=(s1 s3)
+declare -A ROUND_RUN=([s1]=s1_http1 [s3]=s3_handshakes)
+# What a round keeps (read by name, S1_FIELDS for s1); the first is set whenever the scenario ran.
+# shellcheck disable=SC2034
+S1_FIELDS=(requests rps p50_ms p99_ms errors cpu_us cpu_pct load_core_pct other_pct)
+# shellcheck disable=SC2034
+S3_FIELDS=(handshakes hs_per_s cpu_us hs_per_core cpu_pct load_core_pct other_pct)
+
+rounds_of() {   # rounds_of S -> how many rounds scenario S runs (1 when it is not selected)
+    local -n count=${1^^}_ROUNDS
+    if want "${1#s}"; then echo "$count"; else echo 1; fi
+}
+
+keep_round() {   # keep_round S TARGET ROUND: R[S.TARGET.*] -> R[SrROUND.TARGET.*]
+    local -n fields=${1^^}_FIELDS
+    local f
+    for f in "${fields[@]}"; do R[$1r$3.$2.$f]=${R[$1.$2.$f]:-}; done
+}
+
+more_rounds() {
+    local -a targets todo
+    local -A count=()
+    local r i t n s last=1 first
+    mapfile -t targets < <(targets_for)
+    n=${#targets[@]}
+    for s in "${ROUNDED[@]}"; do
+        count[$s]=$(rounds_of "$s")
+        if ((count[$s] > last)); then last=${count[$s]}; fi
+        for t in "${targets[@]}"; do keep_round "$s" "$t" 1; done
+    done
+    for ((r = 2; r <= last; r++)); do
+        for ((i = 0; i < n; i++)); do
+            t=${targets[(i + r - 1) % n]}
+            todo=()
+            for s in "${ROUNDED[@]}"; do   # the scenarios with a round r that ran on t in round 1
+                first="${s^^}_FIELDS[0]"
+                if ((r <= count[$s])) && [[ -n ${R[${s}r1.$t.${!first}]:-} ]]; then todo+=("$s"); fi
+            done
+            ((${#todo[@]})) || continue
+            if start_target "$t"; then
+                for s in "${todo[@]}"; do
+                    log "$t: scenario ${s#s}, round $r of ${count[$s]}"
+                    "${ROUND_RUN[$s]}" "$t"
+                    keep_round "$s" "$t" "$r"
+                done
+            else
+                note "$t" "did not start for round $r (scenarios ${todo[*]#s})"
+            fi
+            stop_target "$t"
+        done
+    done
+    for s in "${ROUNDED[@]}"; do
+        if ((count[$s] > 1)); then for t in "${targets[@]}"; do round_median "$s" "$t"; done; fi
+    done
+}
+
+# round_median S TARGET: the target's row becomes its median round; R[S.TARGET.rounds] lists them.
+round_median() {
+    local s=$1 t=$2 key=cpu_us r pick f n
+    local -a list=()
+    local -n fields=${s^^}_FIELDS
+    n=$(rounds_of "$s")
+    [[ $t != direct ]] || key=rps
+    for ((r = 1; r <= n; r++)); do
+        if [[ -n ${R[${s}r$r.$t.$key]:-} ]]; then list+=("${R[${s}r$r.$t.$key]} $r"); fi
+    done
+    ((${#list[@]})) || return 0
+    pick=$(printf '%s\n' "${list[@]}" | sort -g | awk '{ v[NR] = $2 } END { print v[int((NR + 1) / 2)] }')
+    for f in "${fields[@]}"; do R[$s.$t.$f]=${R[${s}r$pick.$t.$f]:-}; done
+    R[$s.$t.rounds]=$(for ((r = 1; r <= n; r++)); do
+        printf '%s' "${R[${s}r$r.$t.cpu_us]:-—}"; ((r < n)) && printf ' / '; done; echo)
+}
+
+# round_ratio S A B: A's CPU per unit over B's in scenario S, as issue 2's targets take it: with
+# rounds, the median of the ratios within a round; else the rows' ratio. Sets RATIO ("1.23", or
+# empty when not measured) and RATIO_ROUNDS ("; per round 1.20× / 1.31×, their median", or empty).
+round_ratio() {
+    local s=$1 a=$2 b=$3 r x y n
+    local -a per=()
+    n=$(rounds_of "$s")
+    RATIO="" RATIO_ROUNDS=""
+    for ((r = 1; n > 1 && r <= n; r++)); do
+        x=${R[${s}r$r.$a.cpu_us]:-} y=${R[${s}r$r.$b.cpu_us]:-}
+        if [[ -n $x && -n $y ]] && awk "BEGIN { exit !($y > 0) }"; then per+=("$(calc %.2f "$x / $y")"); fi
+    done
+    if ((${#per[@]})); then
+        RATIO=$(median_of "${per[@]}")
+        RATIO_ROUNDS="; per round $(printf '%s× / ' "${per[@]}" | sed 's| / $||'), their median"
+        return 0
+    fi
+    x=${R[$s.$a.cpu_us]:-} y=${R[$s.$b.cpu_us]:-}
+    if [[ -n $x && -n $y ]] && awk "BEGIN { exit !($y > 0) }"; then RATIO=$(calc %.2f "$x / $y"); fi
+}
+
+rounds_method() {   # rounds_method S WHAT: the report's sentence on scenario S's rounds
+    local n
+    n=$(rounds_of "$1")
+    if ((n == 1)); then echo "One run per target (S${1#s}_ROUNDS=1)."; return 0; fi
+    echo "$n rounds: the first inside each target's run, the others after all of them, one target after the other (the order rotated), every target started fresh once per round$( (($(rounds_of s1) > 1 && $(rounds_of s3) > 1)) && echo " and, in a round that scenarios 1 and 3 both have, measured in both (scenario 1 first)"). A row is the target's median round by $2, \"per round\" lists every round's; \"× nginx\" and \"× haproxy\" divide the rows, while the target above takes the median of the per-round ratios."
+}
+
+median_of() {   # median_of NUMBER... -> the median (mean of the middle two for an even count)
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR) printf "%.2f\n", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
 # 4. Upstream connections, counted by the backend's stub_status: "cold" is the first load
@@ -1368,7 +1422,7 @@ run_cmd() {
 
 # Scenarios 1-5: Portico vs nginx vs HAProxy.
 report_load() {
-    local t cmd cpu_model h1 h2 hs reuse rss
+    local t cmd cpu_model h1 h1_rounds h2 hs hs_rounds reuse rss
     cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
     cmd=$(run_cmd)
     {
@@ -1394,17 +1448,14 @@ during the run; above $NOISE_PCT % the run is listed as noisy.
 | target | measured | result |
 |---|---|---|
 EOF
-        h1=$( [[ -n ${R[s1.portico.cpu_us]:-} && -n ${R[s1.nginx.cpu_us]:-} ]] && calc %.2f "${R[s1.portico.cpu_us]} / ${R[s1.nginx.cpu_us]}" || true)
-        local -a h1_rounds
-        read -r -a h1_rounds <<<"$(s1_round_ratios)"
-        if ((S1_ROUNDS > 1 && ${#h1_rounds[@]} > 0)); then h1=$(median_of "${h1_rounds[@]}"); fi
+        round_ratio s1 portico nginx; h1=$RATIO h1_rounds=$RATIO_ROUNDS
         h2=$( [[ -n ${R[s2.portico.cpu_us]:-} && -n ${R[s2.nginx.cpu_us]:-} ]] && calc %.2f "${R[s2.portico.cpu_us]} / ${R[s2.nginx.cpu_us]}" || true)
-        hs=$( [[ -n ${R[s3.portico.cpu_us]:-} && -n ${R[s3.nginx.cpu_us]:-} ]] && calc %.2f "${R[s3.nginx.cpu_us]} / ${R[s3.portico.cpu_us]}" || true)
+        round_ratio s3 nginx portico; hs=$RATIO hs_rounds=$RATIO_ROUNDS
         reuse=${R[s4.portico.warm.reused_pct]:-}
         rss=${R[s5.portico.idle_rss_kb]:-}
-        echo "| Portico CPU per request ≤ 1.1× nginx's (HTTP/1.1, scenario 1$( ((S1_ROUNDS > 1 && ${#h1_rounds[@]} > 0)) && printf '; per round %s, their median' "$(printf '%s× ' "${h1_rounds[@]}" | sed 's/ $//; s/ / \/ /g')")) | ${h1:-—}${h1:+×} | $(verdict "${h1:+$h1 <= 1.1}") |"
+        echo "| Portico CPU per request ≤ 1.1× nginx's (HTTP/1.1, scenario 1$h1_rounds) | ${h1:-—}${h1:+×} | $(verdict "${h1:+$h1 <= 1.1}") |"
         echo "| Portico CPU per request ≤ 1.1× nginx's (HTTP/2 + TLS, scenario 2) | ${h2:-—}${h2:+×} | $(verdict "${h2:+$h2 <= 1.1}") |"
-        echo "| Portico TLS handshakes per core ≥ 1.4× nginx's (scenario 3) | ${hs:-—}${hs:+×} | $(verdict "${hs:+$hs >= 1.4}") |"
+        echo "| Portico TLS handshakes per core ≥ 1.4× nginx's (scenario 3$hs_rounds) | ${hs:-—}${hs:+×} | $(verdict "${hs:+$hs >= 1.4}") |"
         echo "| ≥ 99.9% of Portico's requests on reused upstream connections (scenario 4, warm) | ${reuse:-—}${reuse:+%} | $(verdict "${reuse:+$reuse >= 99.9}") |"
         echo "| Portico idle RSS < 20 MB (scenario 5) | $(if [[ -n $rss ]]; then calc '%.1f MB' "$rss * 1024 / 1e6"; else echo —; fi) | $(verdict "${rss:+$rss * 1024 < 20e6}") |"
         echo
@@ -1420,7 +1471,7 @@ EOF
 
 ## 1. HTTP/1.1 keep-alive, small body
 
-\`wrk -t1 -c$CONNECTIONS -d$DURATION --latency\` after a $WARMUP warm-up; body \`hello\\n\` (6 bytes). $S1_ROUNDS round(s): the first inside each target's run, the others after all of them, every target started fresh and measured once per round, one after the other (the order rotated). A row is the target's median round by CPU per request (by req/s for direct), "per round" lists every round's; "× nginx" and "× haproxy" divide the rows, while the target above takes the median of the per-round ratios.
+\`wrk -t1 -c$CONNECTIONS -d$DURATION --latency\` after a $WARMUP warm-up; body \`hello\\n\` (6 bytes). $(rounds_method s1 "CPU per request (by req/s for direct)")
 
 | target | req/s | p50 ms | p99 ms | errors | proxy CPU % | **proxy CPU µs/req** | per round | × nginx | × haproxy | load core busy % | other processes % |
 |---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|
@@ -1448,13 +1499,13 @@ EOF
 
 ## 3. TLS full handshakes
 
-$HANDSHAKE_CLIENTS parallel \`openssl s_time -new -www PATH -time $(secs_of "$DURATION")\` (no SNI): every connection is a full handshake (no session ID, no ticket offered), one HTTP/1.0 \`GET /\` with a \`Host\` header, then the server closes. Handshakes per core = 10⁶ / CPU µs per handshake (the proxy core's capacity; the client core is the bottleneck for handshakes/s). Certificate: $([[ $TLS_KEY == rsa ]] && echo "RSA 2048" || echo "ECDSA P-256").
+$HANDSHAKE_CLIENTS parallel \`openssl s_time -new -www PATH -time $(secs_of "$DURATION")\` (no SNI): every connection is a full handshake (no session ID, no ticket offered), one HTTP/1.0 \`GET /\` with a \`Host\` header, then the server closes. Handshakes per core = 10⁶ / CPU µs per handshake (the proxy core's capacity; the client core is the bottleneck for handshakes/s). Certificate: $([[ $TLS_KEY == rsa ]] && echo "RSA 2048" || echo "ECDSA P-256"). $(rounds_method s3 "CPU per handshake")
 
-| proxy | negotiated | handshakes | handshakes/s | proxy CPU % | **proxy CPU µs/handshake** | handshakes per core | × nginx | × haproxy | load core busy % | other processes % |
-|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+| proxy | negotiated | handshakes | handshakes/s | proxy CPU % | **proxy CPU µs/handshake** | per round | handshakes per core | × nginx | × haproxy | load core busy % | other processes % |
+|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|
 EOF
             for t in $(targets_for noproxyless); do
-                echo "| $t | $(v tls.$t) | $(v s3.$t.handshakes) | $(v s3.$t.hs_per_s) | $(v s3.$t.cpu_pct) | **$(v s3.$t.cpu_us)** | $(v s3.$t.hs_per_core) | $(ratio s3 hs_per_core "$t" nginx) | $(ratio s3 hs_per_core "$t" haproxy) | $(v s3.$t.load_core_pct) | $(v s3.$t.other_pct) |"
+                echo "| $t | $(v tls.$t) | $(v s3.$t.handshakes) | $(v s3.$t.hs_per_s) | $(v s3.$t.cpu_pct) | **$(v s3.$t.cpu_us)** | $(v s3.$t.rounds) | $(v s3.$t.hs_per_core) | $(ratio s3 hs_per_core "$t" nginx) | $(ratio s3 hs_per_core "$t" haproxy) | $(v s3.$t.load_core_pct) | $(v s3.$t.other_pct) |"
             done
         fi
         if want 4; then
@@ -1782,7 +1833,7 @@ main() {
     if want_any 1 2 3 4 5; then
         for t in $PROXIES; do run_target "$t"; done
         if [[ $DIRECT == 1 ]]; then run_target direct; fi
-        if want 1 && ((S1_ROUNDS > 1)); then s1_more_rounds; fi
+        more_rounds   # scenarios 1 and 3: their further rounds
     fi
     if want 6 && with_portico; then run_plugins; fi
     if want 7 && with_portico; then run_firstparty; fi
