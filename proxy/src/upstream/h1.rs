@@ -419,6 +419,44 @@ mod tests {
         assert_eq!(s.accepted.load(Ordering::SeqCst), 2);
     }
 
+    /// An upstream that closes each connection after its response, without saying so (no
+    /// `Connection: close`), once the connection is idle in the pool.
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_while_idle_is_not_sent_on() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = Authority::try_from(listener.local_addr().unwrap().to_string()).unwrap();
+        let (close_tx, mut close) = mpsc::unbounded_channel::<()>();
+        let (closed_tx, mut closed) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.ends_with(b"\r\n\r\n") {
+                    let n = stream.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "the client closed before its request");
+                    head.extend_from_slice(&buf[..n]);
+                }
+                stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await
+                    .unwrap();
+                close.recv().await.unwrap();
+                drop(stream);
+                closed_tx.send(()).unwrap();
+            }
+        });
+        let pool = pool(&endpoint, Duration::from_secs(60));
+        for _ in 0..3 {
+            let resp = pool.send("up", get()).await.unwrap();
+            assert_eq!(read_all(resp).await, 2);
+            assert_eq!(pool.idle.lock().unwrap().len(), 1);
+            close_tx.send(()).unwrap();
+            closed.recv().await.unwrap();
+        }
+    }
+
     #[tokio::test]
     async fn an_unreachable_endpoint_is_a_connect_error() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
