@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the first-party plugins (plugins/) and the SDK's example for wasm32-wasip1 with the
+# Builds the first-party plugins (plugins/) and the SDK's examples for wasm32-wasip1 with the
 # `plugin` profile, and copies them to target/plugins/<name>.wasm, which the demo config and
 # the end-to-end tests load. Run from anywhere; extra arguments go to cargo.
 set -euo pipefail
@@ -14,12 +14,15 @@ plugins=(jwt rate-limit auth header-rewrite)
 args=()
 for p in "${plugins[@]}"; do args+=(-p "portico-$p"); done
 cargo build --locked --profile plugin --target wasm32-wasip1 "${args[@]}" "$@"
-cargo build --locked --profile plugin --target wasm32-wasip1 -p portico-plugin-sdk --example hello "$@"
+cargo build --locked --profile plugin --target wasm32-wasip1 -p portico-plugin-sdk \
+  --example hello --example probe "$@"
 
 out="$repo/target/plugins"
 mkdir -p "$out"
 for p in "${plugins[@]}"; do
   cp "target/wasm32-wasip1/plugin/portico_${p//-/_}.wasm" "$out/$p.wasm"
 done
-cp target/wasm32-wasip1/plugin/examples/hello.wasm "$out/hello.wasm"
+for e in hello probe; do
+  cp "target/wasm32-wasip1/plugin/examples/$e.wasm" "$out/$e.wasm"
+done
 ls -l "$out"/*.wasm | awk '{print $5, $9}'

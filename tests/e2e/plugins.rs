@@ -248,23 +248,6 @@ async fn a_local_response_from_request_headers_never_reaches_the_upstream() {
 // ---------------------------------------------------------------------------------------------
 // Bodies (test_body.wasm)
 
-/// Answers with the request body it received; with `x-rewrite-body` if asked for by the
-/// request's `x-ask-rewrite`.
-async fn body_echo() -> Upstream {
-    Upstream::with_handler(|req| {
-        Box::pin(async move {
-            let ask = req.headers().contains_key("x-ask-rewrite");
-            let body = req.into_body().collect().await.expect("body").to_bytes();
-            let mut resp = Response::builder().header("x-received-length", body.len());
-            if ask {
-                resp = resp.header("x-rewrite-body", "1");
-            }
-            resp.body(full(body)).expect("response")
-        })
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_request_body_is_buffered_and_rewritten_whole() {
     let up = body_echo().await;

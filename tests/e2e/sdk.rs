@@ -1,5 +1,11 @@
-//! The SDK's example plugin (plugin-sdk/examples/hello.rs, built by scripts/build-plugins.sh)
-//! through the real proxy: what a newcomer following docs/plugins.md gets.
+//! The SDK's example plugins (plugin-sdk/examples/, built by scripts/build-plugins.sh) through
+//! the real proxy: what a newcomer following docs/plugins.md gets (`hello`), and every SDK call
+//! that the first-party plugins do not make, against Portico's host rather than the SDK's mock
+//! (`probe`).
+
+use bytes::Bytes;
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
 
 use crate::support::*;
 
@@ -42,6 +48,118 @@ async fn the_example_plugin_adds_its_header_and_answers_hello_itself() {
         up.hits(),
         hits,
         "a local response never reaches the upstream"
+    );
+}
+
+/// The probe's `x-probe` answer, as the upstream saw it: the request headers it set.
+async fn probe(proxy: &Proxy, what: &str) -> Seen {
+    let req = http::Request::get("/")
+        .header("host", "sdk.test")
+        .header("x-probe", what)
+        .body(empty())
+        .expect("request");
+    let got = send(proxy.addr("web"), req).await;
+    assert_eq!(got.status, 200, "x-probe: {what}: {}", got.text());
+    got.seen()
+}
+
+fn probe_header(seen: &Seen, name: &str) -> Option<String> {
+    seen.headers.get(name).cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sdk_call_the_first_party_plugins_do_not_make_works_in_portico() {
+    let up = Upstream::echo("up").await;
+    let echo = body_echo().await;
+    let yaml = format!(
+        r#"
+listeners: [{{ name: web, address: "127.0.0.1:0" }}]
+admin: {{ address: "127.0.0.1:0" }}
+upstreams:
+  up: {{ endpoints: ["{}"] }}
+  echo: {{ endpoints: ["{}"] }}
+plugins:
+  probe: {{ module: "{probe}", limits: {{ instances: 2 }} }}
+  upper: {{ module: "{probe}", config: {{ uppercase_body: true }} }}
+routes:
+  - {{ name: upper, upstream: echo, plugins: [upper], paths: [{{ type: Prefix, value: /upper }}] }}
+  - {{ name: app, upstream: up, plugins: [probe] }}
+"#,
+        up.endpoint(),
+        echo.endpoint(),
+        probe = first_party_wasm("probe").display()
+    );
+    let proxy = Proxy::start(&yaml).await;
+
+    // Portico's counter (a foreign function), one count across both instances.
+    for n in 1..=3 {
+        let seen = probe(&proxy, "counter").await;
+        assert_eq!(probe_header(&seen, "x-count"), Some(n.to_string()));
+    }
+    // Shared data through `shared::update` (compare-and-swap).
+    for n in 1..=2 {
+        let seen = probe(&proxy, "shared").await;
+        assert_eq!(probe_header(&seen, "x-shared"), Some(n.to_string()));
+    }
+    let seen = probe(&proxy, "queue").await;
+    assert_eq!(probe_header(&seen, "x-queue").as_deref(), Some("one"));
+
+    // Header validation: the SDK refuses what the host would have to refuse.
+    let seen = probe(&proxy, "bad-header").await;
+    assert_eq!(
+        probe_header(&seen, "x-errors").as_deref(),
+        Some("true true")
+    );
+    assert_eq!(probe_header(&seen, "x-ok"), None);
+
+    // Signatures through Portico's verifier: a zero signature is invalid, a key of the wrong
+    // type never fits (an answer, not an error).
+    let seen = probe(&proxy, "crypto").await;
+    assert_eq!(
+        probe_header(&seen, "x-crypto").as_deref(),
+        Some("fallback says valid=false")
+    );
+    assert_eq!(
+        probe_header(&seen, "x-crypto-mismatch").as_deref(),
+        Some("false")
+    );
+
+    // Typed properties in Envoy's encodings: the client's port (8 bytes), mTLS (1 byte).
+    let seen = probe(&proxy, "properties").await;
+    let props = probe_header(&seen, "x-props").expect("x-props");
+    let port = props
+        .strip_prefix("Some(")
+        .and_then(|p| p.strip_suffix(") Some(false)"))
+        .and_then(|p| p.parse::<u16>().ok());
+    assert!(port.is_some_and(|p| p > 0), "{props}");
+
+    // A gauge and a histogram on /metrics, under the plugin's name.
+    probe(&proxy, "metrics").await;
+    let (status, metrics) = admin_get(&proxy.admin(), "/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        r#"portico_plugin_gauge{name="probe_gauge",plugin="probe"} 5"#,
+        r#"portico_plugin_histogram_count{name="probe_histogram",plugin="probe"} 1"#,
+        r#"portico_plugin_histogram_sum{name="probe_histogram",plugin="probe"} 42"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in:\n{metrics}"
+        );
+    }
+
+    // A body hook that pauses until the end, then rewrites the whole body.
+    let chunks = ["hello ", "wor", "ld"]
+        .map(|c| Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(Bytes::from(c))));
+    let body = BodyExt::boxed(StreamBody::new(futures_util::stream::iter(chunks)));
+    let req = http::Request::post("/upper")
+        .header("host", "sdk.test")
+        .body(body)
+        .expect("request");
+    let got = send(proxy.addr("web"), req).await;
+    assert_eq!(
+        (got.status.as_u16(), got.text()),
+        (200, "HELLO WORLD".into())
     );
 }
 

@@ -400,6 +400,23 @@ pub async fn echo_response(name: &str, req: Request<Incoming>) -> Response<TestB
         .expect("response")
 }
 
+/// Answers with the request body it received; with `x-rewrite-body` if asked for by the
+/// request's `x-ask-rewrite`.
+pub async fn body_echo() -> Upstream {
+    Upstream::with_handler(|req| {
+        Box::pin(async move {
+            let ask = req.headers().contains_key("x-ask-rewrite");
+            let body = req.into_body().collect().await.expect("body").to_bytes();
+            let mut resp = Response::builder().header("x-received-length", body.len());
+            if ask {
+                resp = resp.header("x-rewrite-body", "1");
+            }
+            resp.body(full(body)).expect("response")
+        })
+    })
+    .await
+}
+
 /// An address nothing listens on (bound, then closed).
 pub async fn dead_endpoint() -> String {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
