@@ -859,6 +859,20 @@ fn loop_round(
     (status, quick, quick_done < loop_done)
 }
 
+/// Waits (on a runtime of its own) until a request through the plugin passes.
+fn plugin_serves(addr: std::net::SocketAddr) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    rt.block_on(eventually("the plugin serves", || async move {
+        send(addr, request("GET", "/p/ok", &[], empty()))
+            .await
+            .status
+            == 200
+    }));
+}
+
 /// While one request's plugin callback runs (here: loops until its time limit), the rest of
 /// the proxy keeps serving. The clients run on threads of their own, so only the proxy is
 /// under test, and it is otherwise idle, as a proxy between bursts is. A few rounds, because
@@ -886,7 +900,12 @@ routes:
     let shared = proxy.server.shared().clone();
     let rounds = tokio::task::spawn_blocking(move || {
         (0..3)
-            .map(|_| loop_round(addr, &shared))
+            .map(|_| {
+                // Each round starts on a serving plugin: two faults in a row put its instance
+                // in backoff, and a request that passes ends the streak.
+                plugin_serves(addr);
+                loop_round(addr, &shared)
+            })
             .collect::<Vec<_>>()
     })
     .await
@@ -932,6 +951,48 @@ async fn a_plugin_that_panics_fails_the_request_and_recovers() {
     assert_eq!(failures(&proxy, "trap").await, 2);
 }
 
+/// A plugin that fails every request is not rebuilt for every request: from its second fault in
+/// a row its instance waits out a backoff (100 ms, doubling), which /config shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_fails_every_request_is_rebuilt_with_backoff() {
+    let up = Upstream::echo("up").await;
+    let proxy = proxy_with(&up, "panicker", "limits: { instances: 1 }").await;
+    let rebuilt = |metrics: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(r#"portico_plugin_instances_rebuilt_total{plugin="p"} "#))
+            .map_or(0, |v| v.parse::<u64>().expect("a count"))
+    };
+    let before = rebuilt(&admin_metrics(&proxy).await);
+    let panic = || get_with(&proxy, "/p/x", &[("x-panic", "1")]);
+    // The first fault: rebuilt on next use. The second in a row: 100 ms of backoff.
+    for _ in 0..2 {
+        assert_eq!(panic().await.status, 500);
+    }
+    let (_, config) = admin_get(&proxy.admin(), "/config").await;
+    let json: serde_json::Value = serde_json::from_str(&config).expect("/config is JSON");
+    assert_eq!(json["plugins"][0]["backing_off"], 1, "{config}");
+    assert_eq!(json["plugins"][0]["live"], 0, "{config}");
+    let n = 20;
+    for _ in 2..n {
+        let got = panic().await;
+        assert_eq!(got.status, 500, "{}", got.text());
+    }
+    assert_eq!(up.hits(), 0);
+    // Without backoff every request after the first would rebuild (19); with it, a handful
+    // (how many depends on how long the requests took: one per doubling backoff).
+    let rebuilds = rebuilt(&admin_metrics(&proxy).await) - before;
+    assert!(
+        rebuilds <= 6,
+        "{rebuilds} rebuilds for {n} failing requests"
+    );
+    // Requests that the plugin would let through wait for the backoff too, then pass.
+    eventually("the plugin serves again after its backoff", || async {
+        get_with(&proxy, "/p/x", &[]).await.status == 200
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_that_fails_open_lets_the_request_through() {
     let up = Upstream::echo("up").await;
@@ -942,8 +1003,15 @@ async fn a_plugin_that_fails_open_lets_the_request_through() {
     seen_ok(&get_with(&proxy, "/p/x", &[("x-panic-response", "1")]).await);
     assert_eq!(up.hits(), 2);
     assert_eq!(failures(&proxy, "trap").await, 2);
+    // Two faults in a row: the instance waits out a backoff, and meanwhile the plugin is
+    // skipped (fail open) rather than run.
     let seen = seen_ok(&get_with(&proxy, "/p/x", &[]).await);
-    assert_eq!(header(&seen, "x-panicker"), Some("ok"));
+    assert_eq!(header(&seen, "x-panicker"), None);
+    eventually("the plugin runs again after its backoff", || async {
+        let seen = seen_ok(&get_with(&proxy, "/p/x", &[]).await);
+        header(&seen, "x-panicker") == Some("ok")
+    })
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -308,20 +308,22 @@ impl Plugin {
         &self.spec.name
     }
 
-    /// For `/config`: instances, how many are live now, and the plugin's failure record
-    /// (kept across reloads). A plugin whose instances keep failing shows `live` below
-    /// `instances` and a growing `failures`.
+    /// For `/config`: instances, how many are live now and how many wait out a backoff after
+    /// failing again and again, and the plugin's failure record (kept across reloads). A
+    /// crash-looping plugin shows `backing_off` above 0, `live` below `instances` and a growing
+    /// `failures`.
     pub fn status(&self) -> serde_json::Value {
-        let live = self
-            .pool
-            .slots
-            .iter()
-            .filter(|s| match s.state.try_lock() {
-                Ok(state) => state.instance.is_some(),
+        let (mut live, mut backing_off) = (0, 0);
+        for slot in self.pool.slots.iter() {
+            match slot.state.try_lock() {
+                Ok(state) => {
+                    live += usize::from(state.instance.is_some());
+                    backing_off += usize::from(state.backing_off());
+                }
                 // Busy running a callback: alive.
-                Err(_) => true,
-            })
-            .count();
+                Err(_) => live += 1,
+            }
+        }
         let health = self
             .spec
             .host
@@ -335,6 +337,7 @@ impl Plugin {
             "name": self.spec.name,
             "instances": self.pool.slots.len(),
             "live": live,
+            "backing_off": backing_off,
             "on_error": match self.spec.on_error { OnError::Deny => "deny", OnError::Allow => "allow" },
             "failures": health.failures,
             "last_failure": health.last_failure,
@@ -962,21 +965,10 @@ impl Drop for ChainStream {
     /// in a task.
     fn drop(&mut self) {
         for b in self.bindings.drain(..) {
-            let ctx = b.ctx;
-            let end = move |inst: &mut instance::Instance| {
-                if let Err(fault) = inst.end_stream(ctx) {
-                    tracing::debug!(target: "portico::plugin", "on_log/on_done failed: {fault}");
-                }
-            };
-            if !b.slot.try_with(b.generation, end)
+            if !b.slot.try_end_stream(b.generation, b.ctx)
                 && let Ok(rt) = tokio::runtime::Handle::try_current()
             {
-                rt.spawn(async move {
-                    let _ = b
-                        .slot
-                        .with(Some(b.generation), |inst| inst.end_stream(ctx))
-                        .await;
-                });
+                rt.spawn(async move { b.slot.end_stream_later(b.generation, b.ctx).await });
             }
         }
     }

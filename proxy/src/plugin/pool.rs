@@ -271,6 +271,11 @@ impl SlotState {
     fn usable(&self) -> bool {
         self.instance.is_some() || self.retry_at.is_none_or(|t| Instant::now() >= t)
     }
+
+    /// Failed, and waiting out its backoff before the next rebuild.
+    pub fn backing_off(&self) -> bool {
+        self.instance.is_none() && self.retry_at.is_some_and(|t| Instant::now() < t)
+    }
 }
 
 impl Slot {
@@ -309,8 +314,6 @@ impl Slot {
         match f(instance) {
             Ok(v) => {
                 let deferred = std::mem::take(&mut instance.store.data_mut().deferred);
-                // A successful call ends a failure streak.
-                state.failures = 0;
                 drop(state);
                 self.after(deferred);
                 Ok((v, generation))
@@ -322,17 +325,37 @@ impl Slot {
         }
     }
 
-    /// Like [`Slot::with`], without waiting: `None` when the slot is busy.
-    pub fn try_with(self: &Arc<Self>, generation: u64, f: impl FnOnce(&mut Instance)) -> bool {
+    /// Ends stream `ctx` (`on_log`, `on_done`, `on_delete`) on the instance it was bound to,
+    /// if that is still the live one, without waiting: `false` when the slot is busy.
+    pub fn try_end_stream(&self, generation: u64, ctx: u32) -> bool {
         let Ok(mut state) = self.state.try_lock() else {
             return false;
         };
-        if state.generation == generation
-            && let Some(instance) = state.instance.as_mut()
-        {
-            f(instance);
-        }
+        self.end_stream(&mut state, generation, ctx);
         true
+    }
+
+    /// [`Slot::try_end_stream`], waiting for the slot.
+    pub async fn end_stream_later(&self, generation: u64, ctx: u32) {
+        let mut state = self.state.lock().await;
+        self.end_stream(&mut state, generation, ctx);
+    }
+
+    /// A stream that ends on the instance it was bound to met no fault there (a fault discards
+    /// the instance): that, and only that, ends a failure streak. A successful callback does
+    /// not, since a rebuilt instance's `on_context_create` succeeds even when the plugin fails
+    /// every request right after it, and the streak would never reach its backoff.
+    fn end_stream(&self, state: &mut SlotState, generation: u64, ctx: u32) {
+        if state.generation != generation {
+            return;
+        }
+        let Some(instance) = state.instance.as_mut() else {
+            return;
+        };
+        match instance.end_stream(ctx) {
+            Ok(()) => state.failures = 0,
+            Err(fault) => self.discard(state, &fault),
+        }
     }
 
     fn rebuild(self: &Arc<Self>, state: &mut SlotState) -> Result<(), Fault> {
@@ -367,8 +390,8 @@ impl Slot {
     }
 
     /// Throws the instance away after a fault and schedules its rebuild: on next use after the
-    /// first fault since a successful call, with exponential backoff from the second on (a
-    /// rebuild that fails, or faults with no successful call between them).
+    /// first fault of a streak, with exponential backoff from the second on (a rebuild that
+    /// fails, or faults with no stream ending cleanly between them).
     fn discard(&self, state: &mut SlotState, fault: &Fault) {
         state.instance = None;
         state.generation += 1;
