@@ -418,6 +418,17 @@ async fn auth_service() -> Upstream {
                 .get("x-original-path")
                 .map(|v| v.to_str().unwrap_or("").to_string())
                 .unwrap_or_default();
+            let panic = req
+                .headers()
+                .get("authorization")
+                .is_some_and(|v| v == "Bearer panic");
+            if panic {
+                // The callout plugin panics on this answer.
+                return Response::builder()
+                    .header("x-panic", "1")
+                    .body(empty())
+                    .expect("response");
+            }
             if good && req.uri().path() == "/check" {
                 Response::builder()
                     .header("x-user", "alice")
@@ -472,6 +483,28 @@ async fn a_callout_allows_or_denies_the_request() {
     let got = get_with(&proxy, "/p/orders", &[]).await;
     assert_eq!(got.status, 403);
     assert_eq!(up.hits(), 1);
+}
+
+/// A request paused for a callout whose callback traps: the trap discards the instance the
+/// request waits on, and the request fails then (500, the plugin's `on_error: deny`), not at
+/// its pause timeout (60 s by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_paused_on_an_instance_that_fails_fails_at_once() {
+    let up = Upstream::echo("up").await;
+    let auth = auth_service().await;
+    let proxy = Proxy::start(&callout_config(&up, &auth.endpoint())).await;
+    let got = tokio::time::timeout(
+        Duration::from_secs(10),
+        get_with(&proxy, "/p/orders", &[("authorization", "Bearer panic")]),
+    )
+    .await
+    .expect("the paused request was answered before its pause timeout");
+    assert_eq!(got.status, 500, "{}", got.text());
+    assert_eq!(up.hits(), 0);
+    assert_eq!(failures(&proxy, "trap").await, 1);
+    // The next request gets a rebuilt instance.
+    let got = get_with(&proxy, "/p/orders", &[("authorization", "Bearer good")]).await;
+    assert_eq!(header(&seen_ok(&got), "x-auth-user"), Some("alice"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -393,7 +393,16 @@ impl Slot {
     /// first fault of a streak, with exponential backoff from the second on (a rebuild that
     /// fails, or faults with no stream ending cleanly between them).
     fn discard(&self, state: &mut SlotState, fault: &Fault) {
-        state.instance = None;
+        if let Some(instance) = state.instance.take() {
+            // Streams paused on this instance wait for a resume that can no longer come: wake
+            // them, so that they find their instance gone and fail now (by their plugin's
+            // `on_error`) rather than at their pause timeout.
+            for stream in instance.store.data().streams.values() {
+                if let Some(wake) = &stream.wake {
+                    wake.notify_one();
+                }
+            }
+        }
         state.generation += 1;
         state.failures = state.failures.saturating_add(1);
         state.retry_at = (state.failures > 1).then(|| {

@@ -3,6 +3,7 @@
 //! Each request is held while the plugin asks the configured upstream
 //! (`{"upstream": NAME, "path": "/check"?, "timeout_ms": 1000?}`); a 200 answer lets it through
 //! with `x-auth-user`/`x-auth-body` added, anything else (including a timeout) answers 403.
+//! An answer with `x-panic` makes `on_http_call_response` panic (the guest traps).
 //! Details in tests/plugins/README.md.
 
 use std::rc::Rc;
@@ -80,6 +81,9 @@ impl Context for Authorize {
         body_size: usize,
         _num_trailers: usize,
     ) {
+        if self.get_http_call_response_header("x-panic").is_some() {
+            panic!("callout: asked to panic in on_http_call_response");
+        }
         let status = self.get_http_call_response_header(":status");
         if status.as_deref() != Some("200") {
             info!("callout: denied (callout status {status:?})");
