@@ -429,6 +429,20 @@ async fn auth_service() -> Upstream {
                     .body(empty())
                     .expect("response");
             }
+            if req
+                .headers()
+                .get("authorization")
+                .is_some_and(|v| v == "Bearer binary")
+            {
+                // A header value the plugin could not read as text.
+                return Response::builder()
+                    .header(
+                        "x-user",
+                        HeaderValue::from_bytes(b"al\xffice").expect("obs-text"),
+                    )
+                    .body(empty())
+                    .expect("response");
+            }
             if good && req.uri().path() == "/check" {
                 Response::builder()
                     .header("x-user", "alice")
@@ -505,6 +519,20 @@ async fn a_request_paused_on_an_instance_that_fails_fails_at_once() {
     // The next request gets a rebuilt instance.
     let got = get_with(&proxy, "/p/orders", &[("authorization", "Bearer good")]).await;
     assert_eq!(header(&seen_ok(&got), "x-auth-user"), Some("alice"));
+}
+
+/// An answer with a header value that is not UTF-8 reaches the plugin as a failed callout (no
+/// headers), which the plugin can read, rather than as bytes its SDK would panic on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callout_answer_that_is_not_utf8_is_a_failed_callout() {
+    let up = Upstream::echo("up").await;
+    let auth = auth_service().await;
+    let proxy = Proxy::start(&callout_config(&up, &auth.endpoint())).await;
+    let got = get_with(&proxy, "/p/orders", &[("authorization", "Bearer binary")]).await;
+    assert_eq!(got.status, 403, "{}", got.text());
+    assert_eq!(got.header("x-denied-by"), Some("callout"));
+    assert_eq!((auth.hits(), up.hits()), (1, 0));
+    assert_eq!(failures(&proxy, "trap").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -811,6 +839,38 @@ routes: [{{ name: all, upstream: up, plugins: [t] }}]
     assert_eq!(got["grpc-status"], "0");
     assert_eq!(got["x-plugin-response-trailer"], "yes");
     assert_eq!(collected.to_bytes(), "payload");
+}
+
+/// A request trailer value that is not UTF-8 never reaches a plugin (its SDK would panic on
+/// it): the request fails there, and the plugin stays whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trailer_that_is_not_utf8_fails_the_request_not_the_plugin() {
+    let up = Upstream::echo("up").await;
+    let proxy = proxy_with(&up, "trailers", "limits: { instances: 1 }").await;
+    let mut sender = h2c_sender(proxy.addr("web")).await;
+    let mut trailers = HeaderMap::new();
+    trailers.insert(
+        "x-checksum",
+        HeaderValue::from_bytes(b"a\xffb").expect("obs-text"),
+    );
+    let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![
+        Ok(Frame::data(Bytes::from_static(b"hello"))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    let req = Request::post("http://plugins.test/p/rpc")
+        .header("te", "trailers")
+        .body(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
+            frames,
+        ))))
+        .expect("request");
+    let outcome = match sender.send_request(req).await {
+        Ok(resp) => format!("status {}", resp.status()),
+        Err(e) => format!("error {e}"),
+    };
+    assert_ne!(outcome, "status 200 OK");
+    assert_eq!(failures(&proxy, "trap").await, 0, "{outcome}");
+    let got = get_with(&proxy, "/p/after", &[]).await;
+    assert_eq!(got.header("x-saw-trailers-plugin"), Some("yes"));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -522,6 +522,11 @@ impl MapRef<'_> {
         }
         let headers = self.headers_mut().ok_or("the map is read-only")?;
         let name = HeaderName::from_bytes(key).map_err(|_| "invalid header name".to_string())?;
+        if op != Op::Remove && std::str::from_utf8(value).is_err() {
+            // Plugins read header values as text (the reference SDK panics on other bytes), so
+            // no plugin gets to hand the next one a value it cannot read.
+            return Err("the value is not UTF-8".into());
+        }
         match op {
             Op::Remove => {
                 headers.remove(&name);
@@ -554,7 +559,7 @@ impl Value {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Op {
     Add,
     Replace,
@@ -1037,6 +1042,21 @@ mod tests {
         let back: Vec<(&[u8], &[u8])> = back.iter().map(|(k, v)| (&k[..], &v[..])).collect();
         assert_eq!(back, pairs);
         assert_eq!(deserialize_pairs(&[]).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn header_values_a_plugin_sets_must_be_utf8() {
+        let mut headers = HeaderMap::new();
+        let mut map = MapRef::Plain(&mut headers);
+        for op in [Op::Add, Op::Replace] {
+            assert_eq!(
+                map.apply(op, b"x-bin", b"a\xffb"),
+                Err("the value is not UTF-8".to_string())
+            );
+            assert_eq!(map.apply(op, b"x-text", "é".as_bytes()), Ok(()));
+        }
+        assert_eq!(map.apply(Op::Remove, b"x-text", b""), Ok(()));
+        assert!(headers.is_empty(), "{headers:?}");
     }
 
     #[test]

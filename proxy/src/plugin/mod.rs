@@ -870,6 +870,21 @@ impl ChainStream {
         dir: Dir,
         trailers: &mut HeaderMap,
     ) -> Result<Option<LocalResponse>, ProxyError> {
+        if let Some(name) = non_utf8(trailers) {
+            // As with headers: plugins read values as text. Mid-stream, refusing means ending
+            // the stream with an error.
+            return Err(ProxyError::PluginFailed {
+                plugin: String::new(),
+                reason: format!(
+                    "{} trailer {name} is not valid UTF-8, which the plugins of this route require",
+                    if dir == Dir::Request {
+                        "request"
+                    } else {
+                        "response"
+                    }
+                ),
+            });
+        }
         for b in self.order(dir) {
             if b.skip.load(Ordering::Acquire) {
                 continue;
@@ -1031,7 +1046,7 @@ fn empty_request() -> RequestHead {
     }
 }
 
-fn non_utf8(headers: &HeaderMap) -> Option<&HeaderName> {
+pub(crate) fn non_utf8(headers: &HeaderMap) -> Option<&HeaderName> {
     headers
         .iter()
         .find(|(_, v)| std::str::from_utf8(v.as_bytes()).is_err())

@@ -557,6 +557,11 @@ async fn send_callout(spec: &PluginSpec, req: CalloutRequest) -> Result<CalloutA
         .map_err(|e| format!("invalid callout request: {e}"))?;
     let response = upstream.send(request).await.map_err(|e| e.to_string())?;
     let (parts, body) = response.into_parts();
+    // Plugins read header values as text (the reference SDK panics on other bytes): an answer
+    // they could not read is a failed callout.
+    if let Some(name) = super::non_utf8(&parts.headers) {
+        return Err(format!("the answer's header {name} is not valid UTF-8"));
+    }
     let cap = spec.limits.callout_bytes as usize;
     let limited = http_body_util::Limited::new(body, cap);
     let collected = limited
@@ -564,6 +569,9 @@ async fn send_callout(spec: &PluginSpec, req: CalloutRequest) -> Result<CalloutA
         .await
         .map_err(|e| format!("callout response body: {e}"))?;
     let trailers = collected.trailers().cloned();
+    if let Some(name) = trailers.as_ref().and_then(super::non_utf8) {
+        return Err(format!("the answer's trailer {name} is not valid UTF-8"));
+    }
     let body: Bytes = collected.to_bytes();
     let mut headers = vec![(
         Bytes::from_static(b":status"),
