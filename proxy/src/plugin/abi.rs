@@ -775,11 +775,18 @@ fn set_shared_data(mut caller: C, kp: u32, kl: u32, vp: u32, vl: u32, cas: u32) 
 fn register_queue(mut caller: C, np: u32, nl: u32, ret_id: u32) -> R {
     let name = read(&mut caller, np, nl, MAX_KEY_BYTES)?;
     let ctx = caller.data();
-    let id =
+    let Some(id) =
         ctx.spec
             .host
             .shared
-            .register_queue(&ctx.spec.name, &name, ctx.slot.clone(), ROOT_CONTEXT);
+            .register_queue(&ctx.spec.name, &name, ctx.slot.clone(), ROOT_CONTEXT)
+    else {
+        // A cap hit fails the call (and with it the callback), with a message that says why.
+        return Err(wasmtime::format_err!(
+            "plugin registered more than {} shared queues",
+            super::shared::MAX_QUEUES_PER_SCOPE
+        ));
+    };
     write_u32(&mut caller, ret_id, id)?;
     st(Status::Ok)
 }

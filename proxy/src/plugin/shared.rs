@@ -10,13 +10,26 @@ use bytes::Bytes;
 
 use super::pool::Slot;
 
-/// Caps that keep a plugin from using shared state as an unbounded heap.
+/// Caps that keep a plugin from using shared state as an unbounded heap: per plugin, its keys
+/// and their bytes (keys and values) and its queues; per queue, its items and their bytes (a
+/// full queue drops its oldest items).
 pub const MAX_KEYS_PER_SCOPE: usize = 100_000;
+pub const MAX_SCOPE_BYTES: usize = 64 << 20;
 pub const MAX_VALUE_BYTES: usize = 1 << 20;
+pub const MAX_QUEUES_PER_SCOPE: usize = 1024;
 pub const MAX_QUEUE_ITEMS: usize = 10_000;
+pub const MAX_QUEUE_BYTES: usize = 16 << 20;
 
-/// Per scope (plugin name): key → (value, CAS token).
-type Data = HashMap<String, HashMap<Bytes, (Bytes, u32)>>;
+/// Per scope (plugin name).
+type Data = HashMap<String, Scope>;
+
+#[derive(Default)]
+struct Scope {
+    /// key → (value, CAS token).
+    map: HashMap<Bytes, (Bytes, u32)>,
+    /// The keys' and values' bytes.
+    bytes: usize,
+}
 
 #[derive(Default)]
 pub struct SharedState {
@@ -39,6 +52,8 @@ struct Queues {
 
 struct Queue {
     items: VecDeque<Bytes>,
+    /// The items' bytes.
+    bytes: usize,
     /// The instance that registered the queue, told when an item arrives.
     owner: Weak<Slot>,
     root_context: u32,
@@ -55,7 +70,7 @@ impl SharedState {
     /// The value and its CAS token, or `None`.
     pub fn get(&self, scope: &str, key: &[u8]) -> Option<(Bytes, u32)> {
         let data = self.data.lock().unwrap_or_else(|e| e.into_inner());
-        data.get(scope)?.get(key).cloned()
+        data.get(scope)?.map.get(key).cloned()
     }
 
     /// Stores `value` if `cas` is 0 or still the key's token; a new token is returned. An empty
@@ -65,8 +80,8 @@ impl SharedState {
             return Err(SetError::TooLarge);
         }
         let mut data = self.data.lock().unwrap_or_else(|e| e.into_inner());
-        let map = data.entry(scope.to_string()).or_default();
-        match map.get_mut(key) {
+        let scope = data.entry(scope.to_string()).or_default();
+        match scope.map.get_mut(key) {
             Some((v, token)) => {
                 if cas != 0 && cas != *token {
                     return Err(SetError::CasMismatch);
@@ -74,10 +89,16 @@ impl SharedState {
                 if value.is_empty() && cas != 0 {
                     // Portico's deletion: an empty value written with a token removes the key,
                     // so plugins can expire what they stored (other hosts keep it, empty).
-                    map.remove(key);
+                    scope.bytes -= key.len() + v.len();
+                    scope.map.remove(key);
                     return Ok(0);
                 }
+                let bytes = scope.bytes - v.len() + value.len();
+                if bytes > MAX_SCOPE_BYTES {
+                    return Err(SetError::TooLarge);
+                }
                 *v = Bytes::copy_from_slice(value);
+                scope.bytes = bytes;
                 // Never 0: 0 means "no CAS" to the guest.
                 *token = token.wrapping_add(1).max(1);
                 Ok(*token)
@@ -86,26 +107,29 @@ impl SharedState {
                 if cas != 0 {
                     return Err(SetError::CasMismatch);
                 }
-                if map.len() >= MAX_KEYS_PER_SCOPE {
+                let bytes = scope.bytes + key.len() + value.len();
+                if scope.map.len() >= MAX_KEYS_PER_SCOPE || bytes > MAX_SCOPE_BYTES {
                     return Err(SetError::TooLarge);
                 }
-                map.insert(
+                scope.map.insert(
                     Bytes::copy_from_slice(key),
                     (Bytes::copy_from_slice(value), 1),
                 );
+                scope.bytes = bytes;
                 Ok(1)
             }
         }
     }
 
-    /// Registers (or re-registers, moving its owner) the queue `name` of `scope`.
+    /// Registers (or re-registers, moving its owner) the queue `name` of `scope`; `None` when
+    /// the scope already has [`MAX_QUEUES_PER_SCOPE`] queues.
     pub fn register_queue(
         &self,
         scope: &str,
         name: &[u8],
         owner: Weak<Slot>,
         root_context: u32,
-    ) -> u32 {
+    ) -> Option<u32> {
         let mut q = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         let key = (scope.to_string(), Bytes::copy_from_slice(name));
         if let Some(&id) = q.by_name.get(&key) {
@@ -113,7 +137,10 @@ impl SharedState {
                 queue.owner = owner;
                 queue.root_context = root_context;
             }
-            return id;
+            return Some(id);
+        }
+        if q.by_name.keys().filter(|(s, _)| s == scope).count() >= MAX_QUEUES_PER_SCOPE {
+            return None;
         }
         q.next_id += 1;
         let id = q.next_id;
@@ -122,11 +149,12 @@ impl SharedState {
             id,
             Queue {
                 items: VecDeque::new(),
+                bytes: 0,
                 owner,
                 root_context,
             },
         );
-        id
+        Some(id)
     }
 
     pub fn resolve_queue(&self, scope: &str, name: &[u8]) -> Option<u32> {
@@ -137,13 +165,17 @@ impl SharedState {
     }
 
     /// Appends an item; returns whom to tell, or `None` if the queue does not exist. A full
-    /// queue drops its oldest item.
+    /// queue (by items or bytes) drops its oldest items.
     pub fn enqueue(&self, id: u32, value: &[u8]) -> Option<(Weak<Slot>, u32)> {
         let mut q = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         let queue = q.by_id.get_mut(&id)?;
-        if queue.items.len() >= MAX_QUEUE_ITEMS {
-            queue.items.pop_front();
+        while queue.items.len() >= MAX_QUEUE_ITEMS
+            || (!queue.items.is_empty() && queue.bytes + value.len() > MAX_QUEUE_BYTES)
+        {
+            let dropped = queue.items.pop_front().map_or(0, |b| b.len());
+            queue.bytes -= dropped;
         }
+        queue.bytes += value.len();
         queue.items.push_back(Bytes::copy_from_slice(value));
         Some((queue.owner.clone(), queue.root_context))
     }
@@ -152,7 +184,9 @@ impl SharedState {
     pub fn dequeue(&self, id: u32) -> Result<Option<Bytes>, ()> {
         let mut q = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         let queue = q.by_id.get_mut(&id).ok_or(())?;
-        Ok(queue.items.pop_front())
+        let item = queue.items.pop_front();
+        queue.bytes -= item.as_ref().map_or(0, |b| b.len());
+        Ok(item)
     }
 }
 
@@ -191,10 +225,59 @@ mod tests {
     }
 
     #[test]
+    fn a_plugin_has_a_byte_budget_for_its_shared_data() {
+        let s = SharedState::default();
+        let value = vec![0u8; MAX_VALUE_BYTES];
+        let fit = MAX_SCOPE_BYTES / (MAX_VALUE_BYTES + 8);
+        for i in 0..fit {
+            s.set("p", format!("k{i:07}").as_bytes(), &value, 0)
+                .unwrap();
+        }
+        assert_eq!(s.set("p", b"one-more", &value, 0), Err(SetError::TooLarge));
+        // Rewriting a value within the budget is fine; other plugins have budgets of their own.
+        let (_, token) = s.get("p", b"k0000000").unwrap();
+        assert_eq!(s.set("p", b"k0000000", &value, token), Ok(token + 1));
+        assert!(s.set("q", b"one-more", &value, 0).is_ok());
+        // Deleting gives the bytes back.
+        assert_eq!(s.set("p", b"k0000000", b"", token + 1), Ok(0));
+        assert!(s.set("p", b"one-more", &value, 0).is_ok());
+    }
+
+    #[test]
+    fn queues_are_capped_by_count_items_and_bytes() {
+        let s = SharedState::default();
+        for i in 0..MAX_QUEUES_PER_SCOPE {
+            assert!(
+                s.register_queue("p", format!("q{i}").as_bytes(), Weak::new(), 1)
+                    .is_some()
+            );
+        }
+        assert_eq!(s.register_queue("p", b"one-more", Weak::new(), 1), None);
+        assert_eq!(s.register_queue("p", b"q0", Weak::new(), 1), Some(1));
+        assert!(s.register_queue("other", b"q0", Weak::new(), 1).is_some());
+
+        let id = s.resolve_queue("p", b"q1").unwrap();
+        let big = vec![7u8; MAX_VALUE_BYTES];
+        let per_queue = MAX_QUEUE_BYTES / MAX_VALUE_BYTES;
+        for i in 0..per_queue + 3 {
+            let mut item = big.clone();
+            item[0] = i as u8;
+            s.enqueue(id, &item).unwrap();
+        }
+        // The oldest three went to make room.
+        let mut n = 0;
+        while let Ok(Some(item)) = s.dequeue(id) {
+            assert_eq!(item[0] as usize, n + 3);
+            n += 1;
+        }
+        assert_eq!(n, per_queue);
+    }
+
+    #[test]
     fn queues_are_fifo_and_scoped() {
         let s = SharedState::default();
-        let id = s.register_queue("p", b"events", Weak::new(), 1);
-        assert_eq!(s.register_queue("p", b"events", Weak::new(), 1), id);
+        let id = s.register_queue("p", b"events", Weak::new(), 1).unwrap();
+        assert_eq!(s.register_queue("p", b"events", Weak::new(), 1), Some(id));
         assert_eq!(s.resolve_queue("p", b"events"), Some(id));
         assert_eq!(s.resolve_queue("q", b"events"), None);
         assert!(s.enqueue(id, b"a").is_some());
