@@ -705,13 +705,26 @@ async fn properties_describe_the_request_and_connection() {
         ("x-prop-connection-tls_version", "<none>".into()),
         ("x-prop-connection-mtls", "false".into()),
         ("x-prop-plugin_name", "props".into()),
+        ("x-prop-plugin_root_id", "props".into()),
         ("x-prop-route_name", "plugged".into()),
         ("x-prop-xds-route_name", "plugged".into()),
         ("x-prop-roundtrip", "v1".into()),
+        // A GET announces no body.
+        ("x-prop-request-size", "<none>".into()),
     ];
     for (name, value) in want {
         assert_eq!(header(&seen, name), Some(value.as_str()), "{name}");
     }
+    // The request's headers as the plugin gets them (a map in the pairs encoding).
+    let keys = header(&seen, "x-prop-request-headers").expect("request.headers");
+    assert!(keys.split(',').any(|k| k == "host"), "{keys}");
+    let int = |name: &str| -> i64 {
+        header(&seen, name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name}: {:?}", header(&seen, name)))
+    };
+    assert!(int("x-prop-request-total_size") > "host".len() as i64);
+    assert!(int("x-prop-request-duration") >= 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

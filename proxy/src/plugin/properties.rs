@@ -84,6 +84,14 @@ pub fn get(ctx: &mut HostCtx, path: &[u8]) -> Option<Bytes> {
         "request.protocol" => text(info.protocol),
         "request.referer" => header("referer")?,
         "request.useragent" => header("user-agent")?,
+        "request.headers" => pairs(&request?.headers),
+        "request.size" => int(body_size(&request?.headers)?),
+        "request.total_size" => int(total_size(&request?.headers)),
+        "request.duration" => int(info
+            .started
+            .elapsed()
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0)),
         "request.time" => {
             let nanos = info
                 .started
@@ -107,8 +115,40 @@ pub fn get(ctx: &mut HostCtx, path: &[u8]) -> Option<Bytes> {
             .map(|r| r.status)
             .or(stream.response_status)?
             .as_u16() as i64),
+        "response.headers" => pairs(&stream.response.as_ref()?.headers),
+        "response.size" => int(body_size(&stream.response.as_ref()?.headers)?),
+        "response.total_size" => int(total_size(&stream.response.as_ref()?.headers)),
         _ => return None,
     })
+}
+
+/// A header map in the Proxy-Wasm pairs encoding, as Envoy serialises map-valued attributes.
+fn pairs(headers: &http::HeaderMap) -> Bytes {
+    let pairs: Vec<(&[u8], &[u8])> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes()))
+        .collect();
+    Bytes::from(super::abi::serialize_pairs(&pairs))
+}
+
+/// The body size a head announces (`content-length`).
+fn body_size(headers: &http::HeaderMap) -> Option<i64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Envoy's `total_size`: the headers' bytes (name, value, and ": " and CRLF each) plus the
+/// body size when announced.
+fn total_size(headers: &http::HeaderMap) -> i64 {
+    let head: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    head as i64 + body_size(headers).unwrap_or(0)
 }
 
 /// `ip:port` (`[ip]:port` for IPv6), written straight into the value's buffer.

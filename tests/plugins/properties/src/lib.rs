@@ -22,6 +22,9 @@ enum Encoding {
     Int,
     /// A `bool`, one byte 0 or 1.
     Bool,
+    /// A map in the pairs encoding (count, then each key and value length, then the NUL-ended
+    /// keys and values): shown as its keys, sorted and comma-separated.
+    Pairs,
 }
 
 const PROPERTIES: &[(&str, Encoding)] = &[
@@ -43,6 +46,10 @@ const PROPERTIES: &[(&str, Encoding)] = &[
     ("plugin_root_id", Encoding::String),
     ("route_name", Encoding::String),
     ("xds.route_name", Encoding::String),
+    ("request.headers", Encoding::Pairs),
+    ("request.size", Encoding::Int),
+    ("request.total_size", Encoding::Int),
+    ("request.duration", Encoding::Int),
 ];
 
 struct Root;
@@ -96,10 +103,36 @@ fn decode(value: Option<&[u8]>, encoding: Encoding) -> String {
             Ok(le) => i64::from_le_bytes(le).to_string(),
             Err(_) => format!("<invalid: {bytes:?}>"),
         },
+        Encoding::Pairs => match pair_keys(bytes) {
+            Some(mut keys) => {
+                keys.sort();
+                keys.join(",")
+            }
+            None => format!("<invalid: {} bytes>", bytes.len()),
+        },
         Encoding::Bool => match bytes {
             [0] => "false".to_owned(),
             [1] => "true".to_owned(),
             _ => format!("<invalid: {bytes:?}>"),
         },
     }
+}
+
+/// The keys of a pairs-encoded map, or `None` when the bytes are not one.
+fn pair_keys(bytes: &[u8]) -> Option<Vec<String>> {
+    let u32_at = |at: usize| -> Option<usize> {
+        Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?) as usize)
+    };
+    let n = u32_at(0)?;
+    let mut sizes = Vec::with_capacity(n);
+    for i in 0..n {
+        sizes.push((u32_at(4 + i * 8)?, u32_at(8 + i * 8)?));
+    }
+    let mut at = 4 + n * 8;
+    let mut keys = Vec::with_capacity(n);
+    for (k, v) in sizes {
+        keys.push(String::from_utf8_lossy(bytes.get(at..at + k)?).into_owned());
+        at += k + 1 + v + 1;
+    }
+    (at == bytes.len()).then_some(keys)
 }
