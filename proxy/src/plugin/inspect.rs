@@ -55,8 +55,9 @@ pub fn unknown_imports(module: &Module) -> Vec<String> {
 /// The report `portico plugin inspect` prints; `Ok(false)` when Portico cannot run it.
 pub fn report(bytes: &[u8]) -> Result<(String, bool), String> {
     let engine = wasmtime::Engine::default();
-    let module = Module::from_binary(&engine, bytes)
-        .map_err(|e| format!("not a valid WebAssembly module: {e}"))?;
+    // (`Module::new`: binary, or text where wasmtime's `wat` feature is on, as in the tests.)
+    let module =
+        Module::new(&engine, bytes).map_err(|e| format!("not a valid WebAssembly module: {e}"))?;
     let mut out = String::new();
     let version = abi_version(&module);
     let _ = writeln!(out, "size: {} bytes", bytes.len());
@@ -98,9 +99,30 @@ pub fn report(bytes: &[u8]) -> Result<(String, bool), String> {
         .iter()
         .filter(|n| !n.starts_with(wasi::MODULE))
         .collect();
-    let runnable = version.is_some() && module.get_export("memory").is_some();
+    // What an instance needs to start (instance.rs): the marker, memory, an allocator the host
+    // hands data through, and the context-creation entry point.
+    let missing: Vec<&str> = [
+        ("memory", module.get_export("memory").is_some()),
+        (
+            "proxy_on_memory_allocate",
+            module.get_export("proxy_on_memory_allocate").is_some()
+                || module.get_export("malloc").is_some(),
+        ),
+        (
+            "proxy_on_context_create",
+            module.get_export("proxy_on_context_create").is_some(),
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, present)| !present)
+    .map(|(name, _)| name)
+    .collect();
+    let runnable = version.is_some() && missing.is_empty();
     let verdict = match (runnable, fatal.is_empty()) {
-        (false, _) => "runnable: no (not a Proxy-Wasm 0.2.x module)".to_string(),
+        (false, _) if version.is_none() => {
+            "runnable: no (not a Proxy-Wasm 0.2.x module)".to_string()
+        }
+        (false, _) => format!("runnable: no (missing exports: {})", missing.join(", ")),
         (true, true) => "runnable: yes".to_string(),
         (true, false) => format!(
             "runnable: yes, but these imports trap if called: {}",

@@ -175,6 +175,53 @@ fn inspect_says_every_corpus_module_is_runnable() {
     }
 }
 
+/// What `portico plugin inspect` says of modules Portico cannot run, or can run with caveats.
+#[test]
+fn inspect_names_what_keeps_a_module_from_running() {
+    let base = |extra: &str| {
+        format!(
+            r#"(module
+  (import "env" "proxy_log" (func (param i32 i32 i32) (result i32)))
+  {extra}
+  (memory (export "memory") 1)
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 0))
+)"#
+        )
+    };
+    let cases = [
+        // (extra items, runnable, the report's last line)
+        (
+            format!(r#"{ABI_0_2_1} (func (export "proxy_on_context_create") (param i32 i32))"#),
+            true,
+            "runnable: yes",
+        ),
+        (
+            format!(
+                r#"(import "env" "proxy_from_the_future" (func)) {ABI_0_2_1}
+                   (func (export "proxy_on_context_create") (param i32 i32))"#
+            ),
+            true,
+            "runnable: yes, but these imports trap if called: env.proxy_from_the_future",
+        ),
+        (
+            ABI_0_2_1.to_string(),
+            false,
+            "runnable: no (missing exports: proxy_on_context_create)",
+        ),
+        (
+            r#"(func (export "proxy_on_context_create") (param i32 i32))"#.to_string(),
+            false,
+            "runnable: no (not a Proxy-Wasm 0.2.x module)",
+        ),
+    ];
+    for (extra, runnable, last) in cases {
+        let wat = base(&extra);
+        let (report, ok) = inspect::report(wat.as_bytes()).expect("a valid module");
+        assert_eq!(ok, runnable, "{report}");
+        assert_eq!(report.lines().last(), Some(last), "{report}");
+    }
+}
+
 /// A chain passes over a plugin in a header phase it has no callback for, but a plugin whose
 /// `proxy_on_log` may read `response.code` still gets the response phase, without exporting
 /// `proxy_on_response_headers`.
