@@ -8,6 +8,7 @@ mod config_errors;
 mod forwarding;
 mod limits;
 mod plugin_auth;
+mod plugin_coverage;
 mod plugin_header_rewrite;
 mod plugin_jwt;
 mod plugin_rate_limit;

@@ -1,7 +1,8 @@
 //! `panicker`: panics in callbacks (on wasm32-wasip1 a panic aborts: the guest traps).
 //!
 //! `x-panic` panics in `on_http_request_headers`; `x-panic-response` (on the request) panics in
-//! `on_http_response_headers`; otherwise the request gets `x-panicker: ok`.
+//! `on_http_response_headers`; otherwise the request gets `x-panicker: ok`. `x-print` writes its
+//! value to stdout and stderr (WASI `fd_write`) first.
 //! Details in tests/plugins/README.md.
 
 use log::info;
@@ -42,6 +43,10 @@ impl Context for Panicker {}
 
 impl HttpContext for Panicker {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let Some(value) = self.get_http_request_header("x-print") {
+            println!("panicker: stdout {value}");
+            eprintln!("panicker: stderr {value}");
+        }
         if self.get_http_request_header("x-panic").is_some() {
             panic!("panicker: asked to panic");
         }
