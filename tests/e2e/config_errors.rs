@@ -443,6 +443,39 @@ routes:
     .await;
 }
 
+/// All plugins' instances share the allocator's 512 slots: a configuration that asks for more
+/// is refused at the plugin that goes over, before any of its instances starts.
+#[test]
+fn plugin_instances_beyond_the_allocator_are_refused() {
+    let dir = TempDir::new();
+    let path = dir.write(
+        "portico.yaml",
+        with_test_settings(&format!(
+            r#"listeners: [{{ name: web, address: "127.0.0.1:0" }}]
+plugins:
+  a: {{ limits: {{ instances: 256 }}, module: "{m}" }}
+  b: {{ limits: {{ instances: 200 }}, module: "{m}" }}
+  c: {{ limits: {{ instances: 100 }}, module: "{m}" }}
+routes:
+  - {{ name: hello, direct_response: {{ status: 200, body: hi }} }}
+"#,
+            m = plugin_wasm("rw").display()
+        )),
+    );
+    // (The plugins log when configured; only the verdict is of interest.)
+    let (code, out) = check_with(&path, &[], &[("RUST_LOG", "warn")]);
+    let p = path.display();
+    assert_eq!(
+        out,
+        format!(
+            "{p}:5:18: plugins.c.limits.instances: the plugins' instances add up to 556 with \
+             this one's 100, more than the 512 Portico has room for (limits.instances is one per \
+             CPU by default)\n{p}: 1 error(s)\n"
+        )
+    );
+    assert_eq!(code, Some(1));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_that_is_not_a_proxy_wasm_module_is_refused() {
     // A valid WebAssembly module, but no proxy_abi_version_* export.

@@ -37,6 +37,7 @@ pub fn compile(
 ) -> Compiled {
     let mut out = Compiled::default();
     let mut seen: HashMap<&str, &Source> = HashMap::new();
+    let mut instances = 0;
     for (source, file) in files {
         for (name, raw) in &file.plugins {
             let at = format!("plugins.{name}");
@@ -54,6 +55,22 @@ pub fn compile(
                 out.failed.insert(name.clone());
                 continue;
             };
+            // Said here, with its location, rather than as the allocator's error on start.
+            instances += def.limits.instances;
+            if instances > crate::plugin::engine::POOL_SLOTS as usize {
+                errors.push(source.error(
+                    &format!("{at}.limits.instances"),
+                    format!(
+                        "the plugins' instances add up to {instances} with this one's {}, more \
+                         than the {} Portico has room for (limits.instances is one per CPU \
+                         by default)",
+                        def.limits.instances,
+                        crate::plugin::engine::POOL_SLOTS
+                    ),
+                ));
+                out.failed.insert(name.clone());
+                continue;
+            }
             let wasm_digest = match std::fs::read(&def.module) {
                 Ok(bytes) => aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes)
                     .as_ref()

@@ -15,8 +15,10 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// The largest `limits.memory` a plugin may ask for; also the pooling allocator's slot size.
 pub const MAX_MEMORY: u64 = 1 << 30;
 
-/// Instances the pooling allocator keeps slots for (virtual address space only until used).
-const POOL_SLOTS: u32 = 512;
+/// Instances the pooling allocator keeps slots for (virtual address space only until used):
+/// all plugins' instances together, including, during a reload, a changed plugin's old ones
+/// next to its new ones.
+pub const POOL_SLOTS: u32 = 512;
 
 #[derive(Clone)]
 pub struct PluginEngine {
