@@ -54,10 +54,13 @@ pub fn unknown_imports(module: &Module) -> Vec<String> {
 
 /// The report `portico plugin inspect` prints; `Ok(false)` when Portico cannot run it.
 pub fn report(bytes: &[u8]) -> Result<(String, bool), String> {
-    let engine = wasmtime::Engine::default();
+    // The engine and linker a plugin would run with, so that "runnable" means what loading it
+    // would say.
+    let host = super::PluginHost::default();
+    let (engine, _) = host.engine()?;
     // (`Module::new`: binary, or text where wasmtime's `wat` feature is on, as in the tests.)
-    let module =
-        Module::new(&engine, bytes).map_err(|e| format!("not a valid WebAssembly module: {e}"))?;
+    let module = Module::new(engine.engine(), bytes)
+        .map_err(|e| format!("not a valid WebAssembly module: {e}"))?;
     let mut out = String::new();
     let version = abi_version(&module);
     let _ = writeln!(out, "size: {} bytes", bytes.len());
@@ -117,12 +120,19 @@ pub fn report(bytes: &[u8]) -> Result<(String, bool), String> {
     .filter(|(_, present)| !present)
     .map(|(name, _)| name)
     .collect();
-    let runnable = version.is_some() && missing.is_empty();
+    // Linking checks what names alone cannot: each import's kind and signature.
+    let link_error = (version.is_some() && missing.is_empty())
+        .then(|| host.link(&module).err())
+        .flatten();
+    let runnable = version.is_some() && missing.is_empty() && link_error.is_none();
     let verdict = match (runnable, fatal.is_empty()) {
         (false, _) if version.is_none() => {
             "runnable: no (not a Proxy-Wasm 0.2.x module)".to_string()
         }
-        (false, _) => format!("runnable: no (missing exports: {})", missing.join(", ")),
+        (false, _) if !missing.is_empty() => {
+            format!("runnable: no (missing exports: {})", missing.join(", "))
+        }
+        (false, _) => format!("runnable: no ({})", link_error.unwrap_or_default()),
         (true, true) => "runnable: yes".to_string(),
         (true, false) => format!(
             "runnable: yes, but these imports trap if called: {}",
