@@ -521,6 +521,79 @@ async fn a_request_paused_on_an_instance_that_fails_fails_at_once() {
     assert_eq!(header(&seen_ok(&got), "x-auth-user"), Some("alice"));
 }
 
+/// A request paused in a plugin when the plugin is reloaded finishes on the instance it
+/// started on, with the old configuration, while new requests get the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_across_a_plugin_reload_finishes_on_its_old_instance() {
+    let up = Upstream::echo("up").await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let held = gate.clone();
+    // Answers /check (200, `x-user: alice`) once the gate opens; any other path 401.
+    let auth = Upstream::with_handler(move |req| {
+        let held = held.clone();
+        Box::pin(async move {
+            if req.uri().path() != "/check" {
+                return Response::builder()
+                    .status(401)
+                    .body(empty())
+                    .expect("response");
+            }
+            held.acquire().await.expect("gate").forget();
+            Response::builder()
+                .header("x-user", "alice")
+                .body(full("checked"))
+                .expect("response")
+        })
+    })
+    .await;
+    let config = |path: &str| {
+        config_with(
+            &up,
+            &format!("  auth: {{ endpoints: [\"{}\"] }}", auth.endpoint()),
+            &plugin(
+                "p",
+                "callout",
+                &format!("config: {{ upstream: auth, path: {path}, timeout_ms: 10000 }}"),
+            ),
+            "p",
+        )
+    };
+    let proxy = Proxy::start(&config("/check")).await;
+    let web = proxy.addr("web");
+    let in_flight = tokio::spawn(async move {
+        send(
+            web,
+            request(
+                "GET",
+                "/p/orders",
+                &[("authorization", "Bearer old")],
+                empty(),
+            ),
+        )
+        .await
+    });
+    wait_for("the request to be paused on its callout", || {
+        auth.hits() == 1
+    })
+    .await;
+
+    // The plugin's configuration changes: a new pool, with the new path.
+    proxy.rewrite_until(&config("/elsewhere"), "success").await;
+    let got = get_with(&proxy, "/p/orders", &[("authorization", "Bearer new")]).await;
+    assert_eq!(got.status, 403, "the new configuration asks /elsewhere");
+
+    // The old request's callout answers: its old instance resumes it.
+    gate.add_permits(1);
+    let got = tokio::time::timeout(Duration::from_secs(10), in_flight)
+        .await
+        .expect("the paused request finished")
+        .expect("request task");
+    let seen = seen_ok(&got);
+    assert_eq!(header(&seen, "x-auth-user"), Some("alice"));
+    assert_eq!(header(&seen, "x-auth-body"), Some("checked"));
+    assert_eq!(up.hits(), 1);
+}
+
 /// An answer with a header value that is not UTF-8 reaches the plugin as a failed callout (no
 /// headers), which the plugin can read, rather than as bytes its SDK would panic on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
