@@ -13,7 +13,10 @@ if ! command -v curl >/dev/null 2>&1; then
   fi
 fi
 
-cargo build --locked -p portico --bins
+# Every test binary, and with them target/debug/portico, in one build: `cargo build --bins` alone
+# resolves features without the dev-dependencies (tokio's `process`, wasmtime's `wat`), so it
+# would compile a second copy of tokio, hyper, wasmtime and the proxy.
+cargo test --locked --workspace --no-run
 
 # The Proxy-Wasm test plugins the end-to-end suite loads (tests/plugins/README.md).
 bash scripts/build-test-plugins.sh
