@@ -200,6 +200,77 @@ routes:
     }
 }
 
+/// A request the plugin pauses and never resumes (its callout's own timeout is longer) fails at
+/// `limits.pause_timeout` under `on_error: deny`, counts as a `pause_timeout` failure on
+/// /metrics and /config, and leaves the instance in place: no rebuild, and the plugin's next
+/// request runs on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_paused_past_its_pause_timeout_fails_and_is_counted() {
+    let up = Upstream::echo("up").await;
+    let silent = Upstream::gated(Arc::new(tokio::sync::Semaphore::new(0))).await;
+    let yaml = format!(
+        r#"
+listeners: [{{ name: web, address: "127.0.0.1:0" }}]
+admin: {{ address: "127.0.0.1:0" }}
+upstreams:
+  up: {{ endpoints: ["{}"] }}
+  auth: {{ endpoints: ["{}"], request_timeout: 60s }}
+plugins:
+{}
+routes:
+  - {{ name: guarded, upstream: up, plugins: [guard] }}
+"#,
+        up.endpoint(),
+        silent.endpoint(),
+        plugin(
+            "guard",
+            "callout",
+            "config: { upstream: auth, timeout_ms: 30000 }, \
+             limits: { instances: 1, callout_timeout: 60s, pause_timeout: 300ms }"
+        ),
+    );
+    let proxy = Proxy::start(&yaml).await;
+
+    for round in 1..=2u64 {
+        let start = Instant::now();
+        let got = tokio::time::timeout(
+            Duration::from_secs(10),
+            get_with(proxy.addr("web"), "/x", &[("authorization", "Bearer good")]),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("round {round}: no answer within 10 s"));
+        let took = start.elapsed();
+        assert_eq!(got.status, 500, "round {round}: {}", got.text());
+        assert!(
+            took >= Duration::from_millis(300),
+            "round {round}: answered after {took:?}, before the pause timeout"
+        );
+        let (_, metrics) = admin_get(&proxy.admin(), "/metrics").await;
+        let sample = r#"portico_plugin_failures_total{kind="pause_timeout",plugin="guard"}"#;
+        assert_eq!(metric_in(&metrics, sample), round, "{sample}");
+        let sample = r#"portico_plugin_instances_rebuilt_total{plugin="guard"}"#;
+        assert_eq!(metric_in(&metrics, sample), 0, "the instance was rebuilt");
+        let (_, config) = admin_get(&proxy.admin(), "/config").await;
+        let json: serde_json::Value = serde_json::from_str(&config).expect("/config is JSON");
+        let p = &json["plugins"][0];
+        assert_eq!(p["failures"], round, "{config}");
+        assert!(
+            p["last_failure"]
+                .as_str()
+                .is_some_and(|f| f.contains("paused the request for longer than 300ms")),
+            "{config}"
+        );
+        assert_eq!(p["live"], 1, "{config}");
+        assert_eq!(p["backing_off"], 0, "{config}");
+    }
+    assert_eq!(
+        silent.hits(),
+        2,
+        "the callouts never reached the auth service"
+    );
+    assert_eq!(up.hits(), 0, "a failed request reached the upstream");
+}
+
 // ---------------------------------------------------------------------------------------------
 // WASI stdout and stderr
 

@@ -989,6 +989,38 @@ async fn a_plugin_that_loops_is_stopped_and_the_next_request_succeeds() {
     seen_ok(&get_with(&proxy, "/p/after", &[]).await);
 }
 
+/// The rule: a `loop {}` plugin is stopped within twice its time limit. With a 200ms
+/// limit the looping request is answered after at least 200ms (a call always gets its time)
+/// and well before 400ms, and the failure says how long the call ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_looping_plugin_is_stopped_within_twice_its_time_limit() {
+    let up = Upstream::echo("up").await;
+    let proxy = proxy_with(
+        &up,
+        "looper",
+        "limits: { instances: 1, time_per_call: 200ms }",
+    )
+    .await;
+    let started = Instant::now();
+    let got = get_with(&proxy, "/p/loop", &[("x-loop", "1")]).await;
+    let took = started.elapsed();
+    assert_eq!(got.status, 500, "{}", got.text());
+    assert!(
+        took >= Duration::from_millis(200) && took < Duration::from_millis(400),
+        "the looping request was answered after {took:?}"
+    );
+    let json = config_json(&proxy.admin()).await;
+    let last = json["plugins"][0]["last_failure"]
+        .as_str()
+        .unwrap_or_default();
+    let ran: u64 = last
+        .strip_prefix("exceeded its time limit of 200ms per call (stopped after about ")
+        .and_then(|rest| rest.strip_suffix("ms)"))
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("last_failure: {last:?}"));
+    assert!((200..400).contains(&ran), "{last}");
+}
+
 /// One round of [`while_a_plugin_loops_other_routes_keep_flowing`], on threads (and runtimes)
 /// of its own: a request that loops in the plugin and, once it is in the proxy, 20 concurrent
 /// requests to the plugin-free route. Returns the looping request's status, the quick ones',

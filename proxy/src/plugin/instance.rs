@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, StatusCode};
@@ -24,27 +24,59 @@ const RECENT_LOGS: usize = 20;
 /// Why a guest call failed. The instance is unusable afterwards.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Fault {
-    #[error("exceeded its time limit of {0:?} per call")]
-    Timeout(Duration),
+    /// The limit, and about how long the call had run when it was stopped.
+    #[error("exceeded its time limit of {0:?} per call (stopped after about {1:?})")]
+    Timeout(Duration, Duration),
     #[error("exceeded its memory limit of {0} bytes")]
     MemoryCap(u64),
     #[error("trapped: {0}")]
     Trap(String),
     #[error("{0}")]
     Abi(String),
+    /// A paused request or response that the plugin did not resume, answer or close in time.
+    /// The instance is sound and keeps serving; only the stream fails.
+    #[error("paused the {0} for longer than {1:?} without resuming it")]
+    PauseTimeout(&'static str, Duration),
     /// Every instance is failing and waiting out its backoff.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// A fault while an instance starts, in the named phase, with what the plugin logged
+    /// before it (a canary's failure is the operator's error message).
+    #[error("{0} failed: {1}{2}")]
+    Starting(&'static str, Box<Fault>, Logged),
+}
+
+/// The plugin's recent log lines, for an error message: empty, or `; the plugin logged: ...`.
+#[derive(Debug, Clone, Default)]
+pub struct Logged(String);
+
+impl Logged {
+    fn from(ctx: &mut HostCtx) -> Logged {
+        super::abi::flush_output(ctx);
+        if ctx.recent_logs.is_empty() {
+            return Logged::default();
+        }
+        let lines: Vec<&str> = ctx.recent_logs.iter().map(String::as_str).collect();
+        Logged(format!("; the plugin logged: {}", lines.join(" | ")))
+    }
+}
+
+impl std::fmt::Display for Logged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 impl Fault {
     pub fn kind(&self) -> &'static str {
         match self {
-            Fault::Timeout(_) => "timeout",
+            Fault::Timeout(..) => "timeout",
             Fault::MemoryCap(_) => "memory",
             Fault::Trap(_) => "trap",
             Fault::Abi(_) => "abi",
+            Fault::PauseTimeout(..) => "pause_timeout",
             Fault::Unavailable(_) => "unavailable",
+            Fault::Starting(_, inner, _) => inner.kind(),
         }
     }
 }
@@ -211,9 +243,11 @@ pub struct HostCtx {
     pub recent_logs: VecDeque<String>,
     /// Buffer handed to `proxy_on_foreign_function` / returned by a foreign function.
     pub call_data: Bytes,
-    /// Epoch ticks the running guest call has used, and how many it may use.
+    /// Epoch ticks the running guest call has seen, and when it saw the first: its deadline
+    /// is measured on the clock from there, so a ticker that runs late stretches it by one
+    /// late tick, not by the sum of them.
     pub ticks_used: u64,
-    pub ticks_budget: u64,
+    pub first_tick: Option<Instant>,
 }
 
 impl HostCtx {
@@ -314,24 +348,27 @@ impl Instance {
             recent_logs: VecDeque::new(),
             call_data: Bytes::new(),
             ticks_used: 0,
-            ticks_budget: deadline_ticks(spec.limits.time_per_call),
+            first_tick: None,
         };
         let mut store = Store::new(engine, ctx);
         store.limiter(|ctx| &mut ctx.limiter);
         // The deadline is checked one tick at a time, so that a call that runs long can let
         // the runtime know (see `engine::long_call`) well before it is stopped.
+        // Calls shorter than a tick (nearly all) never get here and never read the clock.
         store.epoch_deadline_callback(|mut ctx| {
             let data = ctx.data_mut();
             data.ticks_used += 1;
             if data.ticks_used == 2 {
                 data.spec.host.long_call();
             }
-            if data.ticks_used >= data.ticks_budget {
+            let first = *data.first_tick.get_or_insert_with(Instant::now);
+            if first.elapsed() >= data.spec.limits.time_per_call {
                 return Ok(wasmtime::UpdateDeadline::Interrupt);
             }
             Ok(wasmtime::UpdateDeadline::Continue(1))
         });
         store.data_mut().ticks_used = 0;
+        store.data_mut().first_tick = None;
         store.set_epoch_deadline(1);
         let instance = pre
             .instantiate(&mut store)
@@ -385,33 +422,35 @@ impl Instance {
             next_context: ROOT_CONTEXT + 1,
         };
         if let Some(init) = init {
-            invoke(&mut inst.store, &init, ())?;
+            let result = invoke(&mut inst.store, &init, ());
+            inst.starting("_initialize", result)?;
         }
         inst.store.data_mut().effective = ROOT_CONTEXT;
-        inst.call(|e| Some(&e.on_context_create), (ROOT_CONTEXT, 0))?;
+        let result = inst.call(|e| Some(&e.on_context_create), (ROOT_CONTEXT, 0));
+        inst.starting("proxy_on_context_create", result)?;
         let vm_config_len = spec.vm_config.len() as u32;
-        if inst.call(|e| e.on_vm_start.as_ref(), (ROOT_CONTEXT, vm_config_len))? == Some(0) {
+        let result = inst.call(|e| e.on_vm_start.as_ref(), (ROOT_CONTEXT, vm_config_len));
+        if inst.starting("on_vm_start", result)? == Some(0) {
             return Err(inst.refusal("on_vm_start"));
         }
         let config_len = spec.config.len() as u32;
-        if inst.call(|e| e.on_configure.as_ref(), (ROOT_CONTEXT, config_len))? == Some(0) {
+        let result = inst.call(|e| e.on_configure.as_ref(), (ROOT_CONTEXT, config_len));
+        if inst.starting("on_configure", result)? == Some(0) {
             return Err(inst.refusal("on_configure"));
         }
         Ok(inst)
     }
 
+    /// A start-up call's fault, named by its phase and with the plugin's log lines.
+    fn starting<T>(&mut self, phase: &'static str, result: Result<T, Fault>) -> Result<T, Fault> {
+        result.map_err(|fault| {
+            Fault::Starting(phase, Box::new(fault), Logged::from(self.store.data_mut()))
+        })
+    }
+
     fn refusal(&mut self, phase: &str) -> Fault {
-        let ctx = self.store.data_mut();
-        super::abi::flush_output(ctx);
-        let logs: Vec<String> = ctx.recent_logs.iter().cloned().collect();
-        if logs.is_empty() {
-            Fault::Abi(format!("{phase} returned false"))
-        } else {
-            Fault::Abi(format!(
-                "{phase} returned false; the plugin logged: {}",
-                logs.join(" | ")
-            ))
-        }
+        let logged = Logged::from(self.store.data_mut());
+        Fault::Abi(format!("{phase} returned false{logged}"))
     }
 
     /// Calls a guest export under the plugin's deadline; `Ok(None)` when the module does not
@@ -463,16 +502,11 @@ fn invoke<P: WasmParams, R: wasmtime::WasmResults>(
     args: P,
 ) -> Result<R, Fault> {
     store.data_mut().ticks_used = 0;
+    store.data_mut().first_tick = None;
     store.set_epoch_deadline(1);
     let result = f.call(&mut *store, args);
     super::abi::flush_output(store.data_mut());
     result.map_err(|e| classify(e, store))
-}
-
-/// Epoch ticks for a deadline: rounded up, plus one, so a call always gets at least its time.
-fn deadline_ticks(limit: Duration) -> u64 {
-    let tick = EPOCH_TICK.as_nanos();
-    (limit.as_nanos().div_ceil(tick) as u64) + 1
 }
 
 fn classify(e: wasmtime::Error, store: &Store<HostCtx>) -> Fault {
@@ -482,7 +516,13 @@ fn classify(e: wasmtime::Error, store: &Store<HostCtx>) -> Fault {
     }
     if let Some(trap) = e.downcast_ref::<Trap>() {
         if *trap == Trap::Interrupt {
-            return Fault::Timeout(limits.time_per_call);
+            // The call began at most a tick before the first tick it saw.
+            let ran = store
+                .data()
+                .first_tick
+                .map_or(Duration::ZERO, |t| t.elapsed() + EPOCH_TICK);
+            let ran = Duration::from_millis(ran.as_millis() as u64);
+            return Fault::Timeout(limits.time_per_call, ran);
         }
         // A Rust guest prints its panic message to stderr just before it aborts.
         if let Some(last) = store.data().recent_logs.back() {

@@ -550,15 +550,20 @@ impl ChainStream {
                 .await
                 .is_err()
             {
-                return Err(Fault::Abi(format!(
-                    "paused the {} for longer than {:?} without resuming it",
+                let fault = Fault::PauseTimeout(
                     if dir == Dir::Request {
                         "request"
                     } else {
                         "response"
                     },
-                    b.plugin.spec.limits.pause_timeout
-                )));
+                    b.plugin.spec.limits.pause_timeout,
+                );
+                // Counted, but the instance stays: it did nothing wrong that a rebuild cures.
+                b.plugin
+                    .spec
+                    .host
+                    .record_failure(&b.plugin.spec.name, &fault);
+                return Err(fault);
             }
             let ctx = b.ctx;
             let (outcome, _) = b
