@@ -25,4 +25,10 @@ done
 for e in hello probe; do
   cp "target/wasm32-wasip1/plugin/examples/$e.wasm" "$out/$e.wasm"
 done
+# The jwt plugin as a plugin for any Proxy-Wasm host: with the SDK's in-guest verification
+# (`crypto-fallback`) for hosts without `portico.verify_signature`. Its end-to-end test and
+# the first-party micro-benchmark run it in Portico with that foreign function denied.
+cargo build --locked --profile plugin --target wasm32-wasip1 -p portico-jwt \
+  --features crypto-fallback "$@"
+cp target/wasm32-wasip1/plugin/portico_jwt.wasm "$out/jwt-fallback.wasm"
 ls -l "$out"/*.wasm | awk '{print $5, $9}'

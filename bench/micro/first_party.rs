@@ -7,6 +7,10 @@
 //!
 //! - `jwt <ALG> cold`: every request verifies the signature (`cache_size: 0`);
 //! - `jwt <ALG> warm`: the token is in the plugin's cache;
+//! - `jwt <ALG> cold, in guest`: as cold, but the plugin is the jwt plugin built with the SDK's
+//!   `crypto-fallback` feature (target/plugins/jwt-fallback.wasm) and denied the host's
+//!   foreign functions, so it verifies inside Wasm with the RustCrypto crates, as it would in
+//!   a Proxy-Wasm host without Portico's `portico.verify_signature`;
 //! - `native <ALG>`: `jsonwebtoken::decode` of the same token (signature, exp, iss, aud);
 //! - `rate-limit`, `auth api_key`, `header-rewrite`: each plugin alone;
 //! - `chain of 4 (warm)`: jwt (RS256, cached) + rate-limit + auth api_key + header-rewrite.
@@ -30,8 +34,9 @@ use http::HeaderValue;
 use portico::plugin::{Chain, PluginHost, RequestHead, Verdict};
 use serde_json::{Value, json};
 
-use harness::{load, request_head, response_head, stream_info};
+use harness::{load, load_with, request_head, response_head, stream_info};
 use mint::Alg;
+use portico::plugin::foreign::Allowed;
 
 /// The API key the auth plugin is configured with (by its SHA-256).
 const API_KEY: &str = "bench-key-0123456789";
@@ -134,6 +139,20 @@ fn streams(c: &mut Criterion) {
                 headers: vec![("authorization", bearer(alg))],
             });
         }
+    }
+    for alg in [Alg::HS256, Alg::RS256, Alg::ES256] {
+        let name = format!("jwt-{}-guest", mint::alg_name(alg)).to_lowercase();
+        cases.push(Case {
+            name: format!("jwt {} cold, in guest", mint::alg_name(alg)),
+            chain: Chain::new(vec![load_with(
+                &host,
+                &name,
+                &module("jwt-fallback"),
+                jwt_config(0).to_string(),
+                Allowed::NONE,
+            )]),
+            headers: vec![("authorization", bearer(alg))],
+        });
     }
     let rate_limit = || json!({ "rate": 1_000_000_000u64, "per": "1s" });
     let api_key = || json!({ "type": "api_key", "keys": [{ "name": "bench", "sha256": sha256_hex(API_KEY) }] });

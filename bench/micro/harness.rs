@@ -10,6 +10,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use portico::plugin::foreign::Allowed;
 use portico::plugin::{
     Limits, OnError, Plugin, PluginDef, PluginHost, RequestHead, ResponseHead, StreamInfo,
 };
@@ -17,6 +18,18 @@ use portico::plugin::{
 /// Plugin `name` running `module` with `config` (JSON), failing closed, one instance (the
 /// benchmarks are single-threaded).
 pub fn load(host: &PluginHost, name: &str, module: &Path, config: String) -> Arc<Plugin> {
+    load_with(host, name, module, config, Allowed::default())
+}
+
+/// [`load`], the plugin allowed only the foreign functions in `foreign_functions`.
+#[allow(dead_code, reason = "first_party.rs uses it, plugin.rs does not")]
+pub fn load_with(
+    host: &PluginHost,
+    name: &str,
+    module: &Path,
+    config: String,
+    foreign_functions: Allowed,
+) -> Arc<Plugin> {
     let def = PluginDef {
         name: name.to_string(),
         module: module.to_path_buf(),
@@ -26,6 +39,7 @@ pub fn load(host: &PluginHost, name: &str, module: &Path, config: String) -> Arc
             instances: 1,
             ..Limits::default()
         },
+        foreign_functions,
     };
     host.load(&def, HashMap::new())
         .unwrap_or_else(|e| panic!("loading {name}: {e}"))

@@ -443,6 +443,23 @@ routes:
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_foreign_function_is_refused() {
+    refused(
+        &[("not.wasm", "plain text")],
+        r#"listeners: [{ name: web, address: "127.0.0.1:0" }]
+plugins:
+  auth: { module: not.wasm, foreign_functions: [portico.counter_add, portico.fetch] }
+routes:
+  - { name: hello, direct_response: { status: 200, body: hi } }
+"#,
+        "{dir}/portico.yaml:3:70: plugins.auth.foreign_functions[1]: Portico has no foreign \
+         function \"portico.fetch\" (it has portico.counter_add, portico.counter_get, \
+         portico.verify_signature)",
+    )
+    .await;
+}
+
 /// All plugins' instances share the allocator's 512 slots: a configuration that asks for more
 /// is refused at the plugin that goes over, before any of its instances starts.
 #[test]

@@ -85,6 +85,17 @@ impl Idp {
 /// Listener `web`, upstream `app` (and `idp`), the jwt plugin with `plugin_config` (JSON) on
 /// the only route.
 fn yaml(app: &Upstream, idp: Option<&Idp>, plugin_config: &Value) -> String {
+    yaml_with(app, idp, "jwt", "", plugin_config)
+}
+
+/// [`yaml`] with the plugin module `target/plugins/<wasm>.wasm` and `extra` in its mapping.
+fn yaml_with(
+    app: &Upstream,
+    idp: Option<&Idp>,
+    wasm: &str,
+    extra: &str,
+    plugin_config: &Value,
+) -> String {
     let idp = idp.map_or(String::new(), |idp| {
         format!(
             "  idp: {{ endpoints: [\"{}\"] }}\n",
@@ -99,12 +110,12 @@ upstreams:
   app: {{ endpoints: ["{}"] }}
 {idp}
 plugins:
-  jwt: {{ module: "{}", config: {plugin_config} }}
+  jwt: {{ module: "{}", config: {plugin_config} {extra} }}
 routes:
   - {{ name: api, upstream: app, plugins: [jwt] }}
 "#,
         app.endpoint(),
-        first_party_wasm("jwt").display()
+        first_party_wasm(wasm).display()
     )
 }
 
@@ -172,6 +183,73 @@ async fn every_algorithm_passes_and_its_claims_reach_the_upstream() {
         );
     }
     assert_eq!(app.hits(), 12);
+}
+
+/// The jwt plugin built with the SDK's `crypto-fallback` feature (jwt-fallback.wasm) and
+/// denied Portico's foreign functions (`foreign_functions: []`) runs as in a Proxy-Wasm host
+/// without `portico.verify_signature`: it verifies every algorithm inside Wasm, and a tampered
+/// token of each family still fails. Built without the feature and denied the same, the plugin
+/// cannot verify and lets nothing through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_host_verifier_the_fallback_build_verifies_inside_wasm() {
+    let app = Upstream::echo("app").await;
+    let config = inline_config(json!({}));
+    let proxy = Proxy::start(&yaml_with(
+        &app,
+        None,
+        "jwt-fallback",
+        ", foreign_functions: []",
+        &config,
+    ))
+    .await;
+    for (alg, _) in ALGORITHMS {
+        let token = mint(alg, &valid());
+        let got = with_bearer(&proxy, &token).await;
+        assert_eq!(got.status, 200, "{alg:?}: {}", got.text());
+        assert_eq!(
+            got.seen().headers.get("x-user").map(String::as_str),
+            Some("alice"),
+            "{alg:?}"
+        );
+    }
+    assert_eq!(app.hits(), ALGORITHMS.len());
+    let n = now();
+    for alg in [
+        Alg::RS256,
+        Alg::PS384,
+        Alg::ES256,
+        Alg::ES384,
+        Alg::EdDSA,
+        Alg::HS512,
+    ] {
+        let token = mint::tamper(&mint(alg, &valid()), &claims(n, json!({ "sub": "admin" })));
+        let got = with_bearer(&proxy, &token).await;
+        assert_eq!(got.status, 401, "{alg:?}: {}", got.text());
+        assert_eq!(
+            got.header("www-authenticate"),
+            Some(invalid("invalid signature").as_str()),
+            "{alg:?}"
+        );
+    }
+    assert_eq!(app.hits(), ALGORITHMS.len(), "a tampered token passed");
+
+    let proxy = Proxy::start(&yaml_with(
+        &app,
+        None,
+        "jwt",
+        ", foreign_functions: [portico.counter_add]",
+        &config,
+    ))
+    .await;
+    for alg in [Alg::RS256, Alg::ES256, Alg::EdDSA] {
+        let got = with_bearer(&proxy, &mint(alg, &valid())).await;
+        assert_eq!(got.status, 500, "{alg:?}: {}", got.text());
+    }
+    assert_eq!(
+        app.hits(),
+        ALGORITHMS.len(),
+        "a token passed without a verifier"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

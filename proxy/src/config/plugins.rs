@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use super::raw::{RawFile, RawOnError, RawPlugin};
 use super::{ConfigError, Source};
-use crate::plugin::{Chain, Limits, OnError, Plugin, PluginDef, PluginHost};
+use crate::plugin::{Chain, Limits, OnError, Plugin, PluginDef, PluginHost, foreign};
 use crate::upstream::Upstream;
 
 /// The compiled `plugins:` section.
@@ -86,7 +86,14 @@ pub fn compile(
             };
             let fingerprint = {
                 let mut h = std::collections::hash_map::DefaultHasher::new();
-                (&def.name, &def.config, def.on_error, &def.limits).hash(&mut h);
+                (
+                    &def.name,
+                    &def.config,
+                    def.on_error,
+                    &def.limits,
+                    def.foreign_functions,
+                )
+                    .hash(&mut h);
                 wasm_digest.hash(&mut h);
                 upstreams_fingerprint.hash(&mut h);
                 h.finish()
@@ -165,6 +172,25 @@ fn definition(
             limits.pause_timeout = t.0;
         }
     }
+    let mut foreign_functions = foreign::Allowed::default();
+    if let Some(names) = &raw.foreign_functions {
+        foreign_functions = foreign::Allowed::NONE;
+        for (i, name) in names.iter().enumerate() {
+            match foreign_functions.with(name) {
+                Some(a) => foreign_functions = a,
+                None => errors.push(source.error(
+                    &format!("{at}.foreign_functions[{i}]"),
+                    format!(
+                        "Portico has no foreign function \"{name}\" (it has {})",
+                        foreign::Allowed::default()
+                            .names()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )),
+            }
+        }
+    }
     let config = match &raw.config {
         None => Bytes::new(),
         Some(v) => Bytes::from(serde_json::to_vec(v).unwrap_or_default()),
@@ -181,6 +207,7 @@ fn definition(
             _ => OnError::Deny,
         },
         limits,
+        foreign_functions,
     })
 }
 

@@ -47,6 +47,9 @@ pub struct RawPlugin {
     /// `deny` (default): a failing plugin fails the request with 500. `allow`: it is skipped.
     pub on_error: Option<RawOnError>,
     pub limits: Option<RawPluginLimits>,
+    /// The foreign functions (`proxy_call_foreign_function`) the plugin may call; any other
+    /// answers `NotFound`, as in a host without it. Default: all that Portico offers.
+    pub foreign_functions: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]

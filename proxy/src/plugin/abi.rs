@@ -981,13 +981,13 @@ fn call_foreign_function(
 ) -> R {
     let name = read(&mut caller, np, nl, MAX_KEY_BYTES)?;
     let args = read(&mut caller, ap, al, MAX_MAP_BYTES)?;
+    let spec = caller.data().spec.clone();
     let Some(f) = std::str::from_utf8(&name)
         .ok()
-        .and_then(super::foreign::lookup)
+        .and_then(|n| super::foreign::lookup(n, spec.foreign_functions))
     else {
         return st(Status::NotFound);
     };
-    let spec = caller.data().spec.clone();
     match f(&spec, &args) {
         Ok(out) => {
             give(&mut caller, &out, ret_ptr, ret_len)?;

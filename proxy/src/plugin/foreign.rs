@@ -42,8 +42,43 @@ pub const FUNCTIONS: &[(&str, Function)] = &[
     ("portico.verify_signature", verify_signature),
 ];
 
-pub fn lookup(name: &str) -> Option<Function> {
-    FUNCTIONS.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
+/// The function called `name`, if `allowed` lets the plugin call it.
+pub fn lookup(name: &str, allowed: Allowed) -> Option<Function> {
+    FUNCTIONS
+        .iter()
+        .position(|(n, _)| *n == name)
+        .filter(|&i| allowed.0 & (1 << i) != 0)
+        .map(|i| FUNCTIONS[i].1)
+}
+
+/// Which of [`FUNCTIONS`] a plugin may call (a plugin's `foreign_functions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Allowed(u32);
+
+impl Default for Allowed {
+    /// All of them.
+    fn default() -> Allowed {
+        Allowed((1 << FUNCTIONS.len()) - 1)
+    }
+}
+
+impl Allowed {
+    pub const NONE: Allowed = Allowed(0);
+
+    /// `self` and the function `name`; `None` when Portico has no such function.
+    pub fn with(self, name: &str) -> Option<Allowed> {
+        let i = FUNCTIONS.iter().position(|(n, _)| *n == name)?;
+        Some(Allowed(self.0 | (1 << i)))
+    }
+
+    /// The names allowed, in registry order.
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
+        FUNCTIONS
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| self.0 & (1 << i) != 0)
+            .map(|(_, (n, _))| *n)
+    }
 }
 
 /// plugin → key → counter.

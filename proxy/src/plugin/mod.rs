@@ -13,7 +13,7 @@
 
 mod abi;
 pub mod engine;
-mod foreign;
+pub mod foreign;
 pub mod inspect;
 mod instance;
 mod metrics;
@@ -94,6 +94,7 @@ pub struct PluginDef {
     pub config: Bytes,
     pub on_error: OnError,
     pub limits: Limits,
+    pub foreign_functions: foreign::Allowed,
 }
 
 /// Everything an instance's hostcalls need that is the same for all of a plugin's instances.
@@ -103,6 +104,7 @@ pub struct PluginSpec {
     pub vm_config: Bytes,
     pub limits: Limits,
     pub on_error: OnError,
+    pub foreign_functions: foreign::Allowed,
     pub upstreams: HashMap<String, Arc<Upstream>>,
     pub host: Arc<HostShared>,
     pub callouts_inflight: AtomicUsize,
@@ -227,6 +229,7 @@ impl PluginHost {
             vm_config: Bytes::new(),
             limits: def.limits.clone(),
             on_error: def.on_error,
+            foreign_functions: def.foreign_functions,
             upstreams,
             host: self.inner.clone(),
             callouts_inflight: AtomicUsize::new(0),
@@ -339,6 +342,7 @@ impl Plugin {
             "live": live,
             "backing_off": backing_off,
             "on_error": match self.spec.on_error { OnError::Deny => "deny", OnError::Allow => "allow" },
+            "foreign_functions": self.spec.foreign_functions.names().collect::<Vec<_>>(),
             "failures": health.failures,
             "last_failure": health.last_failure,
             "last_failure_at": health.last_failure_at,

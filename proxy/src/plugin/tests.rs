@@ -42,6 +42,7 @@ fn spec(host: &PluginHost) -> Arc<PluginSpec> {
             ..Limits::default()
         },
         on_error: OnError::Deny,
+        foreign_functions: Default::default(),
         upstreams: HashMap::new(),
         host: host.inner.clone(),
         callouts_inflight: AtomicUsize::new(0),

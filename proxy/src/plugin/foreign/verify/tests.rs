@@ -146,8 +146,19 @@ fn flip_bit(bytes: &[u8], bit: usize) -> Vec<u8> {
 }
 
 #[test]
-fn the_function_is_registered() {
-    assert!(super::super::lookup("portico.verify_signature").is_some());
+fn the_function_is_registered_and_a_plugin_can_be_denied_it() {
+    use super::super::{Allowed, lookup};
+    assert!(lookup("portico.verify_signature", Allowed::default()).is_some());
+    assert!(lookup("portico.verify_signature", Allowed::NONE).is_none());
+    let counters_only = Allowed::NONE.with("portico.counter_add").unwrap();
+    assert!(lookup("portico.counter_add", counters_only).is_some());
+    assert!(lookup("portico.verify_signature", counters_only).is_none());
+    assert!(lookup("portico.nothing", Allowed::default()).is_none());
+    assert!(Allowed::NONE.with("portico.nothing").is_none());
+    assert_eq!(
+        counters_only.names().collect::<Vec<_>>(),
+        ["portico.counter_add"]
+    );
 }
 
 #[test]
