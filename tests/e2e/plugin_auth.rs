@@ -165,6 +165,54 @@ async fn basic_admits_the_right_password_and_challenges_everything_else() {
     assert_eq!(plugin_counter(&proxy, "login", "allowed").await, 2);
 }
 
+/// bcrypt at cost 10 takes longer inside Wasm than the default 50ms per call. The plugin times
+/// one verification while it configures, so under the default limit the configuration is
+/// refused, with the plugin's own explanation, instead of failing the first login of every
+/// user; with the limit raised it starts and says how long the verification took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_time_limit_too_short_for_the_bcrypt_cost_refuses_the_configuration() {
+    let app = Upstream::echo("app").await;
+    let users = format!(r#"{{ type: basic, users: ["{CAROL_COST_10}"] }}"#);
+    let err = Proxy::try_start_in(
+        TempDir::new(),
+        &config(
+            &app,
+            "",
+            &auth_plugin("login", &users, ", limits: { instances: 1 }"),
+            &route("/basic", "login"),
+        ),
+    )
+    .await
+    .err()
+    .expect("a bcrypt cost 10 under the default time limit was accepted");
+    for words in [
+        "exceeded its time limit of 50ms per call",
+        "users[0] (\"carol\") has bcrypt cost 10",
+        "timing one now",
+    ] {
+        assert!(err.contains(words), "{words:?} is not in: {err}");
+    }
+
+    let proxy = Proxy::start(&config(
+        &app,
+        "",
+        &auth_plugin(
+            "login",
+            &users,
+            ", limits: { instances: 1, time_per_call: 2s }",
+        ),
+        &route("/basic", "login"),
+    ))
+    .await;
+    let got = get_with(
+        &proxy,
+        "/basic/x",
+        &[("authorization", &basic("carol", "cost10pw"))],
+    )
+    .await;
+    assert_eq!(seen_header(&seen_ok(&got), "x-auth-user"), Some("carol"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_verifies_a_password_once_and_serves_repeats_from_its_cache() {
     let app = Upstream::echo("app").await;

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use portico_plugin_sdk::{Error, Http, LocalResponse, Result, warn};
+use portico_plugin_sdk::{Error, Http, LocalResponse, Result, info, warn};
 use serde::Deserialize;
 use sha_crypt::{PasswordHashRef, PasswordVerifier as _, ShaCrypt};
 
@@ -155,11 +155,24 @@ impl Basic {
             users.push(user);
         }
         if let Some((i, user, cost)) = slowest_bcrypt(&users) {
+            // Said before the trial: if the trial outruns `limits.time_per_call`, this call
+            // fails, and the refusal that `portico check` or the reload prints carries this
+            // line. A limit too short for the hashes fails here, not on the first logins.
             warn!(
                 "basic: users[{i}] ({:?}) has bcrypt cost {cost}: a verification takes about {} ms \
-                 inside Wasm, more than the default limits.time_per_call (50ms); raise it (README)",
+                 inside Wasm, more than the default limits.time_per_call (50ms); timing one now, \
+                 so that a limit too short for it refuses this configuration (README)",
                 user.name,
                 65u64 << (cost - SLOW_BCRYPT_COST).min(20)
+            );
+            let started = portico_plugin_sdk::now();
+            std::hint::black_box(user.verify(b"portico: a trial verification"));
+            let took = portico_plugin_sdk::now()
+                .duration_since(started)
+                .unwrap_or_default();
+            info!(
+                "basic: one bcrypt cost {cost} verification took {} ms",
+                took.as_millis()
             );
         }
         let user_header = config

@@ -433,7 +433,7 @@ fn configuration_errors_name_the_entry_and_never_show_a_password() {
 }
 
 #[test]
-fn a_bcrypt_cost_beyond_the_default_deadline_is_warned_about() {
+fn a_bcrypt_cost_beyond_the_default_deadline_is_warned_about_and_timed() {
     // htpasswd -bnBC 10 carol cost10pw, and cost 12 for dave.
     let c10 = "carol:$2y$10$ZljcawAvw.XzTq25qr0aG.R0TGy3/o4kVVQ1DDFUVN9O/EFzxhZca";
     let c12 = "dave:$2y$12$6gitS6FfwaBuTBr..ULtQeUFPn08vASqosbJu.yZdS680XLmznQKG";
@@ -446,6 +446,12 @@ fn a_bcrypt_cost_beyond_the_default_deadline_is_warned_about() {
     let h = Harness::<Auth>::new(json!({ "type": "basic", "users": [c10, ALICE] })).unwrap();
     assert!(
         h.logged("users[0] (\"carol\") has bcrypt cost 10"),
+        "{:?}",
+        h.logs()
+    );
+    // The trial that makes a time limit too short for the cost fail at configuration.
+    assert!(
+        h.logged("basic: one bcrypt cost 10 verification took "),
         "{:?}",
         h.logs()
     );
