@@ -63,12 +63,19 @@ impl ProxyError {
 
     /// Classifies an error of a request to an upstream (`connecting`: no connection could be
     /// made): connection failures are 502, a request body over its limit is 413, a request
-    /// body that stopped moving 408, anything else the upstream did is 502.
+    /// body that stopped moving 408, a request body a plugin failed on (`on_error: deny`) 500,
+    /// anything else the upstream did is 502.
     pub fn from_upstream_error(
         upstream: &str,
         e: &(dyn std::error::Error + 'static),
         connecting: bool,
     ) -> Self {
+        if let Some(ProxyError::PluginFailed { plugin, reason }) = find_cause::<ProxyError>(e) {
+            return ProxyError::PluginFailed {
+                plugin: plugin.clone(),
+                reason: reason.clone(),
+            };
+        }
         if let Some(limit) = find_cause::<BodyTooLarge>(e) {
             return ProxyError::BodyTooLarge(BodyTooLarge { limit: limit.limit });
         }

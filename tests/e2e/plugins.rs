@@ -927,6 +927,57 @@ routes: [{{ name: all, upstream: up, plugins: [t] }}]
     assert_eq!(collected.to_bytes(), "payload");
 }
 
+/// A plugin that traps on the request's trailers, after the head and body have gone upstream,
+/// fails that request under `on_error: deny`: the upstream request is abandoned (never
+/// complete), the client gets the plugin failure's 500, and the trap is counted. Under `allow`
+/// the plugin is skipped and the request completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_in_request_trailers_fails_the_request_under_deny() {
+    for (on_error, want_ok) in [("deny", false), ("allow", true)] {
+        let up = Upstream::echo("up").await;
+        let proxy = proxy_with(
+            &up,
+            "panicker",
+            &format!("on_error: {on_error}, limits: {{ instances: 1 }}"),
+        )
+        .await;
+        let mut sender = h2c_sender(proxy.addr("web")).await;
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-checksum", HeaderValue::from_static("abc"));
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"hello"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let req = Request::post("http://plugins.test/p/rpc")
+            .header("te", "trailers")
+            .header("x-panic-trailers", "1")
+            .body(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
+                frames,
+            ))))
+            .expect("request");
+        let outcome = match sender.send_request(req).await {
+            Ok(resp) => {
+                let status = resp.status();
+                match resp.into_body().collect().await {
+                    Ok(body) => format!("status {status}, body {:?}", body.to_bytes()),
+                    Err(e) => format!("status {status}, then error {e}"),
+                }
+            }
+            Err(e) => format!("error {e}"),
+        };
+        eprintln!("on_error: {on_error}: {outcome}");
+        if want_ok {
+            assert!(outcome.starts_with("status 200 OK, body"), "{outcome}");
+        } else {
+            assert_eq!(
+                outcome, "status 500 Internal Server Error, body b\"Internal Server Error\\n\"",
+                "on_error: {on_error}"
+            );
+        }
+        assert_eq!(failures(&proxy, "trap").await, 1, "on_error: {on_error}");
+    }
+}
+
 /// A request trailer value that is not UTF-8 never reaches a plugin (its SDK would panic on
 /// it): the request fails there, and the plugin stays whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

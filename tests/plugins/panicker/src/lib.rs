@@ -1,8 +1,9 @@
 //! `panicker`: panics in callbacks (on wasm32-wasip1 a panic aborts: the guest traps).
 //!
 //! `x-panic` panics in `on_http_request_headers`; `x-panic-response` (on the request) panics in
-//! `on_http_response_headers`; otherwise the request gets `x-panicker: ok`. `x-print` writes its
-//! value to stdout and stderr (WASI `fd_write`) first.
+//! `on_http_response_headers`; `x-panic-trailers` in `on_http_request_trailers`; otherwise the
+//! request gets `x-panicker: ok`. `x-print` writes its value to stdout and stderr (WASI
+//! `fd_write`) first.
 //! Details in tests/plugins/README.md.
 
 use log::info;
@@ -20,6 +21,8 @@ struct Root;
 struct Panicker {
     /// The request carried `x-panic-response`.
     panic_in_response: bool,
+    /// The request carried `x-panic-trailers`.
+    panic_in_trailers: bool,
 }
 
 impl Context for Root {}
@@ -51,7 +54,15 @@ impl HttpContext for Panicker {
             panic!("panicker: asked to panic");
         }
         self.panic_in_response = self.get_http_request_header("x-panic-response").is_some();
+        self.panic_in_trailers = self.get_http_request_header("x-panic-trailers").is_some();
         self.add_http_request_header("x-panicker", "ok");
+        Action::Continue
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if self.panic_in_trailers {
+            panic!("panicker: asked to panic in on_http_request_trailers");
+        }
         Action::Continue
     }
 
