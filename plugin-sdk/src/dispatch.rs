@@ -458,3 +458,75 @@ mod tests {
         assert_eq!(req.on_response_body(b"", true), Outcome::Continue);
     }
 }
+
+#[cfg(test)]
+mod config_tests {
+    use super::parse_config;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code, reason = "only deserialised")]
+    struct Plain {
+        inner: Inner,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code, reason = "only deserialised")]
+    struct Inner {
+        header: String,
+    }
+
+    /// An internally tagged enum: serde buffers the whole mapping before it picks the
+    /// variant, out of the unknown-key check's sight.
+    #[derive(Debug, Deserialize)]
+    #[serde(tag = "type", rename_all = "snake_case")]
+    #[allow(dead_code, reason = "only deserialised")]
+    enum Loose {
+        Key { header: String },
+    }
+
+    /// The same with `deny_unknown_fields`, as the SDK's docs ask of such enums.
+    #[derive(Debug, Deserialize)]
+    #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+    #[allow(dead_code, reason = "only deserialised")]
+    enum Strict {
+        Key { header: String },
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code, reason = "only deserialised")]
+    struct WithLoose {
+        method: Loose,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code, reason = "only deserialised")]
+    struct WithStrict {
+        method: Strict,
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_path() {
+        let err = parse_config::<Plain>(br#"{"inner":{"header":"x","hedaer":"y"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown key `inner.hedaer`"), "{err}");
+    }
+
+    /// What the SDK's unknown-key check cannot see (docs/plugins.md, "Configuration"): inside
+    /// an internally tagged or untagged enum, or a `#[serde(flatten)]` field, serde reads the
+    /// mapping into a buffer of its own. `deny_unknown_fields` on the enum closes the gap.
+    #[test]
+    fn inside_a_tagged_enum_unknown_keys_need_deny_unknown_fields() {
+        let typo = br#"{"method":{"type":"key","header":"x","hedaer":"y"}}"#;
+        assert!(
+            parse_config::<WithLoose>(typo).is_ok(),
+            "serde now reports keys inside tagged enums: the docs' caveat can go"
+        );
+        let err = parse_config::<WithStrict>(typo).unwrap_err().to_string();
+        assert!(
+            err.contains("method: unknown field `hedaer`, expected `header`"),
+            "{err}"
+        );
+    }
+}

@@ -132,7 +132,12 @@ pub use serde;
 /// Every hook has a default that lets the request through, so a plugin implements only the
 /// phases it cares about.
 pub trait Plugin: Sized + 'static {
-    /// The plugin's configuration: the YAML `config` value, deserialised with serde.
+    /// The plugin's configuration: the YAML `config` value, deserialised with serde. A key
+    /// that no field reads refuses the configuration (`unknown key `a.b``), with or without
+    /// `deny_unknown_fields` — except inside an internally tagged or untagged enum or a
+    /// `#[serde(flatten)]` field, which serde reads into a buffer of its own where the SDK
+    /// cannot see what was left unread: put `#[serde(deny_unknown_fields)]` on such enums (and
+    /// on the structs their variants hold), and avoid `flatten` in a `Config`.
     type Config: serde::de::DeserializeOwned;
     /// Per-request state, created with `Default` for every request (`()` when unused).
     type State: Default + 'static;
