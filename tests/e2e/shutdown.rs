@@ -178,9 +178,12 @@ async fn a_request_past_the_shutdown_timeout_is_cut_and_the_process_exits() {
     let term = Instant::now();
     bin.signal(SIGTERM);
     assert_eq!(exit_code(&mut bin, Duration::from_secs(10)).await, Some(0));
+    // Not before the timeout; and it did not wait for the request, which never ends (its
+    // upstream never answers): exiting at all shows the cut. The upper bound only keeps a
+    // hang from passing, with room for a loaded machine (the 3 s bound failed once there).
     let took = term.elapsed();
     assert!(
-        took >= Duration::from_millis(500) && took < Duration::from_secs(3),
+        took >= Duration::from_millis(500) && took < Duration::from_secs(8),
         "exited after {took:?}"
     );
     let cut = tokio::time::timeout(Duration::from_secs(5), in_flight)
