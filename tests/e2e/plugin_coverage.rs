@@ -200,6 +200,106 @@ routes:
     }
 }
 
+/// A callout answer that comes back after its instance was discarded is dropped. The rebuilt
+/// instance numbers its contexts and tokens afresh, so request C, the first on the new
+/// instance, has the same context id and callout token as request A had on the old one: A's
+/// late answer must not resume C with A's authorization. The authorization service answers
+/// `x-user: <the request's path>`, and C must reach the upstream with its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_callout_answer_never_reaches_the_rebuilt_instance() {
+    use http::Response;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let up = Upstream::echo("up").await;
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let held = Arc::new(AtomicUsize::new(0));
+    let (gate, waiting) = (release.clone(), held.clone());
+    let auth = Upstream::with_handler(move |req| {
+        let path = req
+            .headers()
+            .get("x-original-path")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let (gate, waiting) = (gate.clone(), waiting.clone());
+        Box::pin(async move {
+            let mut answer = Response::builder().header("x-user", path.as_str());
+            if path.contains("panic") {
+                answer = answer.header("x-panic", "1");
+            } else {
+                waiting.fetch_add(1, Ordering::SeqCst);
+                gate.acquire().await.expect("gate").forget();
+            }
+            answer.body(empty()).expect("response")
+        })
+    })
+    .await;
+    let yaml = format!(
+        r#"
+listeners: [{{ name: web, address: "127.0.0.1:0" }}]
+admin: {{ address: "127.0.0.1:0" }}
+upstreams:
+  up: {{ endpoints: ["{}"] }}
+  auth: {{ endpoints: ["{}"], request_timeout: 60s }}
+plugins:
+{}
+routes:
+  - {{ name: guarded, upstream: up, plugins: [guard] }}
+"#,
+        up.endpoint(),
+        auth.endpoint(),
+        plugin(
+            "guard",
+            "callout",
+            "config: { upstream: auth, timeout_ms: 30000 }, limits: { instances: 1 }"
+        ),
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let web = proxy.addr("web");
+    let get = move |path: &'static str| tokio::spawn(get_with(web, path, &[]));
+
+    // A waits for its answer on the first instance.
+    let a = get("/a");
+    eventually("A's callout to be held", || async {
+        held.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // B's answer makes the plugin panic: the instance is discarded, and A fails with it.
+    let b = get("/panic").await.expect("B");
+    assert_eq!(b.status, 500, "B: {}", b.text());
+    let a = a.await.expect("A");
+    assert_eq!(a.status, 500, "A: {}", a.text());
+    // C, on the rebuilt instance, waits for its own answer.
+    let c = get("/c");
+    eventually("C's callout to be held", || async {
+        held.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    // A's answer comes back first (the semaphore is fair). It must not resume C.
+    release.add_permits(1);
+    let mut c = c;
+    if let Ok(done) = tokio::time::timeout(Duration::from_millis(500), &mut c).await {
+        let got = done.expect("C");
+        panic!(
+            "C was answered by A's callout: {} {:?}",
+            got.status,
+            got.seen().headers.get("x-auth-user")
+        );
+    }
+    release.add_permits(1);
+    let got = tokio::time::timeout(Duration::from_secs(10), c)
+        .await
+        .expect("C answered")
+        .expect("C");
+    assert_eq!(
+        got.seen().headers.get("x-auth-user").map(String::as_str),
+        Some("/c"),
+        "{}",
+        got.text()
+    );
+    assert_eq!(up.hits(), 1, "only C reached the upstream");
+}
+
 /// A request the plugin pauses and never resumes (its callout's own timeout is longer) fails at
 /// `limits.pause_timeout` under `on_error: deny`, counts as a `pause_timeout` failure on
 /// /metrics and /config, and leaves the instance in place: no rebuild, and the plugin's next

@@ -193,7 +193,7 @@ impl Pool {
                 .try_lock()
                 .expect("a new slot is not shared yet")
                 .instance = Some(instance);
-            slot.after(deferred);
+            slot.after(0, deferred);
             slots.push(slot);
         }
         Ok(Pool {
@@ -315,7 +315,7 @@ impl Slot {
             Ok(v) => {
                 let deferred = std::mem::take(&mut instance.store.data_mut().deferred);
                 drop(state);
-                self.after(deferred);
+                self.after(generation, deferred);
                 Ok((v, generation))
             }
             Err(fault) => {
@@ -379,7 +379,7 @@ impl Slot {
                 state.instance = Some(instance);
                 state.generation += 1;
                 state.retry_at = None;
-                self.after(deferred);
+                self.after(state.generation, deferred);
                 Ok(())
             }
             Err(fault) => {
@@ -419,8 +419,8 @@ impl Slot {
         self.spec.host.record_failure(&self.spec.name, fault);
     }
 
-    /// Starts what a callback deferred.
-    fn after(self: &Arc<Self>, deferred: Deferred) {
+    /// Starts what a callback of the instance of `generation` deferred.
+    fn after(self: &Arc<Self>, generation: u64, deferred: Deferred) {
         let Deferred {
             tick_period,
             callouts,
@@ -439,7 +439,7 @@ impl Slot {
         for callout in callouts {
             let slot = self.clone();
             self.spec.callouts_inflight.fetch_add(1, Ordering::AcqRel);
-            rt.spawn(async move { slot.callout(callout).await });
+            rt.spawn(async move { slot.callout(generation, callout).await });
         }
         for (owner, root, queue) in queue_ready {
             rt.spawn(async move {
@@ -489,7 +489,11 @@ impl Slot {
         *ticker = Some(task.abort_handle());
     }
 
-    async fn callout(self: Arc<Self>, req: CalloutRequest) {
+    /// Sends a callout of the instance of `generation` and hands it the answer. If that
+    /// instance has been discarded meanwhile, the answer is dropped: its replacement numbers
+    /// contexts and tokens afresh, so the answer would reach whichever of its requests now has
+    /// the same ids (another request's authorization, say).
+    async fn callout(self: Arc<Self>, generation: u64, req: CalloutRequest) {
         let spec = self.spec.clone();
         let context = req.context;
         let token = req.token;
@@ -507,7 +511,7 @@ impl Slot {
             }
         };
         let _ = self
-            .with(None, |inst| {
+            .with(Some(generation), |inst| {
                 let ctx = inst.store.data_mut();
                 // The stream it belonged to is gone: nobody to tell.
                 if context != ROOT_CONTEXT && !ctx.streams.contains_key(&context) {
