@@ -277,8 +277,30 @@ fn a_kid_picks_the_key_and_keys_without_kid_serve_any_token() {
     let h = harness(config(json!({ "jwks": { "keys": [anonymous] } })));
     let token = mint_with(Alg::RS256, Some("whatever"), "rsa-a", &valid());
     assert_eq!(check(&h, &token), Ok(()));
+    // A kid no key has, and no kid-less key verifies it: the key is unknown (and a remote
+    // JWKS would be asked for it, see below), not a bad signature.
     let token = mint_with(Alg::RS256, Some("whatever"), "rsa-b", &valid());
-    assert_eq!(check(&h, &token), invalid("invalid signature"));
+    assert_eq!(check(&h, &token), invalid("unknown signing key"));
+}
+
+/// A key without `kid` in the document does not hide a new `kid` from the refetch: a token
+/// naming `rsa-b`, which the `kid`-less key cannot verify, fetches the document again, and the
+/// rotated document's `rsa-b` verifies it.
+#[test]
+fn an_unknown_kid_refetches_even_when_a_kid_less_key_fits_its_algorithm() {
+    let mut anonymous = mint::jwk("rsa-a");
+    anonymous.as_object_mut().unwrap().remove("kid");
+    let h = harness(remote_config(json!({})));
+    h.tick();
+    let doc = json!({ "keys": [anonymous.clone()] }).to_string();
+    h.answer_callout(one_fetch(&h), 200, &[], doc.as_bytes());
+    let token = mint_with(Alg::RS256, Some("rsa-b"), "rsa-b", &valid());
+    let req = bearer(&h, &token);
+    assert_eq!(req.on_request_headers(), Outcome::Pause);
+    let rotated = json!({ "keys": [anonymous, mint::jwk("rsa-b")] }).to_string();
+    h.answer_callout(one_fetch(&h), 200, &[], rotated.as_bytes());
+    assert!(req.resumed(), "the waiting request goes on");
+    assert_eq!(req.local_response(), None);
 }
 
 /// The attacks of the issue, and their neighbours.

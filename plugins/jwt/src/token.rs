@@ -146,7 +146,9 @@ pub enum SignatureCheck {
 }
 
 /// Checks the signature with the keys that fit: those with the token's `kid` (keys without a
-/// `kid` too, when none has it), or, for a token without `kid`, every key. A key fits when its
+/// `kid` too, when none has it), or, for a token without `kid`, every key. A `kid` that no key
+/// has, whose signature no `kid`-less key verifies either, is [`SignatureCheck::NoKey`]: the
+/// key may be one the remote JWKS has not been fetched with yet. A key fits when its
 /// `alg` (or, without one, its type and curve) is the token's `alg`, so a token can never pick
 /// how a key is used: an `HS256` token naming an RSA key's `kid` is refused without any HMAC
 /// being computed. `Err` only when no verifier is available at all. `tried` counts the
@@ -157,6 +159,7 @@ pub fn check_signature<'k>(
     tried: &mut u64,
 ) -> portico_plugin_sdk::Result<SignatureCheck> {
     let fitting = |k: &&VerifyKey| k.fits(jws.alg);
+    let mut kid_unknown = false;
     let candidates: Vec<&VerifyKey> = match &jws.kid {
         Some(kid) => {
             let named: Vec<&VerifyKey> = keys
@@ -164,6 +167,7 @@ pub fn check_signature<'k>(
                 .filter(|k| k.kid.as_deref() == Some(kid.as_str()))
                 .collect();
             if named.is_empty() {
+                kid_unknown = true;
                 keys.filter(|k| k.kid.is_none()).filter(fitting).collect()
             } else if !named.iter().any(fitting) {
                 // The key exists, for another algorithm: an attempt at alg confusion.
@@ -199,6 +203,9 @@ pub fn check_signature<'k>(
                 );
             }
         }
+    }
+    if kid_unknown {
+        return Ok(SignatureCheck::NoKey);
     }
     Ok(SignatureCheck::Invalid(Reject::Signature))
 }
