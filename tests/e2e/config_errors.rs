@@ -434,11 +434,11 @@ async fn plugin_limits_out_of_range_are_refused() {
         &[("not.wasm", "plain text")],
         r#"listeners: [{ name: web, address: "127.0.0.1:0" }]
 plugins:
-  auth: { module: not.wasm, limits: { time_per_call: 0ms } }
+  auth: { module: not.wasm, limits: { time_per_call: 5ms } }
 routes:
   - { name: hello, direct_response: { status: 200, body: hi } }
 "#,
-        "{dir}/portico.yaml:3:39: plugins.auth.limits.time_per_call: must be between 1ms and 10s",
+        "{dir}/portico.yaml:3:39: plugins.auth.limits.time_per_call: must be between 10ms and 10s",
     )
     .await;
 }

@@ -16,6 +16,11 @@ use super::{ConfigError, Source};
 use crate::plugin::{Chain, Limits, OnError, Plugin, PluginDef, PluginHost, foreign};
 use crate::upstream::Upstream;
 
+/// The shortest `limits.time_per_call`: a call is stopped at the first epoch tick (every 5ms)
+/// past its limit, measured from the first tick it sees, so within its limit plus about 10ms,
+/// which is within twice the limit from 10ms up.
+const MIN_TIME_PER_CALL: Duration = Duration::from_millis(10);
+
 /// The compiled `plugins:` section.
 #[derive(Default)]
 pub struct Compiled {
@@ -145,10 +150,11 @@ fn definition(
             limits.memory = m.0;
         }
         if let Some(t) = l.time_per_call {
-            if !(Duration::from_millis(1)..=Duration::from_secs(10)).contains(&t.0) {
+            // Below 10ms the 5ms epoch tick could not stop a call within twice its limit.
+            if !(MIN_TIME_PER_CALL..=Duration::from_secs(10)).contains(&t.0) {
                 errors.push(source.error(
                     &format!("{lat}.time_per_call"),
-                    "must be between 1ms and 10s",
+                    "must be between 10ms and 10s",
                 ));
             }
             limits.time_per_call = t.0;

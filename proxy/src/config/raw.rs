@@ -64,7 +64,7 @@ pub enum RawOnError {
 pub struct RawPluginLimits {
     /// Linear memory per instance. Default 64MiB, at most 1GiB.
     pub memory: Option<ByteSize>,
-    /// Deadline of every call into the plugin. Default 50ms.
+    /// Deadline of every call into the plugin, 10ms to 10s. Default 50ms.
     pub time_per_call: Option<Duration>,
     /// Instances (each serves one callback at a time). Default: one per CPU.
     pub instances: Option<usize>,
