@@ -1,6 +1,7 @@
 //! The SDK's probe: a plugin that exercises what the first-party plugins do not (bodies,
 //! counters, queues, shared data, gauges and histograms, typed properties, header validation,
-//! signature checks). Its request header `x-probe` picks what it does; what it found goes back
+//! signature checks, a callout from the response phase). Its request header `x-probe` picks
+//! what it does; what it found goes back
 //! in request headers for the upstream to see. plugin-sdk/tests/harness.rs runs it on the mock
 //! host (`testing`), and the end-to-end tests (tests/e2e/sdk.rs) run its `.wasm`, built by
 //! scripts/build-plugins.sh, in Portico.
@@ -12,7 +13,9 @@
 use portico_plugin_sdk::crypto::{self, Algorithm, Key};
 use portico_plugin_sdk::metrics::{Gauge, Histogram};
 use portico_plugin_sdk::shared::{self, Counter, Queue};
-use portico_plugin_sdk::{Body, Error, Flow, Http, Plugin, Result, Root, plugin, property};
+use portico_plugin_sdk::{
+    Body, CallResponse, Callout, Error, Flow, Http, Plugin, Result, Root, plugin, property,
+};
 use serde::Deserialize;
 
 /// No `deny_unknown_fields`: the SDK refuses unknown keys by itself.
@@ -32,6 +35,8 @@ pub struct Probe {
 #[derive(Default)]
 pub struct State {
     seen_body: usize,
+    /// `x-probe: response-callout`: the response waits for a callout to the `up` upstream.
+    callout_on_response: bool,
 }
 
 #[plugin]
@@ -49,8 +54,10 @@ impl Plugin for Probe {
     }
 
     fn on_request_headers(&mut self, http: &mut Http<'_, State>) -> Result<Flow> {
+        let probe = http.request().get("x-probe")?;
+        http.state.callout_on_response = probe.as_deref() == Some("response-callout");
         let req = http.request();
-        match req.get("x-probe")?.as_deref() {
+        match probe.as_deref() {
             Some("counter") => {
                 let n = Counter::new("hits").add(1)?;
                 req.set("x-count", n.to_string())?;
@@ -110,6 +117,27 @@ impl Plugin for Probe {
             }
             _ => {}
         }
+        Ok(Flow::Continue)
+    }
+
+    /// Holds the response (`Flow::Pause`) until a callout answers; the answer's status goes on
+    /// the response as `x-probe-callout`, and `Flow::Continue` from the callout hook resumes
+    /// the response (`proxy_continue_stream` of the response), not the request.
+    fn on_response_headers(&mut self, http: &mut Http<'_, State>) -> Result<Flow> {
+        if !http.state.callout_on_response {
+            return Ok(Flow::Continue);
+        }
+        http.http_call(&Callout::get("up", "/probe-callout"))?;
+        Ok(Flow::Pause)
+    }
+
+    fn on_http_call_response(
+        &mut self,
+        http: &mut Http<'_, State>,
+        response: CallResponse,
+    ) -> Result<Flow> {
+        http.response()
+            .set("x-probe-callout", response.status.to_string())?;
         Ok(Flow::Continue)
     }
 

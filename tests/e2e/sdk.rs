@@ -133,6 +133,27 @@ routes:
         .and_then(|p| p.parse::<u16>().ok());
     assert!(port.is_some_and(|p| p > 0), "{props}");
 
+    // A callout from the response phase holds the response, and its answer resumes it: the
+    // SDK calls `proxy_continue_stream` for the response. The callout went to `up` too.
+    let hits = up.hits();
+    let got = send(
+        proxy.addr("web"),
+        http::Request::get("/x")
+            .header("host", "sdk.test")
+            .header("x-probe", "response-callout")
+            .body(empty())
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.header("x-probe-callout"), Some("200"));
+    assert_eq!(
+        got.seen().path,
+        "/x",
+        "the upstream's answer, not the callout's"
+    );
+    assert_eq!(up.hits(), hits + 2, "the request and the callout");
+
     // A gauge and a histogram on /metrics, under the plugin's name.
     probe(&proxy, "metrics").await;
     let (status, metrics) = admin_get(&proxy.admin(), "/metrics").await;

@@ -328,3 +328,103 @@ fn a_plugin_with_only_on_log_still_sees_the_response_status() {
         "{logs:?}"
     );
 }
+
+/// A stream's whole life on a hand-written module: `proxy_set_header_map_pairs` replaces the
+/// request's headers (a pseudo-header included), `connection.mtls` reads true on a connection
+/// with a client certificate, and when the stream ends the host calls `proxy_on_log`,
+/// `proxy_on_done` and `proxy_on_delete`, in that order.
+#[test]
+fn a_stream_sets_header_pairs_reads_mtls_and_ends_with_log_done_delete() {
+    let host = PluginHost::default();
+    let imports = r#"
+  (import "env" "proxy_set_header_map_pairs" (func $pairs (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_property" (func $prop (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))"#;
+    // The pairs: x-a: 1 and :path: /new, in the Proxy-Wasm map encoding.
+    let exports = format!(
+        r#"{ABI_0_2_1}
+  (data (i32.const 16) "connection\00mtls")
+  (data (i32.const 48) "mtls=1")
+  (data (i32.const 56) "mtls=0")
+  (data (i32.const 64) "log")
+  (data (i32.const 72) "done")
+  (data (i32.const 80) "delete")
+  (data (i32.const 200) "\02\00\00\00\03\00\00\00\01\00\00\00\05\00\00\00\04\00\00\00x-a\001\00:path\00/new\00")
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (drop (call $pairs (i32.const 0) (i32.const 200) (i32.const 37)))
+    (if (i32.eqz (call $prop (i32.const 16) (i32.const 15) (i32.const 96) (i32.const 100)))
+      (then
+        (if (i32.eq (i32.load8_u (i32.load (i32.const 96))) (i32.const 1))
+          (then (drop (call $log (i32.const 2) (i32.const 48) (i32.const 6))))
+          (else (drop (call $log (i32.const 2) (i32.const 56) (i32.const 6)))))))
+    (i32.const 0))
+  (func (export "proxy_on_log") (param i32)
+    (drop (call $log (i32.const 2) (i32.const 64) (i32.const 3))))
+  (func (export "proxy_on_done") (param i32) (result i32)
+    (drop (call $log (i32.const 2) (i32.const 72) (i32.const 4)))
+    (i32.const 1))
+  (func (export "proxy_on_delete") (param i32)
+    (drop (call $log (i32.const 2) (i32.const 80) (i32.const 6))))"#
+    );
+    let m = module(&host, imports, &exports, "");
+    let plugin = Arc::new(Plugin {
+        spec: spec(&host),
+        pool: start(&host, &m).expect("starts"),
+    });
+    let chain = Chain::new(vec![plugin.clone()]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let req = rt.block_on(async {
+        let info = StreamInfo {
+            id: "1".into(),
+            started: std::time::SystemTime::now(),
+            source: "127.0.0.1:1".parse().expect("addr"),
+            destination: "127.0.0.1:2".parse().expect("addr"),
+            tls_version: Some("TLSv1.3"),
+            mtls: true,
+            sni: None,
+            protocol: "HTTP/1.1",
+            scheme: "https",
+            method: http::Method::GET,
+            host: "a".into(),
+            path: "/old".into(),
+            route: "r".into(),
+            upstream: None,
+        };
+        let stream = chain.start(Arc::new(info)).await.expect("start");
+        let mut req = RequestHead {
+            method: http::Method::GET,
+            scheme: "https",
+            authority: "a".into(),
+            path: "/old".into(),
+            headers: HeaderMap::new(),
+        };
+        req.headers
+            .insert("x-old", http::HeaderValue::from_static("1"));
+        stream
+            .request_headers(&mut req, true)
+            .await
+            .expect("request");
+        drop(stream);
+        req
+    });
+    assert_eq!(req.path, "/new");
+    assert_eq!(
+        req.headers.get("x-a").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+    assert!(req.headers.get("x-old").is_none(), "{:?}", req.headers);
+    let state = plugin.pool.slots[0].state.try_lock().expect("idle");
+    let logs: Vec<&str> = state
+        .instance
+        .as_ref()
+        .expect("live")
+        .store
+        .data()
+        .recent_logs
+        .iter()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(logs, ["mtls=1", "log", "done", "delete"]);
+}
