@@ -7,7 +7,10 @@
 //! into the guest) and a write of `x-rw-<i>`. The cases:
 //!
 //! - `no plugins`: an empty chain, the cost of the harness itself (runtime, heads);
-//! - `rw hostcalls=0|2|5`: one plugin; (5 − 0) / 5 is the cost of one hostcall;
+//! - `rw hostcalls=0|2|5`: one plugin;
+//! - `rw hostcalls=100`: one plugin that makes 100 hostcalls in one callback, so that
+//!   (100 − 0) / 100 is the cost of a single hostcall with the callback's own cost spread thin
+//!   (half of them add a header of their own, so the map grows to 51 entries);
 //! - `4 × rw hostcalls=2`: a chain of four.
 //!
 //! Run: `bash scripts/build-test-plugins.sh && cargo bench -p portico --bench plugin`.
@@ -84,6 +87,7 @@ fn streams(c: &mut Criterion) {
         ("rw hostcalls=0", rw_chain(&host, &[("rw0", 0)])),
         ("rw hostcalls=2", rw_chain(&host, &[("rw2", 2)])),
         ("rw hostcalls=5", rw_chain(&host, &[("rw5", 5)])),
+        ("rw hostcalls=100", rw_chain(&host, &[("rw100", 100)])),
         (
             "4 × rw hostcalls=2",
             rw_chain(&host, &[("rw-a", 2), ("rw-b", 2), ("rw-c", 2), ("rw-d", 2)]),
