@@ -79,6 +79,37 @@ fn an_unknown_env_import_links_and_traps_naming_itself_when_called() {
     assert!(err.contains("does not provide"), "{err}");
 }
 
+/// What a guest hands the host is capped before it is read: a header map over 4 MiB, a key
+/// over 16 KiB, a callout body over `limits.callout_body` each trap the call, saying the cap.
+#[test]
+fn hostcall_arguments_past_their_caps_trap_naming_the_cap() {
+    let host = PluginHost::default();
+    let cases = [
+        (
+            r#"(import "env" "proxy_set_header_map_pairs" (func $f (param i32 i32 i32) (result i32)))"#,
+            "(drop (call $f (i32.const 0) (i32.const 0) (i32.const 4194305)))",
+            "plugin passed 4194305 bytes to a hostcall that accepts at most 4194304",
+        ),
+        (
+            r#"(import "env" "proxy_get_shared_data" (func $f (param i32 i32 i32 i32 i32) (result i32)))"#,
+            "(drop (call $f (i32.const 0) (i32.const 16385) (i32.const 0) (i32.const 4) (i32.const 8)))",
+            "plugin passed 16385 bytes to a hostcall that accepts at most 16384",
+        ),
+        (
+            r#"(import "env" "proxy_http_call" (func $f (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))"#,
+            "(drop (call $f (i32.const 0) (i32.const 1) (i32.const 0) (i32.const 4) \
+               (i32.const 0) (i32.const 1048577) (i32.const 0) (i32.const 4) (i32.const 1000) (i32.const 8)))",
+            "plugin passed 1048577 bytes to a hostcall that accepts at most 1048576",
+        ),
+    ];
+    for (import, call, words) in cases {
+        let m = module(&host, import, ABI_0_2_1, call);
+        let err = start(&host, &m).err().expect("the call traps");
+        assert!(err.starts_with("trap fault:"), "{err}");
+        assert!(err.contains(words), "{words:?} not in {err}");
+    }
+}
+
 #[test]
 fn an_unknown_wasi_function_answers_enosys_instead_of_trapping() {
     let host = PluginHost::default();
