@@ -42,8 +42,9 @@ pub enum Fault {
     Unavailable(String),
     /// A fault while an instance starts, in the named phase, with what the plugin logged
     /// before it (a canary's failure is the operator's error message).
-    #[error("{0} failed: {1}{2}")]
-    Starting(&'static str, Box<Fault>, Logged),
+    /// Boxed: `Fault` travels in the `Result` of every guest call, so it stays small.
+    #[error("{} failed: {}{}", .0.0, .0.1, .0.2)]
+    Starting(Box<(&'static str, Fault, Logged)>),
 }
 
 /// The plugin's recent log lines, for an error message: empty, or `; the plugin logged: ...`.
@@ -76,7 +77,7 @@ impl Fault {
             Fault::Abi(_) => "abi",
             Fault::PauseTimeout(..) => "pause_timeout",
             Fault::Unavailable(_) => "unavailable",
-            Fault::Starting(_, inner, _) => inner.kind(),
+            Fault::Starting(start) => start.1.kind(),
         }
     }
 }
@@ -444,7 +445,11 @@ impl Instance {
     /// A start-up call's fault, named by its phase and with the plugin's log lines.
     fn starting<T>(&mut self, phase: &'static str, result: Result<T, Fault>) -> Result<T, Fault> {
         result.map_err(|fault| {
-            Fault::Starting(phase, Box::new(fault), Logged::from(self.store.data_mut()))
+            Fault::Starting(Box::new((
+                phase,
+                fault,
+                Logged::from(self.store.data_mut()),
+            )))
         })
     }
 
@@ -531,4 +536,13 @@ fn classify(e: wasmtime::Error, store: &Store<HostCtx>) -> Fault {
         return Fault::Trap(trap.to_string());
     }
     Fault::Trap(format!("{e:#}"))
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// `Fault` is in the `Result` of every guest call: keep it two words and a tag or so.
+    #[test]
+    fn a_fault_stays_small() {
+        assert!(std::mem::size_of::<super::Fault>() <= 40);
+    }
 }
