@@ -1610,9 +1610,10 @@ report_firstparty() {
     local v m c cpu_model d4 sizes="" us
     cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
     d4=${R[s7.chain4-none.delta]:-}
-    for m in "${FP_MODULES[@]}"; do
+    for m in "${FP_MODULES[@]}" jwt-fallback; do
         sizes+="${sizes:+, }\`$m.wasm\` $(stat -c %s "$FP_WASM_DIR/$m.wasm" 2>/dev/null || echo '?') bytes"
     done
+    sizes+=" (\`jwt-fallback.wasm\`: jwt built with the SDK's \`crypto-fallback\`, for hosts without Portico's verifier; not measured here)"
     cat <<EOT
 ## 7. First-party plugins (Portico only)
 
