@@ -1702,7 +1702,9 @@ fp_native_line() {
 fp_native_ratio() {   # fp_native_ratio ALG: jwt ALG cold in process ÷ native ALG
     local jwt=${R[s7.c.jwt_${1}_cold.mean]:-} native=${R[s7.c.native_$1.mean]:-}
     if [[ -n $jwt && -n $native ]] && awk "BEGIN { exit !($native > 0) }"; then
-        echo "jwt cold in process ÷ native: **$(calc '%.2f×' "$jwt / $native")**"
+        local verdict="NOT MET"
+        awk "BEGIN { exit !($jwt / $native <= 1.1) }" && verdict="MET"
+        echo "jwt cold in process ÷ native: $(calc '%.2f×' "$jwt / $native") (target ≤ 1.1×): **$verdict**"
     else
         echo "not measured"
     fi
