@@ -35,3 +35,5 @@ cargo test --locked --workspace "$@"
 
 # A newcomer's first plugin: `portico plugin new`, built, tested, loaded and curled.
 bash scripts/test-scaffold.sh
+# The same by hand, as docs/plugins.md's tutorial writes it, copied out of the document.
+bash scripts/test-tutorial.sh
