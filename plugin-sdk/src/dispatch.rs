@@ -250,6 +250,7 @@ fn stream_action<P: Plugin>(
         };
         let mut http = Http {
             id,
+            paused: stream.paused,
             responded: &mut stream.responded,
             state: &mut stream.state,
         };
@@ -334,6 +335,7 @@ pub fn on_log<P: Plugin>(id: u32) {
         };
         let mut http = Http {
             id,
+            paused: None,
             responded: &mut stream.responded,
             state: &mut stream.state,
         };
@@ -445,6 +447,47 @@ mod tests {
             http.response().set("x-seen-by", "deny")?;
             Ok(Flow::Continue)
         }
+    }
+
+    /// Pauses every request on a callout; the answer resumes it explicitly and keeps the hook's
+    /// own verdict at `Pause`. A resume where nothing is paused is an error.
+    struct Resumer;
+
+    impl Plugin for Resumer {
+        type Config = ();
+        type State = ();
+
+        fn configure(_: (), _: &mut Root) -> Result<Self> {
+            Ok(Resumer)
+        }
+
+        fn on_request_headers(&mut self, http: &mut Http<'_, ()>) -> Result<Flow> {
+            let err = http.resume_request().unwrap_err();
+            assert!(err.is_invalid(), "{err}");
+            http.http_call(&crate::Callout::get("auth", "/check"))?;
+            Ok(Flow::Pause)
+        }
+
+        fn on_http_call_response(
+            &mut self,
+            http: &mut Http<'_, ()>,
+            _: crate::CallResponse,
+        ) -> Result<Flow> {
+            assert!(http.resume_response().unwrap_err().is_invalid());
+            http.resume_request()?;
+            Ok(Flow::Pause)
+        }
+    }
+
+    #[test]
+    fn resume_request_resumes_only_a_paused_request() {
+        let h = Harness::<Resumer>::new(serde_json::json!(null)).unwrap();
+        let req = h.request();
+        assert_eq!(req.on_request_headers(), Outcome::Pause);
+        let token = h.callouts()[0].token;
+        assert!(!req.resumed());
+        h.answer_callout(token, 200, &[], b"");
+        assert!(req.resumed(), "resume_request took effect after the hook");
     }
 
     #[test]

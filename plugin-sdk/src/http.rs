@@ -392,6 +392,9 @@ impl CallResponse {
 #[derive(Debug)]
 pub struct Http<'a, S> {
     pub(crate) id: u32,
+    /// The phase the stream was paused in when the hook started (`STREAM_REQUEST` or
+    /// `STREAM_RESPONSE`), if it was.
+    pub(crate) paused: Option<u32>,
     pub(crate) responded: &'a mut bool,
     /// The plugin's state for this request (`Plugin::State`), fresh for every request.
     pub state: &'a mut S,
@@ -506,13 +509,24 @@ impl<S> Http<'_, S> {
     }
 
     /// Resumes a request paused in the request phase (normally done for you when
-    /// `on_http_call_response` returns `Flow::Continue`). Takes effect when the hook returns.
-    pub fn resume_request(&self) {
-        crate::dispatch::defer_resume(STREAM_REQUEST)
+    /// `on_http_call_response` returns `Flow::Continue`). It takes effect when the hook
+    /// returns, as in every host (so no other hook runs inside this one); should the host then
+    /// refuse it, that is logged, the hook having returned. `Err` (`is_invalid`) when the
+    /// request is not paused in the request phase.
+    pub fn resume_request(&self) -> Result<()> {
+        self.resume(STREAM_REQUEST, "request")
     }
 
-    /// Resumes a request paused in the response phase. Takes effect when the hook returns.
-    pub fn resume_response(&self) {
-        crate::dispatch::defer_resume(STREAM_RESPONSE)
+    /// Resumes a request paused in the response phase; see [`Http::resume_request`].
+    pub fn resume_response(&self) -> Result<()> {
+        self.resume(STREAM_RESPONSE, "response")
+    }
+
+    fn resume(&self, kind: u32, phase: &str) -> Result<()> {
+        if self.paused != Some(kind) {
+            return Err(Error::invalid(format!("the {phase} is not paused")));
+        }
+        crate::dispatch::defer_resume(kind);
+        Ok(())
     }
 }

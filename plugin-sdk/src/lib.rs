@@ -245,7 +245,8 @@ impl Root {
     }
 }
 
-/// The host's wall-clock time.
+/// The host's wall-clock time. Not a `Result`: a host that cannot tell the time (no host
+/// does) falls back to WASI's clock, which every wasm32-wasip1 host has.
 pub fn now() -> SystemTime {
     match sys::now_nanos() {
         Ok(n) => SystemTime::UNIX_EPOCH + Duration::from_nanos(n),
