@@ -136,14 +136,10 @@ routes:
 // ---------------------------------------------------------------------------------------------
 // Callout timeout
 
-/// A callout to a service that never answers ends at the plugin's `timeout_ms` (300 ms), not at
-/// `limits.callout_timeout` or `limits.pause_timeout`: the plugin gets a response with no
-/// `:status` and denies (403). It is no plugin failure, and the instance serves the next one.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_callout_that_times_out_is_answered_at_the_plugins_timeout() {
-    let up = Upstream::echo("up").await;
-    let silent = Upstream::gated(Arc::new(tokio::sync::Semaphore::new(0))).await;
-    let yaml = format!(
+/// Listener `web`, the admin endpoint, upstream `up`, the authorisation service `auth`, and the
+/// route `guarded` through the callout plugin `guard` with `extra` (its `config`, `limits`).
+fn guarded(up: &Upstream, auth: &Upstream, extra: &str) -> String {
+    format!(
         r#"
 listeners: [{{ name: web, address: "127.0.0.1:0" }}]
 admin: {{ address: "127.0.0.1:0" }}
@@ -156,13 +152,23 @@ routes:
   - {{ name: guarded, upstream: up, plugins: [guard] }}
 "#,
         up.endpoint(),
-        silent.endpoint(),
-        plugin(
-            "guard",
-            "callout",
-            "config: { upstream: auth, timeout_ms: 300 }, \
-             limits: { instances: 1, callout_timeout: 10s, pause_timeout: 30s }"
-        ),
+        auth.endpoint(),
+        plugin("guard", "callout", extra),
+    )
+}
+
+/// A callout to a service that never answers ends at the plugin's `timeout_ms` (300 ms), not at
+/// `limits.callout_timeout` or `limits.pause_timeout`: the plugin gets a response with no
+/// `:status` and denies (403). It is no plugin failure, and the instance serves the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callout_that_times_out_is_answered_at_the_plugins_timeout() {
+    let up = Upstream::echo("up").await;
+    let silent = Upstream::gated(Arc::new(tokio::sync::Semaphore::new(0))).await;
+    let yaml = guarded(
+        &up,
+        &silent,
+        "config: { upstream: auth, timeout_ms: 300 }, \
+             limits: { instances: 1, callout_timeout: 10s, pause_timeout: 30s }",
     );
     let proxy = Proxy::start(&yaml).await;
 
@@ -234,25 +240,10 @@ async fn a_late_callout_answer_never_reaches_the_rebuilt_instance() {
         })
     })
     .await;
-    let yaml = format!(
-        r#"
-listeners: [{{ name: web, address: "127.0.0.1:0" }}]
-admin: {{ address: "127.0.0.1:0" }}
-upstreams:
-  up: {{ endpoints: ["{}"] }}
-  auth: {{ endpoints: ["{}"], request_timeout: 60s }}
-plugins:
-{}
-routes:
-  - {{ name: guarded, upstream: up, plugins: [guard] }}
-"#,
-        up.endpoint(),
-        auth.endpoint(),
-        plugin(
-            "guard",
-            "callout",
-            "config: { upstream: auth, timeout_ms: 30000 }, limits: { instances: 1 }"
-        ),
+    let yaml = guarded(
+        &up,
+        &auth,
+        "config: { upstream: auth, timeout_ms: 30000 }, limits: { instances: 1 }",
     );
     let proxy = Proxy::start(&yaml).await;
     let web = proxy.addr("web");
@@ -308,26 +299,11 @@ routes:
 async fn a_request_paused_past_its_pause_timeout_fails_and_is_counted() {
     let up = Upstream::echo("up").await;
     let silent = Upstream::gated(Arc::new(tokio::sync::Semaphore::new(0))).await;
-    let yaml = format!(
-        r#"
-listeners: [{{ name: web, address: "127.0.0.1:0" }}]
-admin: {{ address: "127.0.0.1:0" }}
-upstreams:
-  up: {{ endpoints: ["{}"] }}
-  auth: {{ endpoints: ["{}"], request_timeout: 60s }}
-plugins:
-{}
-routes:
-  - {{ name: guarded, upstream: up, plugins: [guard] }}
-"#,
-        up.endpoint(),
-        silent.endpoint(),
-        plugin(
-            "guard",
-            "callout",
-            "config: { upstream: auth, timeout_ms: 30000 }, \
-             limits: { instances: 1, callout_timeout: 60s, pause_timeout: 300ms }"
-        ),
+    let yaml = guarded(
+        &up,
+        &silent,
+        "config: { upstream: auth, timeout_ms: 30000 }, \
+             limits: { instances: 1, callout_timeout: 60s, pause_timeout: 300ms }",
     );
     let proxy = Proxy::start(&yaml).await;
 
