@@ -77,6 +77,11 @@ pub(crate) fn defer_resume(kind: u32) {
     RESUME.with(|r| r.borrow_mut().push(kind));
 }
 
+/// Whether the running hook asked to resume stream kind `kind`.
+fn resume_pending(kind: u32) -> bool {
+    RESUME.with(|r| r.borrow().contains(&kind))
+}
+
 fn flush_resumes() {
     let kinds = RESUME.with(|r| std::mem::take(&mut *r.borrow_mut()));
     for kind in kinds {
@@ -261,7 +266,8 @@ fn stream_action<P: Plugin>(
                 ACTION_CONTINUE
             }
             Flow::Pause => {
-                stream.paused = Some(kind);
+                // A hook that resumed its own phase explicitly leaves nothing paused.
+                stream.paused = (!resume_pending(kind)).then_some(kind);
                 ACTION_PAUSE
             }
         }
@@ -477,6 +483,15 @@ mod tests {
             http.resume_request()?;
             Ok(Flow::Pause)
         }
+
+        fn on_request_body(&mut self, http: &mut Http<'_, ()>, _: crate::Body) -> Result<Flow> {
+            let err = http.resume_request().unwrap_err();
+            assert!(
+                err.is_invalid(),
+                "still marked paused after the resume: {err}"
+            );
+            Ok(Flow::Continue)
+        }
     }
 
     #[test]
@@ -488,6 +503,8 @@ mod tests {
         assert!(!req.resumed());
         h.answer_callout(token, 200, &[], b"");
         assert!(req.resumed(), "resume_request took effect after the hook");
+        // Nothing is paused any more: a second resume is refused.
+        assert_eq!(req.on_request_body(b"", true), Outcome::Continue);
     }
 
     #[test]

@@ -75,7 +75,8 @@
 //! - **[`Flow`]**: `Continue`, or `Pause` to hold the request (until a callout answers) or, in
 //!   a body hook, to buffer the body until its end. [`Http::respond`] answers the request
 //!   itself with a [`LocalResponse`] and stops the chain.
-//! - **Errors, never panics**: every call returns [`Result`]. A hook that returns `Err` fails
+//! - **Errors, never panics**: every call that asks the host something returns [`Result`]
+//!   (the logging macros and [`now`] do not: see there). A hook that returns `Err` fails
 //!   its request with 500 and logs why — a failing auth plugin denies. A panic traps the
 //!   instance, which Portico rebuilds; avoid it.
 //! - **Shared state**: [`shared`] (process-wide key-value data with compare-and-swap, an atomic
