@@ -157,30 +157,40 @@ routes:
     )
 }
 
+/// [`guarded`] with an authorisation service that never answers: the upstream, that service,
+/// and the started proxy.
+async fn guarded_by_a_silent_service(extra: &str) -> (Upstream, Upstream, Proxy) {
+    let up = Upstream::echo("up").await;
+    let silent = Upstream::gated(Arc::new(tokio::sync::Semaphore::new(0))).await;
+    let proxy = Proxy::start(&guarded(&up, &silent, extra)).await;
+    (up, silent, proxy)
+}
+
+/// A guarded request, answered within `within` (else the test fails), and how long it took.
+async fn timed_guarded_get(proxy: &Proxy, within: Duration) -> (Got, Duration) {
+    let start = Instant::now();
+    let got = tokio::time::timeout(
+        within,
+        get_with(proxy.addr("web"), "/x", &[("authorization", "Bearer good")]),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("no answer within {within:?}"));
+    (got, start.elapsed())
+}
+
 /// A callout to a service that never answers ends at the plugin's `timeout_ms` (300 ms), not at
 /// `limits.callout_timeout` or `limits.pause_timeout`: the plugin gets a response with no
 /// `:status` and denies (403). It is no plugin failure, and the instance serves the next one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callout_that_times_out_is_answered_at_the_plugins_timeout() {
-    let up = Upstream::echo("up").await;
-    let silent = Upstream::gated(Arc::new(tokio::sync::Semaphore::new(0))).await;
-    let yaml = guarded(
-        &up,
-        &silent,
+    let (up, silent, proxy) = guarded_by_a_silent_service(
         "config: { upstream: auth, timeout_ms: 300 }, \
-             limits: { instances: 1, callout_timeout: 10s, pause_timeout: 30s }",
-    );
-    let proxy = Proxy::start(&yaml).await;
+         limits: { instances: 1, callout_timeout: 10s, pause_timeout: 30s }",
+    )
+    .await;
 
     for round in 1..=2 {
-        let start = Instant::now();
-        let got = tokio::time::timeout(
-            Duration::from_secs(5),
-            get_with(proxy.addr("web"), "/x", &[("authorization", "Bearer good")]),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("round {round}: no answer within 5 s"));
-        let took = start.elapsed();
+        let (got, took) = timed_guarded_get(&proxy, Duration::from_secs(5)).await;
         assert_eq!(got.status, 403, "round {round}: {}", got.text());
         assert_eq!(got.header("x-denied-by"), Some("callout"));
         assert_eq!(got.text(), "denied by callout");
@@ -297,25 +307,14 @@ async fn a_late_callout_answer_never_reaches_the_rebuilt_instance() {
 /// request runs on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_paused_past_its_pause_timeout_fails_and_is_counted() {
-    let up = Upstream::echo("up").await;
-    let silent = Upstream::gated(Arc::new(tokio::sync::Semaphore::new(0))).await;
-    let yaml = guarded(
-        &up,
-        &silent,
+    let (up, silent, proxy) = guarded_by_a_silent_service(
         "config: { upstream: auth, timeout_ms: 30000 }, \
-             limits: { instances: 1, callout_timeout: 60s, pause_timeout: 300ms }",
-    );
-    let proxy = Proxy::start(&yaml).await;
+         limits: { instances: 1, callout_timeout: 60s, pause_timeout: 300ms }",
+    )
+    .await;
 
     for round in 1..=2u64 {
-        let start = Instant::now();
-        let got = tokio::time::timeout(
-            Duration::from_secs(10),
-            get_with(proxy.addr("web"), "/x", &[("authorization", "Bearer good")]),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("round {round}: no answer within 10 s"));
-        let took = start.elapsed();
+        let (got, took) = timed_guarded_get(&proxy, Duration::from_secs(10)).await;
         assert_eq!(got.status, 500, "round {round}: {}", got.text());
         assert!(
             took >= Duration::from_millis(300),
