@@ -89,6 +89,17 @@ async fn get_with(proxy: &Proxy, path: &str, headers: &[(&str, &str)]) -> Got {
     send(proxy.addr("web"), request("GET", path, headers, empty())).await
 }
 
+/// A body of one data frame `data` and then the trailer `name: value`.
+fn body_with_trailer(data: &'static [u8], name: &'static str, value: HeaderValue) -> TestBody {
+    let mut trailers = HeaderMap::new();
+    trailers.insert(name, value);
+    let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![
+        Ok(Frame::data(Bytes::from_static(data))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames)))
+}
+
 /// The echo upstream's view of a request that must have reached it.
 fn seen_ok(got: &Got) -> Seen {
     assert_eq!(got.status, 200, "{}", got.text());
@@ -869,17 +880,13 @@ async fn plugins_add_trailers_over_http2() {
                 })
                 .unwrap_or_default();
             names.sort();
-            let mut trailers = HeaderMap::new();
-            trailers.insert("grpc-status", HeaderValue::from_static("0"));
-            let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![
-                Ok(Frame::data(Bytes::from_static(b"payload"))),
-                Ok(Frame::trailers(trailers)),
-            ];
             Response::builder()
                 .header("x-request-trailers", names.join(","))
-                .body(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
-                    frames,
-                ))))
+                .body(body_with_trailer(
+                    b"payload",
+                    "grpc-status",
+                    HeaderValue::from_static("0"),
+                ))
                 .expect("response")
         })
     })
@@ -897,19 +904,15 @@ routes: [{{ name: all, upstream: up, plugins: [t] }}]
     ))
     .await;
     let mut sender = h2c_sender(proxy.addr("web")).await;
-    let mut trailers = HeaderMap::new();
-    trailers.insert("x-checksum", HeaderValue::from_static("abc"));
-    let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![
-        Ok(Frame::data(Bytes::from_static(b"hello"))),
-        Ok(Frame::trailers(trailers)),
-    ];
     let resp = sender
         .send_request(
             Request::post("http://trailers.test/rpc")
                 .header("te", "trailers")
-                .body(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
-                    frames,
-                ))))
+                .body(body_with_trailer(
+                    b"hello",
+                    "x-checksum",
+                    HeaderValue::from_static("abc"),
+                ))
                 .expect("request"),
         )
         .await
@@ -942,18 +945,14 @@ async fn a_trap_in_request_trailers_fails_the_request_under_deny() {
         )
         .await;
         let mut sender = h2c_sender(proxy.addr("web")).await;
-        let mut trailers = HeaderMap::new();
-        trailers.insert("x-checksum", HeaderValue::from_static("abc"));
-        let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![
-            Ok(Frame::data(Bytes::from_static(b"hello"))),
-            Ok(Frame::trailers(trailers)),
-        ];
         let req = Request::post("http://plugins.test/p/rpc")
             .header("te", "trailers")
             .header("x-panic-trailers", "1")
-            .body(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
-                frames,
-            ))))
+            .body(body_with_trailer(
+                b"hello",
+                "x-checksum",
+                HeaderValue::from_static("abc"),
+            ))
             .expect("request");
         let outcome = match sender.send_request(req).await {
             Ok(resp) => {
@@ -985,20 +984,13 @@ async fn a_trailer_that_is_not_utf8_fails_the_request_not_the_plugin() {
     let up = Upstream::echo("up").await;
     let proxy = proxy_with(&up, "trailers", "limits: { instances: 1 }").await;
     let mut sender = h2c_sender(proxy.addr("web")).await;
-    let mut trailers = HeaderMap::new();
-    trailers.insert(
-        "x-checksum",
-        HeaderValue::from_bytes(b"a\xffb").expect("obs-text"),
-    );
-    let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![
-        Ok(Frame::data(Bytes::from_static(b"hello"))),
-        Ok(Frame::trailers(trailers)),
-    ];
     let req = Request::post("http://plugins.test/p/rpc")
         .header("te", "trailers")
-        .body(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
-            frames,
-        ))))
+        .body(body_with_trailer(
+            b"hello",
+            "x-checksum",
+            HeaderValue::from_bytes(b"a\xffb").expect("obs-text"),
+        ))
         .expect("request");
     let outcome = match sender.send_request(req).await {
         Ok(resp) => format!("status {}", resp.status()),
