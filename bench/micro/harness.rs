@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -78,8 +78,8 @@ pub fn stream_info() -> StreamInfo {
     let source: SocketAddr = "127.0.0.1:40000".parse().expect("address");
     let destination: SocketAddr = "127.0.0.1:18080".parse().expect("address");
     StreamInfo {
-        id: "0123456789abcdef0123456789abcdef".to_string(),
-        started: SystemTime::now(),
+        id: HeaderValue::from_static("0123456789abcdef0123456789abcdef"),
+        started: Instant::now(),
         source,
         destination,
         tls_version: None,

@@ -3,7 +3,6 @@
 //! response back through the chain. The plugins themselves run in [`crate::plugin`].
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use http::{HeaderValue, Request, Response, header};
 use http_body::Body as _;
@@ -47,8 +46,8 @@ impl Filter {
         route: &Route,
     ) -> Result<Filter, ProxyError> {
         let info = StreamInfo {
-            id: ex.id.to_str().unwrap_or("").to_string(),
-            started: SystemTime::now(),
+            id: ex.id.clone(),
+            started: ex.started,
             source: conn.peer,
             destination: conn.local,
             tls_version: conn.tls.as_ref().map(|t| t.version),

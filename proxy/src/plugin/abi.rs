@@ -319,8 +319,8 @@ fn get_buffer_bytes(
     let ctx = caller.data_mut();
     let whole: Bytes = match kind {
         BUF_REQUEST_BODY | BUF_RESPONSE_BODY => match ctx.stream() {
-            Some(s) if kind == BUF_REQUEST_BODY => Bytes::copy_from_slice(&s.request_body),
-            Some(s) => Bytes::copy_from_slice(&s.response_body),
+            Some(s) if kind == BUF_REQUEST_BODY => s.request_body.clone(),
+            Some(s) => s.response_body.clone(),
             None => return st(Status::NotFound),
         },
         BUF_CALLOUT_BODY => match &ctx.callout {
@@ -345,7 +345,7 @@ fn set_buffer_bytes(mut caller: C, kind: u32, start: u32, size: u32, ptr: u32, l
     let Some(stream) = ctx.stream() else {
         return st(Status::BadArgument);
     };
-    let buf: &mut BytesMut = match kind {
+    let buf: &mut Bytes = match kind {
         BUF_REQUEST_BODY => &mut stream.request_body,
         BUF_RESPONSE_BODY => &mut stream.response_body,
         _ => return st(Status::BadArgument),
@@ -359,7 +359,7 @@ fn set_buffer_bytes(mut caller: C, kind: u32, start: u32, size: u32, ptr: u32, l
     next.extend_from_slice(&buf[..start]);
     next.extend_from_slice(&data);
     next.extend_from_slice(&buf[end..]);
-    *buf = next;
+    *buf = next.freeze();
     st(Status::Ok)
 }
 

@@ -136,12 +136,14 @@ pub struct StreamState {
     pub info: Arc<StreamInfo>,
     pub request: Option<Box<RequestHead>>,
     pub request_trailers: Option<Box<HeaderMap>>,
-    pub request_body: BytesMut,
+    /// The body a body callback sees: what the previous plugin let through, kept as it came
+    /// (a plugin that only looks costs no copy); see [`append_body`].
+    pub request_body: Bytes,
     pub response: Option<Box<ResponseHead>>,
     /// The response status once the response phase has begun (`response.code`).
     pub response_status: Option<StatusCode>,
     pub response_trailers: Option<Box<HeaderMap>>,
-    pub response_body: BytesMut,
+    pub response_body: Bytes,
     pub effects: StreamEffects,
     /// Woken when `effects` changes outside the stream's own callbacks (a callout's answer, a
     /// tick, another context acting on this one). Made when the stream first pauses.
@@ -160,16 +162,36 @@ impl StreamState {
             info,
             request: None,
             request_trailers: None,
-            request_body: BytesMut::new(),
+            request_body: Bytes::new(),
             response: None,
             response_status: None,
             response_trailers: None,
-            response_body: BytesMut::new(),
+            response_body: Bytes::new(),
             effects: StreamEffects::default(),
             wake: None,
             properties: None,
         }
     }
+}
+
+/// Appends `chunk` to a stream's body buffer. The first chunk becomes the buffer as it is; a
+/// plugin that buffers (pauses while more arrives) gets one growing copy, extended in place
+/// from then on, as a buffer this function made is not shared.
+pub fn append_body(buf: &mut Bytes, chunk: Bytes) {
+    if chunk.is_empty() {
+        return;
+    }
+    if buf.is_empty() {
+        *buf = chunk;
+        return;
+    }
+    let mut joined = std::mem::take(buf).try_into_mut().unwrap_or_else(|shared| {
+        let mut copy = BytesMut::with_capacity(shared.len() + chunk.len());
+        copy.extend_from_slice(&shared);
+        copy
+    });
+    joined.extend_from_slice(&chunk);
+    *buf = joined.freeze();
 }
 
 /// An HTTP callout's answer, readable while `proxy_on_http_call_response` runs.
@@ -541,6 +563,30 @@ fn classify(e: wasmtime::Error, store: &Store<HostCtx>) -> Fault {
 #[cfg(test)]
 mod size_tests {
     /// `Fault` is in the `Result` of every guest call: keep it two words and a tag or so.
+    /// The first chunk is kept as it came (no copy), empty chunks change nothing, and later
+    /// chunks are appended in order.
+    #[test]
+    fn a_body_buffer_keeps_its_first_chunk_and_grows_in_place() {
+        let first = bytes::Bytes::from_static(b"hello ");
+        let mut buf = bytes::Bytes::new();
+        super::append_body(&mut buf, first.clone());
+        assert_eq!(
+            buf.as_ptr(),
+            first.as_ptr(),
+            "the first chunk is not copied"
+        );
+        super::append_body(&mut buf, bytes::Bytes::new());
+        assert_eq!(
+            buf.as_ptr(),
+            first.as_ptr(),
+            "an empty chunk changes nothing"
+        );
+        super::append_body(&mut buf, bytes::Bytes::from_static(b"big "));
+        super::append_body(&mut buf, bytes::Bytes::from_static(b"world"));
+        assert_eq!(&buf[..], b"hello big world");
+        assert_eq!(&first[..], b"hello ", "the chunk it came from is untouched");
+    }
+
     #[test]
     fn a_fault_stays_small() {
         assert!(std::mem::size_of::<super::Fault>() <= 40);

@@ -80,24 +80,21 @@ pub fn get(ctx: &mut HostCtx, path: &[u8]) -> Option<Bytes> {
                 .map(|r| r.method.as_str())
                 .unwrap_or(info.method.as_str()),
         ),
-        "request.id" => text(&info.id),
+        "request.id" => text(info.id.to_str().unwrap_or("")),
         "request.protocol" => text(info.protocol),
         "request.referer" => header("referer")?,
         "request.useragent" => header("user-agent")?,
         "request.headers" => pairs(&request?.headers),
         "request.size" => int(body_size(&request?.headers)?),
         "request.total_size" => int(total_size(&request?.headers)),
-        "request.duration" => int(info
-            .started
-            .elapsed()
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0)),
+        "request.duration" => int(info.started.elapsed().as_nanos() as i64),
         "request.time" => {
-            let nanos = info
-                .started
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as i64)
-                .unwrap_or(0);
+            // The wall clock is read only when a plugin asks: the stream keeps the monotonic
+            // instant the request arrived at.
+            let nanos = std::time::SystemTime::now()
+                .checked_sub(info.started.elapsed())
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos() as i64);
             int(nanos)
         }
         "source.address" => address(&info.source),

@@ -308,8 +308,8 @@ fn a_plugin_with_only_on_log_still_sees_the_response_status() {
         .expect("runtime");
     rt.block_on(async {
         let info = StreamInfo {
-            id: "1".into(),
-            started: std::time::SystemTime::now(),
+            id: http::HeaderValue::from_static("1"),
+            started: std::time::Instant::now(),
             source: "127.0.0.1:1".parse().expect("addr"),
             destination: "127.0.0.1:2".parse().expect("addr"),
             tls_version: None,
@@ -408,8 +408,8 @@ fn a_stream_sets_header_pairs_reads_mtls_and_ends_with_log_done_delete() {
         .expect("runtime");
     let req = rt.block_on(async {
         let info = StreamInfo {
-            id: "1".into(),
-            started: std::time::SystemTime::now(),
+            id: http::HeaderValue::from_static("1"),
+            started: std::time::Instant::now(),
             source: "127.0.0.1:1".parse().expect("addr"),
             destination: "127.0.0.1:2".parse().expect("addr"),
             tls_version: Some("TLSv1.3"),
