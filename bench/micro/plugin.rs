@@ -1,6 +1,7 @@
 //! Criterion micro-benchmarks of the plugin host: one request's whole stream through a chain
-//! (`Chain::start`, `request_headers`, `response_headers`, then the drop that runs `on_log`,
-//! `on_done` and `on_delete`), on a tokio current-thread runtime, through the public API only.
+//! (`Chain::start`, `request_headers`, `response_headers`, the response body's one frame, then
+//! the drop that runs `on_log`, `on_done` and `on_delete`), on a tokio current-thread runtime,
+//! through the public API only.
 //!
 //! The guest is `test_rw.wasm` (tests/plugins/rw, the public `proxy-wasm` SDK), which makes N
 //! request-header hostcalls, alternating a read of `x-rw-in` (present, so the value is copied
@@ -22,8 +23,10 @@ use std::hint::black_box;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::HeaderValue;
+use http_body_util::BodyExt;
 use portico::plugin::{Chain, PluginHost, Verdict};
 use tokio::runtime::Runtime;
 
@@ -71,7 +74,10 @@ async fn one_stream(chain: &Chain) {
         .await
         .expect("response headers");
     assert!(matches!(verdict, Verdict::Continue));
-    black_box((&req, &resp));
+    // The backend's body, one frame that ends the stream: one `on_response_body` per plugin.
+    let body = stream.response_body(portico::body::full(Bytes::from_static(b"hello\n")));
+    let body = body.collect().await.expect("response body").to_bytes();
+    black_box((&req, &resp, body));
     drop(stream);
 }
 
