@@ -277,6 +277,37 @@ fn inspect_names_what_keeps_a_module_from_running() {
 /// A chain passes over a plugin in a header phase it has no callback for, but a plugin whose
 /// `proxy_on_log` may read `response.code` still gets the response phase, without exporting
 /// `proxy_on_response_headers`.
+/// A `GET` of `path` on host `a`, route `r`, from 127.0.0.1:1 to 127.0.0.1:2, without TLS.
+fn stream_info(scheme: &'static str, path: &str) -> StreamInfo {
+    StreamInfo {
+        id: http::HeaderValue::from_static("1"),
+        started: std::time::Instant::now(),
+        source: "127.0.0.1:1".parse().expect("addr"),
+        destination: "127.0.0.1:2".parse().expect("addr"),
+        tls_version: None,
+        mtls: false,
+        sni: None,
+        protocol: "HTTP/1.1",
+        scheme,
+        method: http::Method::GET,
+        host: "a".into(),
+        path: path.into(),
+        route: "r".into(),
+        upstream: None,
+    }
+}
+
+/// The request head [`stream_info`]'s request presents to plugins, with no headers.
+fn request_head(scheme: &'static str, path: &str) -> RequestHead {
+    RequestHead {
+        method: http::Method::GET,
+        scheme,
+        authority: "a".into(),
+        path: path.into(),
+        headers: HeaderMap::new(),
+    }
+}
+
 #[test]
 fn a_plugin_with_only_on_log_still_sees_the_response_status() {
     let host = PluginHost::default();
@@ -307,30 +338,11 @@ fn a_plugin_with_only_on_log_still_sees_the_response_status() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let info = StreamInfo {
-            id: http::HeaderValue::from_static("1"),
-            started: std::time::Instant::now(),
-            source: "127.0.0.1:1".parse().expect("addr"),
-            destination: "127.0.0.1:2".parse().expect("addr"),
-            tls_version: None,
-            mtls: false,
-            sni: None,
-            protocol: "HTTP/1.1",
-            scheme: "http",
-            method: http::Method::GET,
-            host: "a".into(),
-            path: "/".into(),
-            route: "r".into(),
-            upstream: None,
-        };
-        let stream = chain.start(Arc::new(info)).await.expect("start");
-        let mut req = RequestHead {
-            method: http::Method::GET,
-            scheme: "http",
-            authority: "a".into(),
-            path: "/".into(),
-            headers: HeaderMap::new(),
-        };
+        let stream = chain
+            .start(Arc::new(stream_info("http", "/")))
+            .await
+            .expect("start");
+        let mut req = request_head("http", "/");
         stream
             .request_headers(&mut req, true)
             .await
@@ -408,29 +420,12 @@ fn a_stream_sets_header_pairs_reads_mtls_and_ends_with_log_done_delete() {
         .expect("runtime");
     let req = rt.block_on(async {
         let info = StreamInfo {
-            id: http::HeaderValue::from_static("1"),
-            started: std::time::Instant::now(),
-            source: "127.0.0.1:1".parse().expect("addr"),
-            destination: "127.0.0.1:2".parse().expect("addr"),
             tls_version: Some("TLSv1.3"),
             mtls: true,
-            sni: None,
-            protocol: "HTTP/1.1",
-            scheme: "https",
-            method: http::Method::GET,
-            host: "a".into(),
-            path: "/old".into(),
-            route: "r".into(),
-            upstream: None,
+            ..stream_info("https", "/old")
         };
         let stream = chain.start(Arc::new(info)).await.expect("start");
-        let mut req = RequestHead {
-            method: http::Method::GET,
-            scheme: "https",
-            authority: "a".into(),
-            path: "/old".into(),
-            headers: HeaderMap::new(),
-        };
+        let mut req = request_head("https", "/old");
         req.headers
             .insert("x-old", http::HeaderValue::from_static("1"));
         stream
