@@ -15,14 +15,19 @@ use crate::pipeline::Exchange;
 use crate::plugin::{
     self, Chain, ChainStream, LocalResponse, RequestHead, ResponseHead, StreamInfo, Verdict,
 };
-use crate::snapshot::{Route, Snapshot};
+use crate::snapshot::{ListenerConfig, Route, Snapshot};
 
-/// The chain a request runs through: its route's, else its listener's, else the default.
-pub fn chain_for<'a>(snapshot: &'a Snapshot, conn: &'a ConnInfo, route: &'a Route) -> &'a Chain {
+/// The chain a request runs through: its route's, else its listener's (as `listener` is
+/// configured in `snapshot`), else the default.
+pub fn chain_for<'a>(
+    snapshot: &'a Snapshot,
+    listener: &'a ListenerConfig,
+    route: &'a Route,
+) -> &'a Chain {
     route
         .plugins
         .as_ref()
-        .or(conn.listener.plugins.as_ref())
+        .or(listener.plugins.as_ref())
         .unwrap_or(&snapshot.default_plugins)
 }
 

@@ -86,7 +86,13 @@ async fn proxy(
         ex.path = req.uri().path().to_string();
     }
     actions::check_misdirected(conn, &ex.host)?;
-    if let Some(port) = conn.listener.redirect_https {
+    // The listener as this request's snapshot has it: a reload that changes its plugins or
+    // its redirect applies to connections accepted before it too. (A listener the snapshot
+    // no longer has is draining; its connections finish as they were accepted.)
+    let listener = snapshot
+        .listener(&conn.listener.key)
+        .unwrap_or(&conn.listener);
+    if let Some(port) = listener.redirect_https {
         return Ok((actions::https_redirect(&req, &ex.host, port), None));
     }
     // A `Uri` clone shares its bytes; the normalised path borrows from it when unchanged.
@@ -101,7 +107,7 @@ async fn proxy(
     };
     ex.upstream = upstream.clone();
     // The plugin phases wrap the action when the route has a chain.
-    let chain = filter::chain_for(snapshot, conn, &target.route);
+    let chain = filter::chain_for(snapshot, listener, &target.route);
     let filter = match chain.is_empty() {
         true => None,
         false => Some(Filter::start(chain, conn, &req, ex, &target.route).await?),

@@ -1407,6 +1407,61 @@ async fn a_reload_that_leaves_a_plugin_alone_keeps_its_instances() {
     .await;
 }
 
+/// A reload that gives a listener a plugin chain (or a redirect to HTTPS) applies to the
+/// connections that listener accepted before it: the next request on an open keep-alive
+/// connection runs the new chain. A listener-wide auth plugin added by a reload must not be
+/// bypassed by clients that were already connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_chain_changed_by_a_reload_applies_to_open_connections() {
+    let up = Upstream::echo("up").await;
+    let yaml = |listener_extra: &str| {
+        format!(
+            r#"
+listeners: [{{ name: web, address: "127.0.0.1:0"{listener_extra} }}]
+admin: {{ address: "127.0.0.1:0" }}
+upstreams:
+  up: {{ endpoints: ["{}"] }}
+plugins:
+{}
+routes:
+  - {{ name: all, upstream: up }}
+"#,
+            up.endpoint(),
+            plugin("p", "headers", "")
+        )
+    };
+    let proxy = Proxy::start(&yaml("")).await;
+    let mut kept = h1_sender(proxy.addr("web")).await;
+    let mut next = async |deny: &str| {
+        kept.ready().await.expect("the connection stays open");
+        send_h1(&mut kept, request("GET", "/", &[("x-deny", deny)], empty())).await
+    };
+    assert_eq!(next("403").await.status, 200, "no plugin runs yet");
+
+    proxy
+        .rewrite_until(&yaml(", plugins: [p]"), "success")
+        .await;
+    let got = next("403").await;
+    assert_eq!(
+        got.status,
+        403,
+        "the listener's new chain ran: {}",
+        got.text()
+    );
+    assert_eq!(got.header("x-denied-by"), Some("headers"));
+
+    proxy
+        .rewrite_until(&yaml(", redirect_https: { port: 8443 }"), "success")
+        .await;
+    let got = next("403").await;
+    assert_eq!(got.status, 308, "{}", got.text());
+    assert_eq!(
+        got.header("location"),
+        Some("https://plugins.test:8443/"),
+        "the redirect the reload added"
+    );
+}
+
 /// Resident memory of this process, in bytes.
 fn rss() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
