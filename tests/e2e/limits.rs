@@ -677,6 +677,40 @@ async fn max_connections_exceeded_gets_503_with_retry_after() {
     assert_eq!(h1_get(&mut second).await, 200);
 }
 
+/// An h2c connection over the limit: HTTP/2 has no `Connection: close`, so the proxy sends
+/// GOAWAY and the connection ends instead of answering 503 for as long as the client likes
+/// (holding a slot all the while).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_connection_over_max_connections_is_closed() {
+    let (proxy, up) = proxy_with("{ max_connections: 1, idle_timeout: 60s }").await;
+    let addr = proxy.addr("web");
+    let (mut first, _first_conn) = h1_connection(addr).await;
+    assert_eq!(h1_get(&mut first).await, 200);
+    let hits = up.hits();
+
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    // Sent at once: it may reach the proxy before or after its GOAWAY. Either way it is
+    // refused, with a 503 or with the connection.
+    let sent = h2.send_request(Request::get("http://a/").body(empty()).expect("request"));
+    if let Ok(resp) = tokio::time::timeout(GUARD, sent).await.expect("an answer") {
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            resp.headers().get("retry-after").map(|v| v.as_bytes()),
+            Some(&b"1"[..])
+        );
+    }
+    assert!(
+        tokio::time::timeout(GUARD, conn).await.is_ok(),
+        "the refused h2c connection is still open"
+    );
+    assert_eq!(up.hits(), hits, "nothing reached the upstream");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_inflight_exceeded_gets_503_with_retry_after() {
     let gate = Arc::new(tokio::sync::Semaphore::new(0));

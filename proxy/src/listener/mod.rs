@@ -117,8 +117,9 @@ pub struct Activity {
     head_start_ms: AtomicU64,
     /// The connection began with the HTTP/2 preface.
     h2: AtomicBool,
-    /// Wakes the connection's timer when a head starts to arrive that its header clock would
-    /// let expire before the timer looks again.
+    /// Wakes the connection's loop when a head starts to arrive that its header clock would
+    /// let expire before the timer looks again, and when the connection turns out to speak
+    /// HTTP/2 (a refused connection then sends GOAWAY).
     head_started: tokio::sync::Notify,
     /// Heads that start before this (ms since accept) wake the timer (see [`Activity::armed`]).
     /// A later one expires no sooner than the timer looks, which sees it then; so on a busy
@@ -284,6 +285,7 @@ impl Activity {
 
     fn set_h2(&self) {
         self.h2.store(true, Ordering::Release);
+        self.head_started.notify_one();
     }
 
     /// Which clock runs, and when it expires. The first request's head is timed from accept
@@ -625,6 +627,12 @@ async fn serve_http<IO>(
                 connection.as_mut().graceful_shutdown();
             }
             _ = activity.head_started.notified() => {
+                if reject && !stopping && activity.h2.load(Ordering::Acquire) {
+                    // An h2c connection over `max_connections`: HTTP/2 has no
+                    // `Connection: close`, so GOAWAY ends it once its streams have their 503.
+                    stopping = true;
+                    connection.as_mut().graceful_shutdown();
+                }
                 next_check = tokio::time::Instant::now();
                 timer.as_mut().reset(next_check);
             }
