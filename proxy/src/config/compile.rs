@@ -159,8 +159,17 @@ pub fn compile(loaded: &Loaded, ctx: &CompileContext) -> Result<Snapshot, Config
         &mut errors,
     );
     let mut default_plugins = crate::plugin::Chain::default();
+    let mut default_plugins_from: Option<&Source> = None;
     for (source, file) in &files {
         if let Some(names) = &file.default_plugins {
+            if let Some(first) = default_plugins_from {
+                errors.push(source.error(
+                    "default_plugins",
+                    format!("`default_plugins` is also set in {}", first.path.display()),
+                ));
+                continue;
+            }
+            default_plugins_from = Some(source);
             default_plugins =
                 super::plugins::chain(names, &plugins, source, "default_plugins", &mut errors);
         }
@@ -168,7 +177,7 @@ pub fn compile(loaded: &Loaded, ctx: &CompileContext) -> Result<Snapshot, Config
 
     // Listeners.
     let mut listeners = Vec::new();
-    let mut addresses: HashMap<SocketAddr, String> = HashMap::new();
+    let mut addresses: Vec<(SocketAddr, String)> = Vec::new();
     let mut names: HashSet<String> = HashSet::new();
     // The referenced files are hashed before they are parsed: if one is replaced in between,
     // the hash is the older content's, so the next reload sees a change and loads the newer
@@ -217,15 +226,18 @@ pub fn compile(loaded: &Loaded, ctx: &CompileContext) -> Result<Snapshot, Config
                     continue;
                 }
             };
-            if addr.port() != 0 {
-                if let Some(other) = addresses.get(&addr) {
-                    errors.push(origin.error(
-                        "address",
-                        format!("address {addr} is already used by listener \"{other}\""),
-                    ));
-                } else {
-                    addresses.insert(addr, l.name.clone());
-                }
+            match addresses.iter().find(|(a, _)| overlap(*a, addr)) {
+                Some((a, other)) if *a == addr => errors.push(origin.error(
+                    "address",
+                    format!("address {addr} is already used by listener \"{other}\""),
+                )),
+                Some((a, other)) => errors.push(origin.error(
+                    "address",
+                    format!(
+                        "address {addr} overlaps {a} of listener \"{other}\" (a wildcard address takes its port on every interface of its family, and [::] on IPv4 too)"
+                    ),
+                )),
+                None => addresses.push((addr, l.name.clone())),
             }
             let tls = match &l.tls {
                 None => None,
@@ -314,7 +326,15 @@ pub fn compile(loaded: &Loaded, ctx: &CompileContext) -> Result<Snapshot, Config
     {
         [] => None,
         [(source, a)] => match a.address.parse::<SocketAddr>() {
-            Ok(addr) => Some(addr),
+            Ok(addr) => {
+                if let Some((l, name)) = addresses.iter().find(|(l, _)| overlap(*l, addr)) {
+                    errors.push(source.error(
+                        "admin.address",
+                        format!("address {addr} is taken by listener \"{name}\" ({l})"),
+                    ));
+                }
+                Some(addr)
+            }
             Err(_) => {
                 errors.push(source.error(
                     "admin.address",
@@ -724,6 +744,18 @@ fn compile_matchers(
     (specs, prefixes)
 }
 
+/// Would two listening sockets on these addresses conflict? Same port (port 0 never: the
+/// system picks one each) and the same IP, or one of them a wildcard that covers the other:
+/// `0.0.0.0` covers IPv4, `[::]` both families (Portico's IPv6 sockets are dual-stack).
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers = |w: std::net::IpAddr, other: std::net::IpAddr| {
+        w.is_unspecified() && (w.is_ipv6() || other.is_ipv4())
+    };
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || covers(a.ip(), b.ip()) || covers(b.ip(), a.ip()))
+}
+
 fn value_match(
     m: &RawValueMatch,
     origin: &Origin<'_>,
@@ -736,13 +768,11 @@ fn value_match(
             None
         }
         (Some(v), None) => Some(ValueMatch::Exact(v.clone())),
-        (None, Some(re)) => match regex::Regex::new(&format!("^(?:{re})$")) {
+        // Anchored as paths are, refusing patterns that would escape the anchors.
+        (None, Some(re)) => match route::anchored_regex(re) {
             Ok(re) => Some(ValueMatch::Regex(re)),
             Err(e) => {
-                errors.push(origin.error(
-                    &format!("{sub}.regex"),
-                    format!("invalid regular expression: {e}"),
-                ));
+                errors.push(origin.error(&format!("{sub}.regex"), e.to_string()));
                 None
             }
         },
@@ -814,6 +844,7 @@ fn compile_action(
         }
         let mut backends = Vec::new();
         let mut total: u32 = 0;
+        let errors_before = errors.len();
         for (i, b) in list.iter().enumerate() {
             if !known(&b.upstream) {
                 errors.push(origin.error(&format!("backends[{i}].upstream"), suggest(&b.upstream)));
@@ -824,10 +855,15 @@ fn compile_action(
                 backends.push((upstream_for(&b.upstream, connect, request)?, b.weight));
             }
         }
-        if total == 0 && !backends.is_empty() {
-            errors.push(origin.error("backends", "the weights add up to zero"));
-        }
         if backends.is_empty() {
+            // With every upstream known, only zero weights leave none: the route would match
+            // requests and have nowhere to send them.
+            if errors.len() == errors_before {
+                errors.push(origin.error(
+                    "backends",
+                    "every weight is 0, so this route could send no request anywhere (give a backend a weight above 0, or answer with `direct_response`)",
+                ));
+            }
             return None;
         }
         return Some(Action::Forward(Backends {
@@ -995,18 +1031,148 @@ mod tests {
     use super::*;
 
     fn compile_text(yaml: &str) -> Result<Snapshot, ConfigErrors> {
+        compile_files(&[("portico.yaml", yaml)])
+    }
+
+    /// Compiles a configuration directory holding `files` (name, text).
+    fn compile_files(files: &[(&str, &str)]) -> Result<Snapshot, ConfigErrors> {
         let dir = std::env::temp_dir().join(format!(
             "portico-compile-test-{}-{}",
             std::process::id(),
             fastrand::u32(..)
         ));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let file = dir.join("portico.yaml");
-        std::fs::write(&file, yaml).expect("write");
-        let result = super::super::load_with_env(&file, |_| None)
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).expect("write");
+        }
+        let path = match files {
+            [(name, _)] => dir.join(name),
+            _ => dir.clone(),
+        };
+        let result = super::super::load_with_env(&path, |_| None)
             .and_then(|loaded| compile(&loaded, &CompileContext::default()));
         let _ = std::fs::remove_dir_all(&dir);
         result
+    }
+
+    /// The messages (without their locations) of a configuration that must be refused.
+    fn refused(files: &[(&str, &str)]) -> Vec<String> {
+        let errors = compile_files(files).expect_err("refused");
+        errors
+            .to_string()
+            .lines()
+            // An error's first line starts with its file (a message may go on over more lines).
+            .filter(|l| l.starts_with('/'))
+            .filter_map(|l| l.split_once(": ").map(|(_, rest)| rest.to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn header_and_query_regexes_cannot_escape_their_anchors() {
+        // Wrapped as `^(?:a)|(?:b)$`, this would match any value starting with `a`.
+        let errors = refused(&[(
+            "portico.yaml",
+            r#"listeners: [{ name: web, address: "127.0.0.1:0" }]
+routes:
+  - name: r
+    headers: [{ name: x-env, regex: "a)|(?:b" }]
+    query: [{ name: v, regex: "1)|(?:2" }]
+    direct_response: { status: 200 }
+"#,
+        )]);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0]
+                .starts_with("routes[0].headers[0].regex: invalid regular expression \"a)|(?:b\""),
+            "{errors:?}"
+        );
+        assert!(errors[1].starts_with("routes[0].query[0].regex: invalid regular expression"));
+    }
+
+    #[test]
+    fn backends_whose_weights_are_all_zero_are_refused() {
+        let errors = refused(&[(
+            "portico.yaml",
+            r#"listeners: [{ name: web, address: "127.0.0.1:0" }]
+upstreams:
+  a: { endpoints: ["127.0.0.1:9"] }
+  b: { endpoints: ["127.0.0.1:9"] }
+routes:
+  - name: split
+    backends: [{ upstream: a, weight: 0 }, { upstream: b, weight: 0 }]
+"#,
+        )]);
+        assert_eq!(
+            errors,
+            [
+                "routes[0].backends: every weight is 0, so this route could send no request anywhere (give a backend a weight above 0, or answer with `direct_response`)"
+            ]
+        );
+        // One backend at 0 is a canary switched off: fine.
+        compile_text(
+            r#"listeners: [{ name: web, address: "127.0.0.1:0" }]
+upstreams:
+  a: { endpoints: ["127.0.0.1:9"] }
+  b: { endpoints: ["127.0.0.1:9"] }
+routes:
+  - name: split
+    backends: [{ upstream: a, weight: 100 }, { upstream: b, weight: 0 }]
+"#,
+        )
+        .expect("valid");
+    }
+
+    #[test]
+    fn default_plugins_set_in_two_files_is_refused() {
+        let errors = refused(&[
+            (
+                "10-a.yaml",
+                "listeners: [{ name: web, address: \"127.0.0.1:0\" }]\ndefault_plugins: []\n",
+            ),
+            (
+                "20-b.yaml",
+                "default_plugins: []\nroutes: [{ name: r, direct_response: { status: 200 } }]\n",
+            ),
+        ]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("default_plugins: `default_plugins` is also set in ")
+                && errors[0].ends_with("10-a.yaml"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn overlapping_listener_and_admin_addresses_are_refused() {
+        let errors = refused(&[(
+            "portico.yaml",
+            r#"listeners:
+  - { name: any, address: "0.0.0.0:18480" }
+  - { name: local, address: "127.0.0.1:18480" }
+  - { name: v6, address: "[::]:18481" }
+  - { name: v4, address: "127.0.0.1:18481" }
+  - { name: other, address: "127.0.0.1:18482" }
+admin: { address: "127.0.0.1:18482" }
+routes: [{ name: r, direct_response: { status: 200 } }]
+"#,
+        )]);
+        assert_eq!(
+            errors,
+            [
+                "listeners[1].address: address 127.0.0.1:18480 overlaps 0.0.0.0:18480 of listener \"any\" (a wildcard address takes its port on every interface of its family, and [::] on IPv4 too)",
+                "listeners[3].address: address 127.0.0.1:18481 overlaps [::]:18481 of listener \"v6\" (a wildcard address takes its port on every interface of its family, and [::] on IPv4 too)",
+                "admin.address: address 127.0.0.1:18482 is taken by listener \"other\" (127.0.0.1:18482)",
+            ]
+        );
+        // Other families, other IPs, other ports, port 0: no conflict.
+        for (a, b) in [
+            ("0.0.0.0:80", "[::1]:80"),
+            ("127.0.0.1:80", "127.0.0.2:80"),
+            ("0.0.0.0:80", "0.0.0.0:81"),
+            ("0.0.0.0:0", "127.0.0.1:0"),
+        ] {
+            assert!(!overlap(a.parse().unwrap(), b.parse().unwrap()), "{a} {b}");
+        }
     }
 
     #[test]
