@@ -1,8 +1,9 @@
-//! Forwarding to an upstream: the outgoing request's head, the exchange, and WebSocket
-//! upgrades tunnelled byte for byte.
+//! Forwarding to an upstream: the outgoing request's head, the exchange, and HTTP/1.1
+//! upgrades (WebSocket and any other protocol) tunnelled byte for byte.
 //!
-//! Only `Upgrade: websocket` is tunnelled; any other upgrade token is dropped and the request
-//! forwarded as a plain one (an `h2c` tunnel would carry requests past the router). A tunnel
+//! Every protocol an upgrade request offers is passed on except `h2c`, which is dropped (an
+//! h2c tunnel would carry requests past the router); with nothing left, the request is
+//! forwarded as a plain one. The upstream's `101` must switch to a protocol offered. A tunnel
 //! keeps its downstream connection's [`ConnInfo`], and so the connection's slot under
 //! `max_connections`, until it ends; it ends when either side closes, its route or listener
 //! goes away, shutdown's hard stop fires, or no byte moves for `limits.tunnel_idle_timeout`.
@@ -27,7 +28,9 @@ use crate::listener::ConnInfo;
 use crate::server::Shared;
 use crate::snapshot::{Limits, Snapshot, Target};
 use crate::upstream::Upstream;
-use crate::upstream::headers::{is_websocket_upgrade, set_forwarded, strip_hop_by_hop};
+use crate::upstream::headers::{
+    set_forwarded, strip_hop_by_hop, tunnelled_upgrade, upgraded_to_offered,
+};
 
 /// Rewrites the request head in place for the upstream: normalised (and rewritten) path,
 /// `Host`, forwarding headers, no hop-by-hop headers.
@@ -41,21 +44,24 @@ pub fn prepare(
 ) -> Result<(), ProxyError> {
     let route = &target.route;
     let uri_authority = req.uri().authority().is_some();
-    let upgrade = req.version() == http::Version::HTTP_11 && is_websocket_upgrade(req.headers());
+    let upgrade = match req.version() {
+        http::Version::HTTP_11 => tunnelled_upgrade(req.headers()),
+        _ => None,
+    };
     let h2 = req.version() == http::Version::HTTP_2;
     let headers = req.headers_mut();
     // The id survives even a `Connection: x-request-id` from the client.
     let request_id = headers.get(&X_REQUEST_ID).cloned();
-    strip_hop_by_hop(headers, upgrade);
+    strip_hop_by_hop(headers, upgrade.is_some());
     if let Some(id) = request_id {
         headers.insert(X_REQUEST_ID.clone(), id);
     }
     if h2 {
         merge_cookies(headers);
     }
-    if upgrade {
-        // Offer the upstream nothing else to switch to.
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Some(protocols) = upgrade {
+        // What the client offered, `h2c` left out.
+        headers.insert(header::UPGRADE, protocols);
     }
     set_forwarded(
         headers,
@@ -126,9 +132,9 @@ pub async fn send(
     target: &Target,
     filter_body: Option<Box<dyn FnOnce(Body) -> Body + Send>>,
 ) -> Result<Response<Body>, ProxyError> {
-    // `prepare` left an `Upgrade` header only on a WebSocket upgrade.
-    let upgrade = is_websocket_upgrade(req.headers());
-    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    // `prepare` left an `Upgrade` header only on an upgrade it tunnels: the protocols offered.
+    let offered = req.headers().get(header::UPGRADE).cloned();
+    let downstream_upgrade = offered.is_some().then(|| hyper::upgrade::on(&mut req));
     let (parts, incoming) = req.into_parts();
     let limit = target.route.max_body;
     let body = body::prefetch(
@@ -162,10 +168,10 @@ pub async fn send(
                 reason: "101 Switching Protocols to a request that asked for no upgrade".into(),
             });
         };
-        if !is_websocket_upgrade(resp.headers()) {
+        if !offered.is_some_and(|o| upgraded_to_offered(resp.headers(), &o)) {
             return Err(ProxyError::UpstreamFailed {
                 upstream: upstream.name.to_string(),
-                reason: "101 Switching Protocols to a protocol other than websocket".into(),
+                reason: "101 Switching Protocols to a protocol the request did not offer".into(),
             });
         }
         let upstream_upgrade = hyper::upgrade::on(&mut resp);

@@ -250,7 +250,10 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
             let mut resp = echo_response("up", req).await;
             let h = resp.headers_mut();
             h.insert("connection", HeaderValue::from_static("X-Up-Secret"));
+            // A second `Connection` line names another: the two lines are one list.
+            h.append("connection", HeaderValue::from_static("x-up-second"));
             h.insert("x-up-secret", HeaderValue::from_static("1"));
+            h.insert("x-up-second", HeaderValue::from_static("1"));
             h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
             h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
             h.insert("upgrade", HeaderValue::from_static("h2c"));
@@ -266,8 +269,10 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
         addr,
         get_req("hop.test", "/")
             .header("connection", "keep-alive, X-Secret, x-other")
+            .header("connection", "x-second-line")
             .header("x-secret", "1")
             .header("x-other", "2")
+            .header("x-second-line", "3")
             .header("keep-alive", "timeout=5")
             .header("proxy-connection", "keep-alive")
             .header("upgrade", "websocket")
@@ -282,6 +287,7 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
     for gone in [
         "x-secret",
         "x-other",
+        "x-second-line",
         "keep-alive",
         "proxy-connection",
         "upgrade",
@@ -300,6 +306,7 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
     for gone in [
         "connection",
         "x-up-secret",
+        "x-up-second",
         "keep-alive",
         "proxy-connection",
         "upgrade",
@@ -319,6 +326,7 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
     assert_eq!(got.status, 200);
     assert_eq!(got.version, http::Version::HTTP_2);
     assert!(got.headers.get("x-up-secret").is_none());
+    assert!(got.headers.get("x-up-second").is_none());
     assert_eq!(got.header("x-up-keep"), Some("1"));
 }
 
@@ -827,6 +835,85 @@ routes: [{{ name: chat, hosts: [ws.test], paths: [{{ type: Prefix, value: /chat 
         .await
         .expect("upstream saw the close")
         .unwrap();
+}
+
+/// Upgrades other than WebSocket are tunnelled too (h2c left out of the offer): the upstream
+/// switches to `x-echo` and echoes bytes. A `101` to a protocol nobody offered is a 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_upgrades_are_tunnelled_and_a_101_must_switch_to_an_offered_protocol() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::with_handler(|mut req| {
+        Box::pin(async move {
+            let offered = req.headers().get("upgrade").cloned();
+            // `/rogue` switches to a protocol of its own choosing.
+            let to = match req.uri().path() {
+                "/rogue" => HeaderValue::from_static("x-other"),
+                _ => HeaderValue::from_static("x-echo"),
+            };
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                let Ok(upgraded) = on_upgrade.await else {
+                    return;
+                };
+                let mut io = TokioIo::new(upgraded);
+                let mut buf = [0u8; 1024];
+                while let Ok(n @ 1..) = io.read(&mut buf).await {
+                    if io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut resp = Response::builder()
+                .status(101)
+                .header("connection", "upgrade")
+                .header("upgrade", to);
+            if let Some(o) = offered {
+                resp = resp.header("x-offered", o);
+            }
+            resp.body(empty()).expect("response")
+        })
+    })
+    .await;
+    let proxy = proxy_to(&[up.endpoint()], "", "").await;
+
+    let head = |path: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: t.test\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: x-echo, h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+        )
+    };
+    let mut stream = TcpStream::connect(proxy.addr("web")).await.unwrap();
+    stream.write_all(head("/tunnel").as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 101"), "{text}");
+    assert!(text.contains("\r\nupgrade: x-echo\r\n"), "{text}");
+    assert!(
+        text.contains("\r\nx-offered: x-echo\r\n"),
+        "h2c left out: {text}"
+    );
+    for message in [&b"ping"[..], &[0u8, 255, 13, 10, 7][..]] {
+        stream.write_all(message).await.unwrap();
+        let mut echoed = vec![0u8; message.len()];
+        tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut echoed))
+            .await
+            .expect("the echo")
+            .unwrap();
+        assert_eq!(echoed, message);
+    }
+
+    // `close` too, so that the answer ends the read.
+    let rogue = head("/rogue").replace("Connection: Upgrade,", "Connection: close, Upgrade,");
+    let answer = raw(proxy.addr("web"), rogue.as_bytes(), Duration::from_secs(10)).await;
+    assert_eq!(raw_status(&answer), 502, "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

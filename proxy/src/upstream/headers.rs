@@ -31,17 +31,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         }
         return;
     }
-    if let Some(conn) = headers.get(header::CONNECTION) {
-        let named: Vec<HeaderName> = conn
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .filter(|n| !(keep_upgrade && n == header::UPGRADE))
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
+    // Every `Connection` field line counts (RFC 9110 §5.3: several lines are one list).
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("").split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .collect();
+    for name in named {
+        headers.remove(name);
     }
     headers.remove(header::CONNECTION);
     headers.remove(&KEEP_ALIVE);
@@ -75,25 +74,60 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name == PROXY_CONNECTION
 }
 
-/// Is this an HTTP/1.1 upgrade to WebSocket, the one protocol Portico tunnels? Any other
-/// `Upgrade` (`h2c` above all: a tunnelled h2c connection would carry requests the router
-/// never sees) is answered as a plain request, its `Upgrade` header removed.
-pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
-    has_token(headers, &header::CONNECTION, "upgrade")
-        && has_token(headers, &header::UPGRADE, "websocket")
+/// The protocols an upgrade request (`Connection: upgrade` and an `Upgrade` list) may be
+/// tunnelled to: every one it offers (RFC 9110 §7.8) but `h2c`, whose tunnel would carry
+/// requests the router never sees. `None` when there is no upgrade or nothing is left: the
+/// request is then answered as a plain one, its `Upgrade` header removed.
+pub fn tunnelled_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    if !has_token(headers, &header::CONNECTION, "upgrade") {
+        return None;
+    }
+    let offered: Vec<&str> = tokens(headers, &header::UPGRADE)
+        .filter(|t| !protocol_name(t).eq_ignore_ascii_case("h2c"))
+        .collect();
+    match offered.is_empty() {
+        true => None,
+        false => HeaderValue::from_str(&offered.join(", ")).ok(),
+    }
+}
+
+/// Does the `Upgrade` of a `101` answer name only protocols that were `offered` (compared by
+/// name, case-insensitively)?
+pub fn upgraded_to_offered(answer: &HeaderMap, offered: &HeaderValue) -> bool {
+    let offered: Vec<&str> = offered
+        .to_str()
+        .unwrap_or("")
+        .split(',')
+        .map(|t| protocol_name(t.trim()))
+        .collect();
+    let mut chosen = tokens(answer, &header::UPGRADE).peekable();
+    chosen.peek().is_some()
+        && chosen.all(|t| {
+            offered
+                .iter()
+                .any(|o| o.eq_ignore_ascii_case(protocol_name(t)))
+        })
+}
+
+/// The non-empty, trimmed items of a comma-separated header list, over all its field lines.
+fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// A protocol token without its `/version`.
+fn protocol_name(token: &str) -> &str {
+    token.split_once('/').map_or(token, |(name, _)| name)
 }
 
 /// Does a comma-separated header list `token` (a protocol's `/version` suffix ignored)?
 fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.to_str().is_ok_and(|s| {
-            s.split(',').any(|t| {
-                let t = t.trim();
-                let t = t.split_once('/').map_or(t, |(name, _)| name);
-                t.eq_ignore_ascii_case(token)
-            })
-        })
-    })
+    tokens(headers, name).any(|t| protocol_name(t).eq_ignore_ascii_case(token))
 }
 
 /// Sets `x-forwarded-for`, `-proto` and `-host`; `peer` is the client's IP address as text.
@@ -113,11 +147,28 @@ pub fn set_forwarded(
             headers.remove(*name);
         }
     }
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if trust && !prev.is_empty() => {
-            HeaderValue::try_from(format!("{prev}, {}", peer.to_str().unwrap_or_default())).ok()
+    // Trusted, the incoming list is kept whole: several field lines are one list (RFC 9110
+    // §5.3), joined in order, and the peer appended.
+    let xff = match trust {
+        true => {
+            let prev: Vec<&str> = headers
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .collect();
+            match prev.is_empty() {
+                true => Some(peer.clone()),
+                false => HeaderValue::try_from(format!(
+                    "{}, {}",
+                    prev.join(", "),
+                    peer.to_str().unwrap_or_default()
+                ))
+                .ok(),
+            }
         }
-        _ => Some(peer.clone()),
+        false => Some(peer.clone()),
     };
     if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
@@ -176,14 +227,16 @@ mod tests {
     }
 
     #[test]
-    fn only_websocket_upgrades_are_tunnelled() {
-        let cases: &[(&str, &str, bool)] = &[
-            ("Upgrade", "websocket", true),
-            ("keep-alive, upgrade", "WebSocket", true),
-            ("Upgrade", "h2c, websocket/13", true),
-            ("Upgrade, HTTP2-Settings", "h2c", false),
-            ("Upgrade", "TLS/1.2", false),
-            ("keep-alive", "websocket", false),
+    fn every_upgrade_but_h2c_is_tunnelled() {
+        let cases: &[(&str, &str, Option<&str>)] = &[
+            ("Upgrade", "websocket", Some("websocket")),
+            ("keep-alive, upgrade", "WebSocket", Some("WebSocket")),
+            ("Upgrade", "h2c, websocket/13", Some("websocket/13")),
+            ("Upgrade, HTTP2-Settings", "h2c", None),
+            ("Upgrade", "TLS/1.2", Some("TLS/1.2")),
+            ("Upgrade", "x-custom, H2C/1", Some("x-custom")),
+            ("keep-alive", "websocket", None),
+            ("Upgrade", " , ", None),
         ];
         for (connection, upgrade, want) in cases {
             let mut h = HeaderMap::new();
@@ -192,8 +245,34 @@ mod tests {
                 HeaderValue::from_str(connection).unwrap(),
             );
             h.insert(header::UPGRADE, HeaderValue::from_str(upgrade).unwrap());
-            assert_eq!(is_websocket_upgrade(&h), *want, "{connection} / {upgrade}");
+            let got = tunnelled_upgrade(&h);
+            assert_eq!(
+                got.as_ref().map(|v| v.to_str().unwrap()),
+                *want,
+                "{connection} / {upgrade}"
+            );
         }
+    }
+
+    #[test]
+    fn a_101_must_switch_to_an_offered_protocol() {
+        let offered = HeaderValue::from_static("websocket/13, x-custom");
+        for (answer, want) in [
+            ("websocket", true),
+            ("WebSocket/13", true),
+            ("x-custom", true),
+            ("h2c", false),
+            ("websocket, h2c", false),
+            ("", false),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::UPGRADE, HeaderValue::from_static(answer));
+            assert_eq!(upgraded_to_offered(&h, &offered), want, "{answer:?}");
+        }
+        assert!(
+            !upgraded_to_offered(&HeaderMap::new(), &offered),
+            "no Upgrade"
+        );
     }
 
     #[test]
@@ -201,7 +280,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        assert!(is_websocket_upgrade(&h));
+        assert!(tunnelled_upgrade(&h).is_some());
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
         assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
@@ -219,5 +298,41 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         set_forwarded(&mut h, &peer, false, "a.example", true);
         assert_eq!(h.get("x-forwarded-for").unwrap(), "6.6.6.6, 10.1.2.3");
+        // Trusted, several lines are one list, kept in order.
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("1.1.1.1, 2.2.2.2"),
+        );
+        h.append("x-forwarded-for", HeaderValue::from_static("3.3.3.3"));
+        set_forwarded(&mut h, &peer, false, "a.example", true);
+        assert_eq!(
+            h.get_all("x-forwarded-for").iter().collect::<Vec<_>>(),
+            ["1.1.1.1, 2.2.2.2, 3.3.3.3, 10.1.2.3"]
+        );
+        // Not trusted, all of them go.
+        h.append("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        set_forwarded(&mut h, &peer, false, "a.example", false);
+        assert_eq!(
+            h.get_all("x-forwarded-for").iter().collect::<Vec<_>>(),
+            ["10.1.2.3"]
+        );
+    }
+
+    #[test]
+    fn every_connection_line_names_hop_by_hop_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static("x-secret, x-other"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-other", HeaderValue::from_static("2"));
+        h.insert("x-keep", HeaderValue::from_static("3"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get("x-other").is_none());
+        assert!(h.get(header::CONNECTION).is_none());
+        assert_eq!(h.get("x-keep").unwrap(), "3");
     }
 }
