@@ -32,10 +32,67 @@ routes:
 
     let (status, metrics) = admin_get(&proxy.admin(), "/metrics").await;
     assert_eq!(status, 200);
+    for (sample, want) in [
+        (
+            r#"portico_requests_total{method="GET",route="orders",status="2xx"}"#,
+            1,
+        ),
+        (
+            r#"portico_requests_total{method="GET",route="",status="4xx"}"#,
+            1,
+        ),
+        (
+            r#"portico_request_duration_seconds_count{route="orders"}"#,
+            1,
+        ),
+        (
+            r#"portico_upstream_request_duration_seconds_count{upstream="orders"}"#,
+            1,
+        ),
+        (r#"portico_connections_total{listener="web"}"#, 2),
+        (
+            &format!(r#"portico_config_info{{hash="{}"}}"#, proxy.hash()),
+            1,
+        ),
+    ] {
+        assert_eq!(metric_in(&metrics, sample), want, "{sample}\n{metrics}");
+    }
     assert!(
-        metrics.contains(r#"portico_requests_total{method="GET",route="orders",status="2xx"} 1"#),
+        metrics.contains("\nportico_active_connections{listener=\"web\"} "),
         "{metrics}"
+    );
+    let loaded = metric_in(&metrics, "portico_config_load_timestamp_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    assert!(
+        loaded <= now && now - loaded < 600,
+        "loaded at {loaded}, now {now}"
     );
     assert_eq!(admin_get(&proxy.admin(), "/ready").await.0, 200);
     assert_eq!(admin_get(&proxy.admin(), "/health").await.0, 200);
+}
+
+/// The binary's `--version` and `--help`, and the commands `--help` lists.
+#[test]
+fn the_binary_answers_version_and_help() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(Binary::path())
+            .args(args)
+            .output()
+            .expect("run portico");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        run(&["--version"]).trim(),
+        format!("portico {}", env!("CARGO_PKG_VERSION"))
+    );
+    let help = run(&["--help"]);
+    for command in ["run", "check", "plugin", "--log-format"] {
+        assert!(help.contains(command), "--help lacks {command}: {help}");
+    }
+    let run_help = run(&["run", "--help"]);
+    assert!(run_help.contains("--config"), "{run_help}");
 }
