@@ -345,6 +345,16 @@ impl Server {
                     Err(e) => tracing::error!(listener = %key, "cannot start listener: {e}"),
                 }
             }
+            // Kept listeners whose connections were admitted under other settings (TLS on or
+            // off, client certificates, ALPN, h2c): their open connections finish gracefully.
+            for (key, l) in running.iter() {
+                if let (Some(old), Some(new)) = (current.listener(key), snapshot.listener(key))
+                    && old.admission() != new.admission()
+                {
+                    tracing::info!(listener = %new.name, address = %l.local_addr, "TLS or protocol settings changed; closing the listener's open connections gracefully");
+                    l.retire();
+                }
+            }
             let keep: Vec<String> = snapshot.listeners.iter().map(|l| l.key.clone()).collect();
             let gone: Vec<String> = running
                 .keys()

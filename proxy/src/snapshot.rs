@@ -69,6 +69,18 @@ pub struct ListenerConfig {
     pub plugins: Option<crate::plugin::Chain>,
 }
 
+impl ListenerConfig {
+    /// What a connection is admitted under for its whole life: plain or TLS (with the client
+    /// certificate check and the protocols it offers, see [`TlsSettings::admission`]), and h2c.
+    /// A reload that changes it closes the listener's open connections gracefully, so that no
+    /// connection keeps serving under settings the configuration no longer has.
+    ///
+    /// [`TlsSettings::admission`]: crate::tls::TlsSettings::admission
+    pub fn admission(&self) -> (Option<u64>, bool) {
+        (self.tls.as_ref().map(|t| t.admission()), self.h2c)
+    }
+}
+
 #[derive(Debug)]
 pub struct Route {
     /// Shared with every request's plugin stream (`route_name`), so not copied per request.

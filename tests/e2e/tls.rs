@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Request, StatusCode, Version};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, aws_lc_rs};
 use rustls::{ClientConfig, DigitallySignedStruct, ProtocolVersion, SignatureScheme};
@@ -162,6 +162,78 @@ async fn try_tls_get(
         .await
         .map_err(|e| format!("request: {e}"))?;
     try_collect(resp).await
+}
+
+/// Listener `websecure` serving `site.crt`/`site.key`, with `tls_lines` (indented under
+/// `tls:`) added, in front of [`HELLO_ROUTE`].
+fn websecure_with(tls_lines: &str) -> String {
+    format!(
+        r#"
+listeners:
+  - name: websecure
+    address: "127.0.0.1:0"
+    tls:
+      certificates: [{{ cert: site.crt, key: site.key }}]
+{tls_lines}
+{HELLO_ROUTE}"#
+    )
+}
+
+/// An HTTP/1.1 keep-alive and an HTTP/2 connection to `app.example` at `addr` (trusting the CA
+/// `ca_pem`, no client certificate), each proven by a request answered 200, with the tasks
+/// that drive them (they end when the connection closes).
+struct OpenConnections {
+    h1: hyper::client::conn::http1::SendRequest<TestBody>,
+    h1_conn: tokio::task::JoinHandle<hyper::Result<()>>,
+    h2: hyper::client::conn::http2::SendRequest<TestBody>,
+    h2_conn: tokio::task::JoinHandle<hyper::Result<()>>,
+    /// The DER of the certificate the HTTP/1.1 connection was served.
+    cert: Vec<u8>,
+}
+
+impl OpenConnections {
+    async fn open(addr: SocketAddr, ca_pem: &str) -> OpenConnections {
+        let config = Arc::new(client(Some(ca_pem), BOTH, &[], None));
+        let stream = tls_connect(addr, "app.example", config)
+            .await
+            .expect("handshake");
+        let cert = peer_cert_der(&stream);
+        let (h1, h1_conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("h1 handshake");
+        let h1_conn = tokio::spawn(h1_conn);
+        let h2_config = Arc::new(client(Some(ca_pem), BOTH, &[b"h2"], None));
+        let stream = tls_connect(addr, "app.example", h2_config)
+            .await
+            .expect("handshake");
+        let (h2, h2_conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .expect("h2 handshake");
+        let h2_conn = tokio::spawn(h2_conn);
+        let mut open = OpenConnections {
+            h1,
+            h1_conn,
+            h2,
+            h2_conn,
+            cert,
+        };
+        open.both_answer().await;
+        open
+    }
+
+    /// One request on each connection; both must answer 200.
+    async fn both_answer(&mut self) {
+        let h1_get = Request::get("/")
+            .header("host", "app.example")
+            .body(empty())
+            .expect("request");
+        assert_eq!(send_h1(&mut self.h1, h1_get).await.status, 200);
+        let h2_get = Request::get("https://app.example/")
+            .body(empty())
+            .expect("request");
+        assert_eq!(send_h2(&mut self.h2, h2_get).await.status, 200);
+    }
 }
 
 /// A ClientHello as a TLS 1.0/1.1-only client sends it: legacy version `version` and no
@@ -503,33 +575,9 @@ listeners:
     assert!(served_cert(addr, Some("app.example")).await == old);
 
     // Connections opened before the swap, HTTP/1.1 keep-alive and HTTP/2.
-    let config = Arc::new(client(Some(&pki.ca_pem), BOTH, &[], None));
-    let stream = tls_connect(addr, "app.example", config.clone())
-        .await
-        .expect("handshake");
-    assert!(peer_cert_der(&stream) == old);
-    let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("h1 handshake");
-    tokio::spawn(conn);
-    let h1_get = || {
-        Request::get("/")
-            .header("host", "app.example")
-            .body(empty())
-            .expect("request")
-    };
-    assert_eq!(send_h1(&mut h1, h1_get()).await.status, 200);
-    let h2_config = Arc::new(client(Some(&pki.ca_pem), BOTH, &[b"h2"], None));
-    let stream = tls_connect(addr, "app.example", h2_config)
-        .await
-        .expect("handshake");
-    let mut h2 = tls_h2_sender(stream).await;
-    let h2_get = || {
-        Request::get("https://app.example/")
-            .body(empty())
-            .expect("request")
-    };
-    assert_eq!(send_h2(&mut h2, h2_get()).await.status, 200);
+    let mut open = OpenConnections::open(addr, &pki.ca_pem).await;
+    assert!(open.cert == old);
+    let config = client(Some(&pki.ca_pem), BOTH, &[], None);
 
     // Swap the files on disk, each with an atomic rename.
     let (new_cert, new_key) = pki.issue(&["app.example"]);
@@ -541,15 +589,14 @@ listeners:
         served_cert(addr, Some("app.example")).await == new
     })
     .await;
-    let got = try_tls_get(addr, "app.example", (*config).clone(), "app.example")
+    let got = try_tls_get(addr, "app.example", config, "app.example")
         .await
         .expect("request with the new certificate");
     assert_eq!(got.status, 200);
 
     // The connections opened before the swap still work.
     for _ in 0..2 {
-        assert_eq!(send_h1(&mut h1, h1_get()).await.status, 200);
-        assert_eq!(send_h2(&mut h2, h2_get()).await.status, 200);
+        open.both_answer().await;
     }
 }
 
@@ -566,16 +613,9 @@ async fn client_certificates_required_and_optional() {
         pki.write_ca(&dir, "clients-ca.pem");
         let proxy = Proxy::start_in(
             dir,
-            &format!(
-                r#"
-listeners:
-  - name: websecure
-    address: "127.0.0.1:0"
-    tls:
-      certificates: [{{ cert: site.crt, key: site.key }}]
-      client_auth: {{ ca: clients-ca.pem, mode: {mode} }}
-{HELLO_ROUTE}"#
-            ),
+            &websecure_with(&format!(
+                "      client_auth: {{ ca: clients-ca.pem, mode: {mode} }}"
+            )),
         )
         .await;
         let addr = proxy.addr("websecure");
@@ -633,6 +673,50 @@ listeners:
             );
         }
     }
+}
+
+/// A reload that turns on client certificates closes the connections opened without one
+/// (gracefully: HTTP/1.1 after the response in progress, HTTP/2 with GOAWAY). Certificate
+/// renewals do not (see the hot-swap test above); only what a connection was admitted under.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turning_on_client_certificates_closes_connections_opened_without_one() {
+    let pki = Pki::new();
+    let dir = TempDir::new();
+    pki.write(&dir, "site", &["app.example"]);
+    pki.write_ca(&dir, "clients-ca.pem");
+    let proxy = Proxy::start_in(dir, &websecure_with("")).await;
+    let addr = proxy.addr("websecure");
+
+    let open = OpenConnections::open(addr, &pki.ca_pem).await;
+
+    proxy
+        .rewrite_until(
+            &websecure_with("      client_auth: { ca: clients-ca.pem, mode: required }"),
+            "success",
+        )
+        .await;
+    let guard = Duration::from_secs(10);
+    assert!(
+        tokio::time::timeout(guard, open.h1_conn).await.is_ok(),
+        "the HTTP/1.1 connection opened without a certificate is still open"
+    );
+    assert!(
+        tokio::time::timeout(guard, open.h2_conn).await.is_ok(),
+        "the HTTP/2 connection opened without a certificate is still open"
+    );
+    let config = client(Some(&pki.ca_pem), BOTH, &[], None);
+    assert!(
+        try_tls_get(addr, "app.example", config, "app.example")
+            .await
+            .is_err(),
+        "a new connection without a certificate is refused"
+    );
+    let trusted = pki.issue(&["client.example"]);
+    let with_cert = client(Some(&pki.ca_pem), BOTH, &[], Some(&trusted));
+    let got = try_tls_get(addr, "app.example", with_cert, "app.example")
+        .await
+        .expect("a new connection with a certificate");
+    assert_eq!(got.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -320,6 +320,8 @@ pub struct RunningListener {
     pub local_addr: SocketAddr,
     stop: CancellationToken,
     kill: CancellationToken,
+    /// The graceful stop of the connections accepted since the last [`retire`](Self::retire).
+    generation: Arc<Mutex<CancellationToken>>,
     tracker: TaskTracker,
 }
 
@@ -329,6 +331,18 @@ impl RunningListener {
     pub fn stop(&self) {
         self.stop.cancel();
         self.tracker.close();
+    }
+
+    /// Asks the connections open now to finish gracefully, as [`stop`](Self::stop) does, and
+    /// goes on accepting: for a reload that changed what connections are admitted under (see
+    /// [`ListenerConfig::admission`]). Tunnels already started from them continue.
+    pub fn retire(&self) {
+        let mut generation = self
+            .generation
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let old = std::mem::replace(&mut *generation, self.stop.child_token());
+        old.cancel();
     }
 
     /// Closes every connection still open, and the tunnels started from them.
@@ -366,23 +380,37 @@ pub fn start(
     let local_addr = listener.local_addr()?;
     let stop = CancellationToken::new();
     let kill = CancellationToken::new();
+    let generation = Arc::new(Mutex::new(stop.child_token()));
     let tracker = TaskTracker::new();
     let running = RunningListener {
         key: key.clone(),
         local_addr,
         stop: stop.clone(),
         kill: kill.clone(),
+        generation: generation.clone(),
         tracker: tracker.clone(),
     };
     let open = Arc::new(AtomicUsize::new(0));
-    let tokens = Tokens { stop, kill };
+    let tokens = Tokens {
+        stop,
+        kill,
+        generation,
+    };
     tokio::spawn(accept_loop(shared, key, listener, tokens, tracker, open));
     Ok(running)
 }
 
-/// A listener's graceful stop and its hard one.
+/// A listener's graceful stop, its hard one, and the current generation's graceful stop (a
+/// child of `stop`).
 #[derive(Clone)]
 struct Tokens {
+    stop: CancellationToken,
+    kill: CancellationToken,
+    generation: Arc<Mutex<CancellationToken>>,
+}
+
+/// What one connection is stopped by.
+struct ConnTokens {
     stop: CancellationToken,
     kill: CancellationToken,
 }
@@ -409,6 +437,14 @@ async fn accept_loop(
                 continue;
             }
         };
+        // The generation before the snapshot: a reload stores its snapshot, then retires the
+        // generation, so a connection that got the old generation may have the new settings
+        // (and is closed gracefully for nothing), but never the other way round.
+        let stop = tokens
+            .generation
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let snapshot = shared.current.load();
         let Some(config) = snapshot.listener(&key).cloned() else {
             continue;
@@ -423,7 +459,10 @@ async fn accept_loop(
         let (slot, open_before) = Slot::take(open.clone(), gauge);
         let over_limit = open_before >= limits.max_connections;
         let shared = shared.clone();
-        let tokens = tokens.clone();
+        let tokens = ConnTokens {
+            stop,
+            kill: tokens.kill.clone(),
+        };
         tracker.spawn(async move {
             shared
                 .metrics
@@ -461,9 +500,9 @@ async fn serve(
     config: Arc<ListenerConfig>,
     limits: Limits,
     accepted: Accepted,
-    tokens: Tokens,
+    tokens: ConnTokens,
 ) {
-    let Tokens { stop, kill } = tokens;
+    let ConnTokens { stop, kill } = tokens;
     let Accepted {
         stream,
         peer,

@@ -74,7 +74,7 @@ pub struct CertSpec {
 }
 
 /// Whether a client must present a certificate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ClientAuthMode {
     /// The handshake fails without a certificate signed by the configured CA.
     Required,
@@ -109,6 +109,8 @@ pub struct TlsSettings {
     client_order: Arc<ServerConfig>,
     resolver: Arc<CertResolver>,
     files: Vec<PathBuf>,
+    /// See [`TlsSettings::admission`].
+    admission: u64,
     /// Keeps the resumption state registered while these settings live (see the module docs).
     _resumption: Arc<Resumption>,
 }
@@ -329,6 +331,13 @@ impl TlsSettings {
         }
 
         let resolver = Arc::new(CertResolver::new(certs, default));
+        let admission = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            key.client_auth.hash(&mut h);
+            key.alpn_h2.hash(&mut h);
+            h.finish()
+        };
         let resumption = resumption_for(key).map_err(|error| vec![TlsError::Config { error }])?;
         let config = build_config(
             provider,
@@ -346,8 +355,17 @@ impl TlsSettings {
             client_order: Arc::new(client_order),
             resolver,
             files: spec.files(),
+            admission,
             _resumption: resumption,
         })
+    }
+
+    /// A fingerprint of what a handshake admits a connection under for the connection's life:
+    /// the client certificate check (mode and the CA certificates themselves, not their file
+    /// names) and the protocols offered by ALPN. The server's certificates are not part of it:
+    /// a renewed certificate serves new handshakes while open connections continue.
+    pub fn admission(&self) -> u64 {
+        self.admission
     }
 
     /// The rustls configuration for a listener's acceptor: the server's order of cipher suites.
