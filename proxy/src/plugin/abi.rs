@@ -33,6 +33,9 @@ pub enum Status {
 pub const MAX_KEY_BYTES: usize = 16 << 10;
 pub const MAX_VALUE_BYTES: usize = 1 << 20;
 pub const MAX_MAP_BYTES: usize = 4 << 20;
+/// What a plugin may grow a header or trailer map to: values, and bytes of names and values.
+/// Past either, the change traps (the request fails by the plugin's `on_error`).
+pub const MAX_MAP_VALUES: usize = 1024;
 pub const MAX_LOG_BYTES: usize = 64 << 10;
 pub const MAX_CALLOUTS: usize = 4096;
 
@@ -239,6 +242,9 @@ pub fn emit(ctx: &mut HostCtx, level: u32, msg: &str) {
     ctx.remember_log(msg.to_string());
 }
 
+/// Lines of stdout or stderr logged per guest call; the rest are counted, not logged.
+const MAX_OUTPUT_LINES: usize = 256;
+
 /// Logs what the guest wrote to stdout and stderr, line by line. Called after every guest
 /// call, which almost always wrote nothing.
 #[inline]
@@ -261,8 +267,17 @@ fn flush_written(ctx: &mut HostCtx) {
         }
         let text = String::from_utf8_lossy(buf).into_owned();
         buf.clear();
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+        for line in lines.by_ref().take(MAX_OUTPUT_LINES) {
             emit(ctx, level, line);
+        }
+        let dropped = lines.count();
+        if dropped > 0 {
+            emit(
+                ctx,
+                level,
+                &format!("[{dropped} more lines of output from this call dropped]"),
+            );
         }
     }
 }
@@ -481,6 +496,25 @@ impl MapRef<'_> {
         }
     }
 
+    /// Refuses (as a trap) a change that would grow the map past [`MAX_MAP_VALUES`] values or
+    /// [`MAX_MAP_BYTES`] bytes: a guest could otherwise grow host memory without bound, one
+    /// hostcall at a time, outside its own memory limit.
+    fn check_growth(&mut self, op: Op, key: &[u8], value: &[u8]) -> wasmtime::Result<()> {
+        let Some(headers) = self.headers_mut().filter(|_| op != Op::Remove) else {
+            return Ok(());
+        };
+        let bytes: usize = headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len())
+            .sum();
+        if headers.len() >= MAX_MAP_VALUES || bytes + key.len() + value.len() > MAX_MAP_BYTES {
+            return Err(wasmtime::format_err!(
+                "plugin grew a header map past its cap ({MAX_MAP_VALUES} values, {MAX_MAP_BYTES} bytes)"
+            ));
+        }
+        Ok(())
+    }
+
     /// Sets a pseudo-header; `Err` when the value is not valid for it.
     fn set_pseudo(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
         let text = std::str::from_utf8(value).map_err(|_| "not UTF-8".to_string())?;
@@ -533,11 +567,11 @@ impl MapRef<'_> {
             }
             Op::Replace => {
                 let v = HeaderValue::from_bytes(value).map_err(|_| "invalid header value")?;
-                headers.insert(name, v);
+                headers.try_insert(name, v).map_err(|_| "the map is full")?;
             }
             Op::Add => {
                 let v = HeaderValue::from_bytes(value).map_err(|_| "invalid header value")?;
-                headers.append(name, v);
+                headers.try_append(name, v).map_err(|_| "the map is full")?;
             }
         }
         Ok(())
@@ -640,6 +674,7 @@ fn set_map_pairs(mut caller: C, kind: u32, ptr: u32, len: u32) -> R {
     }
     for (k, v) in pairs {
         let k = k.to_ascii_lowercase();
+        map.check_growth(Op::Add, &k, &v)?;
         if let Err(e) = map.apply(Op::Add, &k, &v) {
             refused(&plugin, &k, &e);
         }
@@ -679,7 +714,10 @@ fn change(mut caller: C, op: Op, kind: u32, kp: u32, kl: u32, vp: u32, vl: u32) 
         Err(s) => return st(s),
         // Changing a map that does not exist now changes nothing.
         Ok(None) => Ok(()),
-        Ok(Some(mut map)) => map.apply(op, key, value),
+        Ok(Some(mut map)) => {
+            map.check_growth(op, key, value)?;
+            map.apply(op, key, value)
+        }
     };
     if let Err(e) = outcome {
         refused(&ctx.spec.name, key, &e);
@@ -741,7 +779,8 @@ fn get_property(mut caller: C, pp: u32, pl: u32, ret_ptr: u32, ret_len: u32) -> 
 fn set_property(mut caller: C, pp: u32, pl: u32, vp: u32, vl: u32) -> R {
     let path = read(&mut caller, pp, pl, MAX_KEY_BYTES)?;
     let value = read(&mut caller, vp, vl, MAX_VALUE_BYTES)?;
-    properties::set(caller.data_mut(), &path, Bytes::from(value));
+    properties::set(caller.data_mut(), &path, Bytes::from(value))
+        .map_err(|e| wasmtime::format_err!("{e}"))?;
     st(Status::Ok)
 }
 

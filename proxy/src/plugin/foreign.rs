@@ -11,7 +11,8 @@
 //!
 //! Counters are process-wide and scoped by plugin name, like shared data; each plugin may hold
 //! up to 100,000 (past that, `counter_add` of a new key fails with `InternalFailure`), so one
-//! plugin keying counters per client cannot exhaust them for the others.
+//! plugin keying counters per client cannot exhaust them for the others. A key is at most 256
+//! bytes (`BadArgument` past that).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -34,6 +35,8 @@ pub type Function = fn(&PluginSpec, &[u8]) -> Result<Vec<u8>, Error>;
 
 /// Counters per plugin; capped so a flood of keys cannot grow the process without bound.
 const MAX_COUNTERS: usize = 100_000;
+/// Bytes of one counter's key: counters live as long as the process.
+const MAX_COUNTER_KEY: usize = 256;
 
 /// The registry: names and their functions.
 pub const FUNCTIONS: &[(&str, Function)] = &[
@@ -113,6 +116,9 @@ impl Counters {
 
 fn counter_add(spec: &PluginSpec, args: &[u8]) -> Result<Vec<u8>, Error> {
     let (delta, key) = args.split_at_checked(8).ok_or(Error::BadArgument)?;
+    if key.len() > MAX_COUNTER_KEY {
+        return Err(Error::BadArgument);
+    }
     let delta = i64::from_le_bytes(delta.try_into().map_err(|_| Error::BadArgument)?);
     let counter = spec
         .host

@@ -1066,9 +1066,11 @@ pub fn local_response(local: LocalResponse) -> Response<Body> {
     let status = StatusCode::from_u16(local.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = Response::new(crate::body::full(local.body));
     *resp.status_mut() = status;
-    for (k, v) in local.headers {
+    // At most as many headers as a plugin may give any map (the pairs came in under the
+    // map byte cap already).
+    for (k, v) in local.headers.into_iter().take(abi::MAX_MAP_VALUES) {
         if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(&k), HeaderValue::from_bytes(&v)) {
-            resp.headers_mut().append(k, v);
+            let _ = resp.headers_mut().try_append(k, v);
         }
     }
     resp

@@ -156,9 +156,29 @@ fn address(addr: &std::net::SocketAddr) -> Bytes {
     Bytes::from(buf)
 }
 
-pub fn set(ctx: &mut HostCtx, path: &[u8], value: Bytes) {
+/// Properties a plugin may set on one stream, and their bytes (paths and values).
+pub const MAX_SET_PROPERTIES: usize = 256;
+pub const MAX_SET_PROPERTY_BYTES: usize = 4 << 20;
+
+/// Sets a property on the effective stream; `Err` (a trap for the caller) past the caps above,
+/// which keep a guest from growing host memory outside its own limit.
+pub fn set(ctx: &mut HostCtx, path: &[u8], value: Bytes) -> Result<(), String> {
     let key = key(path);
-    if let Some(stream) = ctx.streams.get_mut(&ctx.effective) {
-        stream.properties.get_or_insert_default().insert(key, value);
+    let Some(stream) = ctx.streams.get_mut(&ctx.effective) else {
+        return Ok(());
+    };
+    let props = stream.properties.get_or_insert_default();
+    let bytes: usize = props
+        .iter()
+        .filter(|(k, _)| **k != key)
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    let entries = props.len() + usize::from(!props.contains_key(&key));
+    if entries > MAX_SET_PROPERTIES || bytes + key.len() + value.len() > MAX_SET_PROPERTY_BYTES {
+        return Err(format!(
+            "plugin set more properties on a stream than allowed ({MAX_SET_PROPERTIES}, {MAX_SET_PROPERTY_BYTES} bytes)"
+        ));
     }
+    props.insert(key, value);
+    Ok(())
 }

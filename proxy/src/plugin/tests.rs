@@ -454,3 +454,63 @@ fn a_stream_sets_header_pairs_reads_mtls_and_ends_with_log_done_delete() {
         .collect();
     assert_eq!(logs, ["mtls=1", "log", "done", "delete"]);
 }
+
+/// What a plugin grows on a stream is capped: adding a header 2,000 times, or setting 300
+/// properties, traps the call (the request fails by `on_error`) instead of growing host memory
+/// without bound or overflowing the header map's own limit, which would panic the host.
+#[test]
+fn a_plugin_growing_a_header_map_or_its_properties_past_the_caps_fails_its_request() {
+    let host = PluginHost::default();
+    let cases = [
+        (
+            r#"(import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))"#,
+            r#"(drop (call $add (i32.const 0) (i32.const 16) (i32.const 3) (i32.const 24) (i32.const 1)))"#,
+            2000,
+            "plugin grew a header map past its cap",
+        ),
+        (
+            r#"(import "env" "proxy_set_property" (func $set (param i32 i32 i32 i32) (result i32)))"#,
+            r#"(i32.store8 (i32.const 32) (i32.add (i32.const 65) (i32.rem_u (local.get $i) (i32.const 26))))
+      (i32.store8 (i32.const 33) (i32.add (i32.const 65) (i32.div_u (local.get $i) (i32.const 26))))
+      (drop (call $set (i32.const 32) (i32.const 2) (i32.const 24) (i32.const 1)))"#,
+            300,
+            "plugin set more properties on a stream than allowed",
+        ),
+    ];
+    for (import, call, times, words) in cases {
+        let exports = format!(
+            r#"{ABI_0_2_1}
+  (data (i32.const 16) "x-a")
+  (data (i32.const 24) "1")
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (local $i i32)
+    (loop $l
+      {call}
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const {times}))))
+    (i32.const 0))"#
+        );
+        let m = module(&host, import, &exports, "");
+        let plugin = Arc::new(Plugin {
+            spec: spec(&host),
+            pool: start(&host, &m).expect("starts"),
+        });
+        let chain = Chain::new(vec![plugin]);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let err = rt.block_on(async {
+            let stream = chain
+                .start(Arc::new(stream_info("http", "/")))
+                .await
+                .expect("start");
+            let mut req = request_head("http", "/");
+            stream
+                .request_headers(&mut req, true)
+                .await
+                .expect_err("the request fails")
+        });
+        let text = err.to_string();
+        assert!(text.contains(words), "{words:?} not in {text}");
+    }
+}

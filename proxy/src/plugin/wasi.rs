@@ -24,6 +24,9 @@ const ESPIPE: i32 = 70;
 const MAX_WRITE: usize = 64 << 10;
 /// Output kept before a line break is forced.
 const MAX_LINE: usize = 16 << 10;
+/// Output buffered in one guest call (it reaches the log when the call returns); the rest of
+/// that call's output is dropped, with a note, so a printing loop cannot grow host memory.
+const MAX_BUFFERED: usize = 256 << 10;
 
 /// The WASI functions Portico implements.
 pub const FUNCTIONS: &[&str] = &[
@@ -158,8 +161,14 @@ fn fd_write(mut caller: C, fd: i32, iovs: i32, iovs_len: i32, nwritten: i32) -> 
     } else {
         &mut ctx.stderr
     };
-    buf.extend_from_slice(&out);
-    if buf.len() > MAX_LINE {
+    let room = MAX_BUFFERED.saturating_sub(buf.len());
+    if out.len() <= room {
+        buf.extend_from_slice(&out);
+    } else if room > 0 {
+        buf.extend_from_slice(&out[..room]);
+        buf.extend_from_slice(b"\n[more output in this call dropped: over 256 KiB]\n");
+    }
+    if buf.len() > MAX_LINE && buf.last() != Some(&b'\n') {
         buf.push(b'\n');
     }
     write(&mut caller, nwritten, &written.to_le_bytes())?;
