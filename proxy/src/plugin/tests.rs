@@ -297,6 +297,19 @@ fn stream_info(scheme: &'static str, path: &str) -> StreamInfo {
     }
 }
 
+/// `module` started as plugin `t`, a chain of it alone, and a runtime to run streams on.
+fn one_plugin(host: &PluginHost, module: &Module) -> (Arc<Plugin>, Chain, tokio::runtime::Runtime) {
+    let plugin = Arc::new(Plugin {
+        spec: spec(host),
+        pool: start(host, module).expect("starts"),
+    });
+    let chain = Chain::new(vec![plugin.clone()]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    (plugin, chain, rt)
+}
+
 /// The request head [`stream_info`]'s request presents to plugins, with no headers.
 fn request_head(scheme: &'static str, path: &str) -> RequestHead {
     RequestHead {
@@ -326,17 +339,15 @@ fn a_plugin_with_only_on_log_still_sees_the_response_status() {
       (else (drop (call $log (i32.const 2) (i32.const 64) (i32.const 12))))))"#
     );
     let m = module(&host, imports, &exports, "");
-    let pool = start(&host, &m).expect("starts");
-    assert!(!pool.head_hooks.request, "no request headers callback");
-    assert!(pool.head_hooks.response, "on_log needs the response phase");
-    let plugin = Arc::new(Plugin {
-        spec: spec(&host),
-        pool,
-    });
-    let chain = Chain::new(vec![plugin.clone()]);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime");
+    let (plugin, chain, rt) = one_plugin(&host, &m);
+    assert!(
+        !plugin.pool.head_hooks.request,
+        "no request headers callback"
+    );
+    assert!(
+        plugin.pool.head_hooks.response,
+        "on_log needs the response phase"
+    );
     rt.block_on(async {
         let stream = chain
             .start(Arc::new(stream_info("http", "/")))
@@ -410,14 +421,7 @@ fn a_stream_sets_header_pairs_reads_mtls_and_ends_with_log_done_delete() {
     (drop (call $log (i32.const 2) (i32.const 80) (i32.const 6))))"#
     );
     let m = module(&host, imports, &exports, "");
-    let plugin = Arc::new(Plugin {
-        spec: spec(&host),
-        pool: start(&host, &m).expect("starts"),
-    });
-    let chain = Chain::new(vec![plugin.clone()]);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime");
+    let (plugin, chain, rt) = one_plugin(&host, &m);
     let req = rt.block_on(async {
         let info = StreamInfo {
             tls_version: Some("TLSv1.3"),
@@ -491,14 +495,7 @@ fn a_plugin_growing_a_header_map_or_its_properties_past_the_caps_fails_its_reque
     (i32.const 0))"#
         );
         let m = module(&host, import, &exports, "");
-        let plugin = Arc::new(Plugin {
-            spec: spec(&host),
-            pool: start(&host, &m).expect("starts"),
-        });
-        let chain = Chain::new(vec![plugin]);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime");
+        let (_plugin, chain, rt) = one_plugin(&host, &m);
         let err = rt.block_on(async {
             let stream = chain
                 .start(Arc::new(stream_info("http", "/")))
