@@ -390,11 +390,16 @@ impl Chain {
 
     /// Binds every plugin to an instance and creates its stream context.
     pub async fn start(&self, info: Arc<StreamInfo>) -> Result<Arc<ChainStream>, ProxyError> {
-        let mut bindings = Bindings::with_capacity(self.0.len());
+        // The contexts created so far belong to `stream` from the start, so that they end
+        // (`on_log`, `on_done`, `on_delete`) however this stops: a denied plugin, or the
+        // request dropped while a later plugin's instance is busy.
+        let mut stream = ChainStream {
+            bindings: Bindings::with_capacity(self.0.len()),
+        };
         for plugin in self.0.iter() {
             let (slot, created) = plugin.pool.bind(&info).await;
             match created {
-                Ok((ctx, generation)) => bindings.push(Binding {
+                Ok((ctx, generation)) => stream.bindings.push(Binding {
                     plugin: plugin.clone(),
                     slot,
                     generation,
@@ -403,15 +408,11 @@ impl Chain {
                 }),
                 Err(fault) => match plugin.spec.on_error {
                     OnError::Allow => {}
-                    OnError::Deny => {
-                        let stream = ChainStream { bindings };
-                        drop(stream);
-                        return Err(failed(plugin, &fault));
-                    }
+                    OnError::Deny => return Err(failed(plugin, &fault)),
                 },
             }
         }
-        Ok(Arc::new(ChainStream { bindings }))
+        Ok(Arc::new(stream))
     }
 }
 

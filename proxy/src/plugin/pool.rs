@@ -327,34 +327,47 @@ impl Slot {
 
     /// Ends stream `ctx` (`on_log`, `on_done`, `on_delete`) on the instance it was bound to,
     /// if that is still the live one, without waiting: `false` when the slot is busy.
-    pub fn try_end_stream(&self, generation: u64, ctx: u32) -> bool {
+    pub fn try_end_stream(self: &Arc<Self>, generation: u64, ctx: u32) -> bool {
         let Ok(mut state) = self.state.try_lock() else {
             return false;
         };
-        self.end_stream(&mut state, generation, ctx);
+        let deferred = self.end_stream(&mut state, generation, ctx);
+        drop(state);
+        self.after(generation, deferred);
         true
     }
 
     /// [`Slot::try_end_stream`], waiting for the slot.
-    pub async fn end_stream_later(&self, generation: u64, ctx: u32) {
+    pub async fn end_stream_later(self: &Arc<Self>, generation: u64, ctx: u32) {
         let mut state = self.state.lock().await;
-        self.end_stream(&mut state, generation, ctx);
+        let deferred = self.end_stream(&mut state, generation, ctx);
+        drop(state);
+        self.after(generation, deferred);
     }
 
     /// A stream that ends on the instance it was bound to met no fault there (a fault discards
     /// the instance): that, and only that, ends a failure streak. A successful callback does
     /// not, since a rebuilt instance's `on_context_create` succeeds even when the plugin fails
     /// every request right after it, and the streak would never reach its backoff.
-    fn end_stream(&self, state: &mut SlotState, generation: u64, ctx: u32) {
+    ///
+    /// Returns what the end-of-stream callbacks asked for (a callout or a queue notification
+    /// from `on_log`, say), for [`Slot::after`] once the slot is unlocked.
+    fn end_stream(&self, state: &mut SlotState, generation: u64, ctx: u32) -> Deferred {
         if state.generation != generation {
-            return;
+            return Deferred::default();
         }
         let Some(instance) = state.instance.as_mut() else {
-            return;
+            return Deferred::default();
         };
         match instance.end_stream(ctx) {
-            Ok(()) => state.failures = 0,
-            Err(fault) => self.discard(state, &fault),
+            Ok(()) => {
+                state.failures = 0;
+                std::mem::take(&mut instance.store.data_mut().deferred)
+            }
+            Err(fault) => {
+                self.discard(state, &fault);
+                Deferred::default()
+            }
         }
     }
 

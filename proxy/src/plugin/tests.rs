@@ -305,6 +305,7 @@ fn one_plugin(host: &PluginHost, module: &Module) -> (Arc<Plugin>, Chain, tokio:
     });
     let chain = Chain::new(vec![plugin.clone()]);
     let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
         .build()
         .expect("runtime");
     (plugin, chain, rt)
@@ -510,4 +511,86 @@ fn a_plugin_growing_a_header_map_or_its_properties_past_the_caps_fails_its_reque
         let text = err.to_string();
         assert!(text.contains(words), "{words:?} not in {text}");
     }
+}
+
+/// What an end-of-stream callback asks for runs: here `on_log` starts ticks (as a callout or a
+/// queue notification from `on_log` must start), and `on_tick` then logs.
+#[test]
+fn work_asked_for_in_on_log_is_started() {
+    let host = PluginHost::default();
+    let imports = r#"
+  (import "env" "proxy_set_tick_period_milliseconds" (func $tick (param i32) (result i32)))
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))"#;
+    let exports = format!(
+        r#"{ABI_0_2_1}
+  (data (i32.const 16) "ticked")
+  (func (export "proxy_on_log") (param i32)
+    (drop (call $tick (i32.const 5))))
+  (func (export "proxy_on_tick") (param i32)
+    (drop (call $log (i32.const 2) (i32.const 16) (i32.const 6))))"#
+    );
+    let m = module(&host, imports, &exports, "");
+    let (plugin, chain, rt) = one_plugin(&host, &m);
+    let ticked = || {
+        let state = plugin.pool.slots[0].state.try_lock().expect("idle");
+        let logs = &state
+            .instance
+            .as_ref()
+            .expect("live")
+            .store
+            .data()
+            .recent_logs;
+        logs.iter().any(|l| l == "ticked")
+    };
+    rt.block_on(async {
+        let stream = chain
+            .start(Arc::new(stream_info("http", "/")))
+            .await
+            .expect("start");
+        drop(stream);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !ticked() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no tick after on_log asked for them"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    });
+}
+
+/// A request dropped while its chain is still binding (the second plugin's instance busy)
+/// ends the context it already created on the first: `on_delete` runs and the instance keeps
+/// no state for it.
+#[test]
+fn a_request_dropped_while_its_chain_binds_ends_the_contexts_it_created() {
+    let host = PluginHost::default();
+    let imports = r#"(import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))"#;
+    let exports = format!(
+        r#"{ABI_0_2_1}
+  (data (i32.const 16) "deleted")
+  (func (export "proxy_on_delete") (param i32)
+    (drop (call $log (i32.const 2) (i32.const 16) (i32.const 7))))"#
+    );
+    let m = module(&host, imports, &exports, "");
+    let (first, _, rt) = one_plugin(&host, &m);
+    let (second, _, _) = one_plugin(&host, &m);
+    let chain = Chain::new(vec![first.clone(), second.clone()]);
+    rt.block_on(async {
+        let busy = second.pool.slots[0].state.try_lock().expect("idle");
+        let mut start = Box::pin(chain.start(Arc::new(stream_info("http", "/"))));
+        assert!(
+            futures_util::poll!(&mut start).is_pending(),
+            "waits for the busy instance"
+        );
+        drop(start);
+        drop(busy);
+    });
+    let state = first.pool.slots[0].state.try_lock().expect("idle");
+    let data = state.instance.as_ref().expect("live").store.data();
+    assert!(
+        data.streams.is_empty(),
+        "the first plugin's context is left"
+    );
+    assert_eq!(data.recent_logs.back().map(String::as_str), Some("deleted"));
 }
