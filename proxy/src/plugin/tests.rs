@@ -297,6 +297,13 @@ fn stream_info(scheme: &'static str, path: &str) -> StreamInfo {
     }
 }
 
+/// The last lines a plugin's (only, idle) instance logged, oldest first.
+fn recent_logs(plugin: &Plugin) -> Vec<String> {
+    let state = plugin.pool.slots[0].state.try_lock().expect("idle");
+    let data = state.instance.as_ref().expect("live").store.data();
+    data.recent_logs.iter().cloned().collect()
+}
+
 /// `module` started as plugin `t`, a chain of it alone, and a runtime to run streams on.
 fn one_plugin(host: &PluginHost, module: &Module) -> (Arc<Plugin>, Chain, tokio::runtime::Runtime) {
     let plugin = Arc::new(Plugin {
@@ -369,16 +376,9 @@ fn a_plugin_with_only_on_log_still_sees_the_response_status() {
             .expect("response");
         drop(stream);
     });
-    let state = plugin.pool.slots[0].state.try_lock().expect("idle");
-    let logs = &state
-        .instance
-        .as_ref()
-        .expect("live")
-        .store
-        .data()
-        .recent_logs;
+    let logs = recent_logs(&plugin);
     assert_eq!(
-        logs.back().map(String::as_str),
+        logs.last().map(String::as_str),
         Some("code=found"),
         "{logs:?}"
     );
@@ -446,18 +446,7 @@ fn a_stream_sets_header_pairs_reads_mtls_and_ends_with_log_done_delete() {
         Some(&b"1"[..])
     );
     assert!(req.headers.get("x-old").is_none(), "{:?}", req.headers);
-    let state = plugin.pool.slots[0].state.try_lock().expect("idle");
-    let logs: Vec<&str> = state
-        .instance
-        .as_ref()
-        .expect("live")
-        .store
-        .data()
-        .recent_logs
-        .iter()
-        .map(String::as_str)
-        .collect();
-    assert_eq!(logs, ["mtls=1", "log", "done", "delete"]);
+    assert_eq!(recent_logs(&plugin), ["mtls=1", "log", "done", "delete"]);
 }
 
 /// What a plugin grows on a stream is capped: adding a header 2,000 times, or setting 300
@@ -531,17 +520,7 @@ fn work_asked_for_in_on_log_is_started() {
     );
     let m = module(&host, imports, &exports, "");
     let (plugin, chain, rt) = one_plugin(&host, &m);
-    let ticked = || {
-        let state = plugin.pool.slots[0].state.try_lock().expect("idle");
-        let logs = &state
-            .instance
-            .as_ref()
-            .expect("live")
-            .store
-            .data()
-            .recent_logs;
-        logs.iter().any(|l| l == "ticked")
-    };
+    let ticked = || recent_logs(&plugin).iter().any(|l| l == "ticked");
     rt.block_on(async {
         let stream = chain
             .start(Arc::new(stream_info("http", "/")))
@@ -592,5 +571,9 @@ fn a_request_dropped_while_its_chain_binds_ends_the_contexts_it_created() {
         data.streams.is_empty(),
         "the first plugin's context is left"
     );
-    assert_eq!(data.recent_logs.back().map(String::as_str), Some("deleted"));
+    drop(state);
+    assert_eq!(
+        recent_logs(&first).last().map(String::as_str),
+        Some("deleted")
+    );
 }
