@@ -511,25 +511,33 @@ async fn a_callout_allows_or_denies_the_request() {
 }
 
 /// A request paused for a callout whose callback traps: the trap discards the instance the
-/// request waits on, and the request fails then (500, the plugin's `on_error: deny`), not at
-/// its pause timeout (60 s by default).
+/// request waits on, and the request fails then (500), not at its pause timeout (60 s by
+/// default). Under `on_error: allow` too: the request's head was inside the instance, so it
+/// cannot go on without the plugin (it once went on with an empty head).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_paused_on_an_instance_that_fails_fails_at_once() {
     let up = Upstream::echo("up").await;
     let auth = auth_service().await;
-    let proxy = Proxy::start(&callout_config(&up, &auth.endpoint())).await;
-    let got = tokio::time::timeout(
-        Duration::from_secs(10),
-        get_with(&proxy, "/p/orders", &[("authorization", "Bearer panic")]),
-    )
-    .await
-    .expect("the paused request was answered before its pause timeout");
-    assert_eq!(got.status, 500, "{}", got.text());
-    assert_eq!(up.hits(), 0);
-    assert_eq!(failures(&proxy, "trap").await, 1);
-    // The next request gets a rebuilt instance.
-    let got = get_with(&proxy, "/p/orders", &[("authorization", "Bearer good")]).await;
-    assert_eq!(header(&seen_ok(&got), "x-auth-user"), Some("alice"));
+    for policy in ["deny", "allow"] {
+        let yaml = callout_config(&up, &auth.endpoint()).replace(
+            "timeout_ms: 2000 }",
+            &format!("timeout_ms: 2000 }}, on_error: {policy}"),
+        );
+        let proxy = Proxy::start(&yaml).await;
+        let hits = up.hits();
+        let got = tokio::time::timeout(
+            Duration::from_secs(10),
+            get_with(&proxy, "/p/orders", &[("authorization", "Bearer panic")]),
+        )
+        .await
+        .expect("the paused request was answered before its pause timeout");
+        assert_eq!(got.status, 500, "{policy}: {}", got.text());
+        assert_eq!(up.hits(), hits, "{policy}: nothing reached the upstream");
+        assert_eq!(failures(&proxy, "trap").await, 1);
+        // The next request gets a rebuilt instance.
+        let got = get_with(&proxy, "/p/orders", &[("authorization", "Bearer good")]).await;
+        assert_eq!(header(&seen_ok(&got), "x-auth-user"), Some("alice"));
+    }
 }
 
 /// A request paused in a plugin when the plugin is reloaded finishes on the instance it

@@ -697,7 +697,9 @@ impl ChainStream {
                 Some(h) => Some(h),
                 None => take_back(taken, b, |s| s.request.take()).await,
             };
-            *head = Some(back.unwrap_or_else(|| Box::new(empty_request())));
+            // Gone only with an instance that failed while the request was paused in it: not
+            // even `on_error: allow` can go on without the plugin then.
+            *head = Some(back.ok_or_else(|| lost(b, "request headers"))?);
             if let Some(local) = self.decide(b, result)? {
                 return Ok(Verdict::Respond(local));
             }
@@ -762,7 +764,7 @@ impl ChainStream {
                 Some(h) => Some(h),
                 None => take_back(taken, b, |s| s.response.take()).await,
             };
-            *head = Some(back.unwrap_or_else(|| Box::new(empty_response())));
+            *head = Some(back.ok_or_else(|| lost(b, "response headers"))?);
             if let Some(local) = self.decide(b, result)? {
                 return Ok(Verdict::Respond(local));
             }
@@ -834,7 +836,8 @@ impl ChainStream {
             if over {
                 return Ok(BodyStep::TooLarge(b.plugin.spec.name.clone(), cap));
             }
-            if !eos && result.as_ref().is_ok_and(Outcome::paused) {
+            let paused = result.as_ref().is_ok_and(Outcome::paused);
+            if !eos && paused {
                 // Buffering: nothing leaves this plugin yet.
                 return Ok(BodyStep::Data(Bytes::new()));
             }
@@ -844,8 +847,20 @@ impl ChainStream {
                 return Ok(BodyStep::Respond(local));
             }
             if faulted {
-                // Skipped from now on: what it had buffered (this chunk included) goes on.
-                let buffered = std::mem::take(&mut out);
+                // Skipped from now on: what it had buffered (this chunk included) goes on. After
+                // a pause the buffer is still inside the instance (a pause timeout leaves it
+                // there); with the instance gone, so is the body.
+                let buffered = match paused {
+                    false => std::mem::take(&mut out),
+                    true => take_back(None, b, |s| {
+                        Some(std::mem::take(match dir {
+                            Dir::Request => &mut s.request_body,
+                            Dir::Response => &mut s.response_body,
+                        }))
+                    })
+                    .await
+                    .ok_or_else(|| lost(b, "body"))?,
+                };
                 if !buffered.is_empty() {
                     data = buffered;
                 }
@@ -934,7 +949,7 @@ impl ChainStream {
                     .await
                 }
             };
-            *trailers = back.map(|t| *t).unwrap_or_default();
+            *trailers = *back.ok_or_else(|| lost(b, "trailers"))?;
             if let Some(local) = self.decide(b, result)? {
                 return Ok(Some(local));
             }
@@ -1012,6 +1027,15 @@ async fn take_back<T: Send>(
     .await
     .ok()
     .and_then(|(v, _)| v)
+}
+
+/// What a plugin held when its instance failed, lost with the instance: the request cannot go
+/// on with or without the plugin.
+fn lost(b: &Binding, what: &str) -> ProxyError {
+    ProxyError::PluginFailed {
+        plugin: b.plugin.spec.name.clone(),
+        reason: format!("its instance failed while holding the stream's {what}"),
+    }
 }
 
 fn closed(b: &Binding) -> ProxyError {

@@ -33,6 +33,10 @@ fn module(host: &PluginHost, imports: &str, exports: &str, vm_start: &str) -> Mo
 const ABI_0_2_1: &str = r#"(func (export "proxy_abi_version_0_2_1"))"#;
 
 fn spec(host: &PluginHost) -> Arc<PluginSpec> {
+    spec_with(host, OnError::Deny)
+}
+
+fn spec_with(host: &PluginHost, on_error: OnError) -> Arc<PluginSpec> {
     Arc::new(PluginSpec {
         name: "t".into(),
         config: Bytes::new(),
@@ -41,7 +45,7 @@ fn spec(host: &PluginHost) -> Arc<PluginSpec> {
             instances: 1,
             ..Limits::default()
         },
-        on_error: OnError::Deny,
+        on_error,
         foreign_functions: Default::default(),
         upstreams: HashMap::new(),
         host: host.inner.clone(),
@@ -576,4 +580,46 @@ fn a_request_dropped_while_its_chain_binds_ends_the_contexts_it_created() {
         recent_logs(&first).last().map(String::as_str),
         Some("deleted")
     );
+}
+
+/// A request paused in a plugin whose instance then fails (another request's trap discards
+/// it) fails too, also under `on_error: allow`: its head went with the instance, and going on
+/// would forward an empty request.
+#[test]
+fn a_request_whose_head_was_lost_with_its_instance_fails_even_under_allow() {
+    let host = PluginHost::default();
+    // The first stream (context 2) pauses; any other traps.
+    let exports = format!(
+        r#"{ABI_0_2_1}
+  (func (export "proxy_on_request_headers") (param $ctx i32) (param i32 i32) (result i32)
+    (if (i32.eq (local.get $ctx) (i32.const 2)) (then (return (i32.const 1))))
+    unreachable)"#
+    );
+    let m = module(&host, "", &exports, "");
+    let plugin = Arc::new(Plugin {
+        spec: spec_with(&host, OnError::Allow),
+        pool: start(&host, &m).expect("starts"),
+    });
+    let chain = Chain::new(vec![plugin]);
+    let (_, _, rt) = one_plugin(&host, &m);
+    rt.block_on(async {
+        let info = Arc::new(stream_info("http", "/"));
+        let paused = chain.start(info.clone()).await.expect("start");
+        let failing = chain.start(info).await.expect("start");
+        let mut head = request_head("http", "/kept");
+        let mut waiting = Box::pin(paused.request_headers(&mut head, true));
+        assert!(futures_util::poll!(&mut waiting).is_pending(), "paused");
+        let mut other = request_head("http", "/other");
+        let skipped = failing.request_headers(&mut other, true).await;
+        assert!(
+            matches!(skipped, Ok(Verdict::Continue)),
+            "allow skips the plugin that trapped"
+        );
+        let lost = waiting.await.expect_err("the paused request fails");
+        assert!(
+            lost.to_string()
+                .contains("failed while holding the stream's request headers"),
+            "{lost}"
+        );
+    });
 }
