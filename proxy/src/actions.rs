@@ -56,11 +56,37 @@ pub fn check_request<B>(req: &Request<B>, limits: &Limits) -> Result<(), ProxyEr
 /// connection's byte stream showed of their head ([`crate::listener::HeadFraming`]). A head
 /// that was not followed is refused too (fail closed): that happens only after input hyper
 /// refuses or a head with both, each of which ends the connection, so no good request meets it.
+///
+/// The transfer coding must be `chunked` alone: hyper decodes the chunked framing of
+/// `gzip, chunked` and drops the rest, so the upstream would take gzip bytes for the content
+/// (RFC 9112 §6.1: a coding the server does not understand is 501), and `chunked` applied
+/// twice is invalid framing (400).
 pub fn check_framing<B>(req: &Request<B>, conn: &ConnInfo) -> Result<(), ProxyError> {
     if req.version() > http::Version::HTTP_11
         || !req.headers().contains_key(header::TRANSFER_ENCODING)
     {
         return Ok(());
+    }
+    let mut chunked = 0;
+    for coding in req
+        .headers()
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|c| c.trim_ascii())
+        .filter(|c| !c.is_empty())
+    {
+        if !coding.eq_ignore_ascii_case(b"chunked") {
+            return Err(ProxyError::UnsupportedTransferCoding(
+                String::from_utf8_lossy(coding).into_owned(),
+            ));
+        }
+        chunked += 1;
+    }
+    if chunked != 1 {
+        return Err(ProxyError::BadRequest(
+            "Transfer-Encoding must name chunked exactly once".into(),
+        ));
     }
     match conn.activity.head_framing() {
         HeadFraming::Clean => Ok(()),
@@ -106,6 +132,11 @@ pub fn request_host<B>(req: &Request<B>) -> Result<&str, ProxyError> {
                 "the request target's authority has userinfo".into(),
             ));
         }
+        if !port_ok(a) {
+            return Err(ProxyError::BadRequest(
+                "the request target's authority has an invalid port".into(),
+            ));
+        }
         return Ok(a.as_str());
     }
     let mut hosts = req.headers().get_all(header::HOST).iter();
@@ -114,13 +145,25 @@ pub fn request_host<B>(req: &Request<B>) -> Result<&str, ProxyError> {
             let s = h
                 .to_str()
                 .map_err(|_| ProxyError::BadRequest("Host is not valid ASCII".into()))?;
-            if s.is_empty() || s.contains('@') || s.parse::<http::uri::Authority>().is_err() {
+            let valid = !s.is_empty()
+                && !s.contains('@')
+                && s.parse::<http::uri::Authority>().is_ok_and(|a| port_ok(&a));
+            if !valid {
                 return Err(ProxyError::BadRequest("Host is not a valid host".into()));
             }
             Ok(s)
         }
         (Some(_), Some(_)) => Err(ProxyError::BadRequest("more than one Host header".into())),
         (None, _) => Err(ProxyError::BadRequest("missing Host header".into())),
+    }
+}
+
+/// Is an authority's port, if it has one, a number from 0 to 65535 (RFC 3986 §3.2.3; an empty
+/// port is allowed)? `http` parses the port only on demand, so `host:abc` would pass.
+fn port_ok(a: &http::uri::Authority) -> bool {
+    match a.as_str()[a.host().len()..].strip_prefix(':') {
+        None | Some("") => true,
+        Some(_) => a.port_u16().is_some(),
     }
 }
 
@@ -280,6 +323,19 @@ mod tests {
         assert_eq!(host("/", &["a b"]), Err(400));
         assert_eq!(host("/", &["user@a.example"]), Err(400));
         assert_eq!(host("http://user:pw@a.example/", &["a.example"]), Err(400));
+        // Ports: a number up to 65535, or empty.
+        assert_eq!(host("/", &["a.example:"]), Ok("a.example:".into()));
+        assert_eq!(host("/", &["[::1]:443"]), Ok("[::1]:443".into()));
+        assert_eq!(host("/", &["[::1]"]), Ok("[::1]".into()));
+        for bad in [
+            "a.example:abc",
+            "a.example:999999",
+            "a.example:-1",
+            "[::1]:x",
+        ] {
+            assert_eq!(host("/", &[bad]), Err(400), "{bad}");
+        }
+        assert_eq!(host("http://a.example:abc/", &["a.example"]), Err(400));
     }
 
     #[test]

@@ -52,9 +52,18 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed_unsync()
 }
 
+/// The client's request body; a failure to read it (malformed chunked framing, the client
+/// gone mid-body) is a [`ClientBody`] error, so that it is answered as the client's fault and
+/// not the upstream's, through which it surfaces.
 pub fn incoming(b: hyper::body::Incoming) -> Body {
-    b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()
+    b.map_err(|e| Box::new(ClientBody(e)) as BoxError)
+        .boxed_unsync()
 }
+
+/// Reading the client's request body failed.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the request body: {0}")]
+pub struct ClientBody(#[source] pub hyper::Error);
 
 /// Boxes any body of the proxy's shape.
 pub fn boxed<B>(b: B) -> Body

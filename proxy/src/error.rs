@@ -32,6 +32,9 @@ pub enum ProxyError {
     BadRequest(String),
     #[error("no route matches")]
     NoRoute,
+    /// A request transfer coding other than `chunked` (RFC 9112 §6.1: 501).
+    #[error("transfer coding {0:?} is not supported (only chunked)")]
+    UnsupportedTransferCoding(String),
     #[error("URI longer than {limit} bytes")]
     UriTooLong { limit: usize },
     #[error("{0}")]
@@ -64,7 +67,8 @@ impl ProxyError {
     /// Classifies an error of a request to an upstream (`connecting`: no connection could be
     /// made): connection failures are 502, a request body over its limit is 413, a request
     /// body that stopped moving 408, a request body a plugin failed on (`on_error: deny`) 500,
-    /// anything else the upstream did is 502.
+    /// a request body the client sent malformed (or did not finish) 400, anything else the
+    /// upstream did is 502.
     pub fn from_upstream_error(
         upstream: &str,
         e: &(dyn std::error::Error + 'static),
@@ -81,6 +85,10 @@ impl ProxyError {
         }
         if let Some(idle) = find_cause::<BodyIdle>(e) {
             return ProxyError::BodyIdle { after: idle.after };
+        }
+        if let Some(client) = find_cause::<crate::body::ClientBody>(e) {
+            // Malformed chunked framing, or the client gone before the body's end.
+            return ProxyError::BadRequest(client.to_string());
         }
         let reason = error_chain(e);
         if connecting {
@@ -99,6 +107,7 @@ impl ProxyError {
     pub fn side(&self) -> Side {
         match self {
             ProxyError::BadRequest(_)
+            | ProxyError::UnsupportedTransferCoding(_)
             | ProxyError::NoRoute
             | ProxyError::UriTooLong { .. }
             | ProxyError::BodyTooLarge(_)
@@ -116,6 +125,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::UnsupportedTransferCoding(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyIdle { .. } => StatusCode::REQUEST_TIMEOUT,
@@ -150,7 +160,10 @@ impl ProxyError {
         }
         if matches!(
             self,
-            ProxyError::BadRequest(_) | ProxyError::BodyTooLarge(_) | ProxyError::BodyIdle { .. }
+            ProxyError::BadRequest(_)
+                | ProxyError::UnsupportedTransferCoding(_)
+                | ProxyError::BodyTooLarge(_)
+                | ProxyError::BodyIdle { .. }
         ) {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

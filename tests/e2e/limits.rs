@@ -377,6 +377,52 @@ async fn content_length_with_transfer_encoding_gets_400() {
     still_serving(addr).await;
 }
 
+/// Transfer codings other than `chunked` alone: hyper would decode the chunked framing of
+/// `gzip, chunked` and drop the gzip, so the upstream would take gzip bytes for the content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_codings_other_than_chunked_alone_are_refused() {
+    let (proxy, up) = proxy_with("{}").await;
+    let addr = proxy.addr("web");
+    for (te, want) in [
+        ("gzip, chunked", 501),
+        ("x-custom, chunked", 501),
+        ("chunked, chunked", 400),
+        ("chunked\r\nTransfer-Encoding: chunked", 400),
+    ] {
+        let request = format!(
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: {te}\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        );
+        let answer = raw(addr, request.as_bytes(), GUARD).await;
+        assert_eq!(raw_status(&answer), want, "{te}: {answer}");
+    }
+    assert_eq!(up.hits(), 0, "nothing reached the upstream");
+    still_serving(addr).await;
+}
+
+/// A chunked body whose framing is malformed is the client's fault: 400, not a 502 blamed on
+/// the upstream. (Its head and the chunks before the bad one may already have gone upstream,
+/// as with any streamed body; a route whose `max_body` is held before contacting the upstream
+/// sends nothing.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_chunked_body_gets_400() {
+    let (proxy, up) = proxy_with("{}").await;
+    let addr = proxy.addr("web");
+    for size in ["2", "zz", "-4", "ffffffffffffffffff1"] {
+        for path in ["/x", "/small/x"] {
+            let hits = up.hits();
+            let request = format!(
+                "POST {path} HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n{size}\r\nabcd\r\n0\r\n\r\n"
+            );
+            let answer = raw(addr, request.as_bytes(), GUARD).await;
+            assert_eq!(raw_status(&answer), 400, "{size} {path}: {answer}");
+            if path == "/small/x" {
+                assert_eq!(up.hits(), hits, "{size}: held, nothing sent upstream");
+            }
+        }
+    }
+    still_serving(addr).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_checked_one_by_one() {
     let (proxy, up) = proxy_with("{}").await;
