@@ -37,6 +37,8 @@ pub enum ProxyError {
     UnsupportedTransferCoding(String),
     #[error("URI longer than {limit} bytes")]
     UriTooLong { limit: usize },
+    #[error("request head longer than {limit} bytes")]
+    HeadTooLarge { limit: usize },
     #[error("{0}")]
     BodyTooLarge(#[from] BodyTooLarge),
     /// The client stopped sending its request body (`limits.body_idle_timeout`).
@@ -110,6 +112,7 @@ impl ProxyError {
             | ProxyError::UnsupportedTransferCoding(_)
             | ProxyError::NoRoute
             | ProxyError::UriTooLong { .. }
+            | ProxyError::HeadTooLarge { .. }
             | ProxyError::BodyTooLarge(_)
             | ProxyError::BodyIdle { .. }
             | ProxyError::Misdirected { .. } => Side::Downstream,
@@ -127,6 +130,7 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::UnsupportedTransferCoding(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            ProxyError::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyIdle { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
@@ -161,6 +165,7 @@ impl ProxyError {
         if matches!(
             self,
             ProxyError::BadRequest(_)
+                | ProxyError::HeadTooLarge { .. }
                 | ProxyError::UnsupportedTransferCoding(_)
                 | ProxyError::BodyTooLarge(_)
                 | ProxyError::BodyIdle { .. }

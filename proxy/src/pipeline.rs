@@ -80,6 +80,11 @@ async fn proxy(
     req.headers_mut()
         .insert(X_REQUEST_ID.clone(), ex.id.clone());
     actions::check_request(&req, limits)?;
+    if conn.activity.head_too_large() {
+        return Err(ProxyError::HeadTooLarge {
+            limit: limits.max_header_bytes,
+        });
+    }
     actions::check_framing(&req, conn)?;
     ex.host = actions::request_host(&req)?.to_string();
     if snapshot.settings.access_log {

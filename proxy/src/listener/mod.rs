@@ -130,6 +130,8 @@ pub struct Activity {
     heads_clean: AtomicU64,
     /// The HTTP/1 head that had both (0: none); nothing after it is followed.
     head_both: AtomicU64,
+    /// The first HTTP/1 head longer than `max_header_bytes` (0: none).
+    head_too_large: AtomicU64,
     /// The response bodies in progress, for the client-stall clock.
     responses: Mutex<Responses>,
 }
@@ -188,6 +190,7 @@ impl Activity {
             wake_head_before_ms: AtomicU64::new(0),
             heads_clean: AtomicU64::new(0),
             head_both: AtomicU64::new(0),
+            head_too_large: AtomicU64::new(0),
             responses: Mutex::new(Responses::default()),
         }
     }
@@ -264,7 +267,20 @@ impl Activity {
         match head {
             Head::Clean(n) => self.heads_clean.store(n, Ordering::Release),
             Head::Both(n) => self.head_both.store(n, Ordering::Release),
+            Head::TooLarge(n) => {
+                // The first is enough: it is answered 431 and the connection closed.
+                let _ =
+                    self.head_too_large
+                        .compare_exchange(0, n, Ordering::AcqRel, Ordering::Acquire);
+            }
         }
+    }
+
+    /// Was the HTTP/1 request in progress (or one before it on this connection) longer than
+    /// `max_header_bytes`?
+    pub fn head_too_large(&self) -> bool {
+        let first = self.head_too_large.load(Ordering::Acquire);
+        first != 0 && self.requests.load(Ordering::Acquire) >= first
     }
 
     /// What the byte stream showed of the head of the HTTP/1 request in progress. hyper
@@ -630,7 +646,7 @@ async fn serve_http<IO>(
             crate::pipeline::handle(shared, conn, req).await
         }
     });
-    let io = Watched::new(io, activity_conn.clone());
+    let io = Watched::new(io, activity_conn.clone(), limits.max_header_bytes);
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
 

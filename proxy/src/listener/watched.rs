@@ -35,13 +35,17 @@ pub struct Watched<IO> {
 }
 
 impl<IO> Watched<IO> {
-    pub fn new(inner: IO, conn: Arc<ConnInfo>) -> Self {
+    /// `max_head`: the bytes an HTTP/1 request head may have (`limits.max_header_bytes`).
+    pub fn new(inner: IO, conn: Arc<ConnInfo>, max_head: usize) -> Self {
         Watched {
             inner,
             conn,
             preface: Some(0),
             h2: false,
-            scanner: Scanner::default(),
+            scanner: Scanner {
+                max_head: max_head as u64,
+                ..Scanner::default()
+            },
         }
     }
 
@@ -123,6 +127,10 @@ pub(super) enum Head {
     Clean(u64),
     /// Read whole, with both `Content-Length` and `Transfer-Encoding`.
     Both(u64),
+    /// Read whole, and longer than `max_head` bytes (reported before `Clean` or `Both`).
+    /// hyper enforces its own limit only while a head arrives over several reads: once its
+    /// buffer has grown on a kept-alive connection, a longer head that arrives whole passes.
+    TooLarge(u64),
 }
 
 /// Follows an HTTP/1 request stream byte by byte, as hyper (httparse and its body decoders)
@@ -146,6 +154,11 @@ pub(super) struct Scanner {
     /// chunk left.
     number: Option<u64>,
     left: u64,
+    /// Bytes of the stream scanned before the current call; where the current head began.
+    scanned: u64,
+    head_start: u64,
+    /// A head longer than this is reported [`Head::TooLarge`] (0: no limit).
+    max_head: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -212,6 +225,7 @@ impl Scanner {
                         self.cl = false;
                         self.te = false;
                         self.length = Length::Absent;
+                        self.head_start = self.scanned + (i - 1) as u64;
                         State::RequestLine
                     }
                 },
@@ -228,7 +242,7 @@ impl Scanner {
                 },
                 State::LineStart => match b {
                     b'\r' => State::EndLf,
-                    b'\n' => self.head_end(&mut head),
+                    b'\n' => self.head_end(self.scanned + i as u64, &mut head),
                     _ => {
                         self.name_len = 0;
                         self.names = NAME_CL | NAME_TE;
@@ -237,7 +251,7 @@ impl Scanner {
                     }
                 },
                 State::EndLf => match b {
-                    b'\n' => self.head_end(&mut head),
+                    b'\n' => self.head_end(self.scanned + i as u64, &mut head),
                     _ => State::Lost,
                 },
                 State::Name => match b {
@@ -364,6 +378,7 @@ impl Scanner {
                 State::Lost => State::Lost,
             };
         }
+        self.scanned += bytes.len() as u64;
     }
 
     /// One more byte of a field name, compared without case with the names looked for.
@@ -411,7 +426,11 @@ impl Scanner {
 
     /// The empty line ending a head: report it, then frame its body as hyper does (RFC 9112
     /// §6.3 for a request: chunked, else `Content-Length`, else none).
-    fn head_end(&mut self, head: &mut impl FnMut(Head)) -> State {
+    /// `end`: the stream offset just past the head.
+    fn head_end(&mut self, end: u64, head: &mut impl FnMut(Head)) -> State {
+        if self.max_head > 0 && end - self.head_start > self.max_head {
+            head(Head::TooLarge(self.heads));
+        }
         if self.cl && self.te {
             // hyper frames it by chunks and closes the connection after its response.
             head(Head::Both(self.heads));
@@ -453,7 +472,15 @@ mod tests {
 
     /// The heads reported for `stream`, fed in pieces of `step` bytes.
     fn heads(stream: &[u8], step: usize) -> Vec<Head> {
-        let mut scanner = Scanner::default();
+        heads_limited(stream, step, 0)
+    }
+
+    /// [`heads`], with heads over `max_head` bytes reported.
+    fn heads_limited(stream: &[u8], step: usize, max_head: u64) -> Vec<Head> {
+        let mut scanner = Scanner {
+            max_head,
+            ..Scanner::default()
+        };
         let mut out = Vec::new();
         for piece in stream.chunks(step) {
             scanner.scan(piece, |h| out.push(h));
@@ -471,6 +498,41 @@ mod tests {
                 String::from_utf8_lossy(stream)
             );
         }
+    }
+
+    /// A head over the limit is reported, whatever the reads; the length counts from the
+    /// request line's first byte to the empty line's LF (blank lines before it excluded), and
+    /// bodies between heads do not count.
+    #[test]
+    fn heads_over_the_limit_are_reported() {
+        let small = "GET / HTTP/1.1\r\nHost: a\r\n\r\n"; // 27 bytes
+        let big = format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n", "a".repeat(40));
+        let post = "POST / HTTP/1.1\r\nContent-Length: 30\r\n\r\n"; // 39 bytes
+        let stream = format!("{small}\r\n{post}{}{big}{small}", "b".repeat(30));
+        for step in [stream.len(), 1, 2, 5, 16] {
+            assert_eq!(
+                heads_limited(stream.as_bytes(), step, 39),
+                [
+                    Head::Clean(1),
+                    Head::Clean(2),
+                    Head::TooLarge(3),
+                    Head::Clean(3),
+                    Head::Clean(4)
+                ],
+                "pieces of {step}"
+            );
+        }
+        assert_eq!(
+            heads_limited(stream.as_bytes(), 3, 38),
+            [
+                Head::Clean(1),
+                Head::TooLarge(2),
+                Head::Clean(2),
+                Head::TooLarge(3),
+                Head::Clean(3),
+                Head::Clean(4)
+            ],
+        );
     }
 
     #[test]
@@ -572,6 +634,7 @@ mod tests {
 
     #[test]
     fn the_scanner_is_small() {
-        assert!(size_of::<Scanner>() <= 64, "{}", size_of::<Scanner>());
+        // Per connection, next to hyper's buffers of several KiB.
+        assert!(size_of::<Scanner>() <= 96, "{}", size_of::<Scanner>());
     }
 }
