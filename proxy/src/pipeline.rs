@@ -215,25 +215,39 @@ async fn act(
     }
 }
 
-/// Route lookup on the normalised path.
+/// Route lookup on the normalised path. A path with `;parameters` must match the same route
+/// with them as without them: servers such as Tomcat drop them, so `/admin;x` is their
+/// `/admin`, and a route on `/admin` (an auth plugin, a deny) must not be passed by.
 fn route(
     snapshot: &Snapshot,
     req: &Request<Incoming>,
     host: &str,
     normalised: &str,
 ) -> Result<Target, ProxyError> {
-    let rr = RouteRequest {
-        host,
-        path: normalised,
-        query: req.uri().query(),
-        method: req.method(),
-        headers: req.headers(),
+    let find = |path: &str| {
+        snapshot.router.find(&RouteRequest {
+            host,
+            path,
+            query: req.uri().query(),
+            method: req.method(),
+            headers: req.headers(),
+        })
     };
-    snapshot
-        .router
-        .find(&rr)
-        .cloned()
-        .ok_or(ProxyError::NoRoute)
+    let found = find(normalised);
+    if normalised.contains(';') {
+        let bare = path::without_params(normalised);
+        let same = match (found, find(&bare)) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(&a.route, &b.route) && a.prefix == b.prefix,
+            _ => false,
+        };
+        if !same {
+            return Err(ProxyError::BadRequest(format!(
+                "request path is ambiguous: with its ';' parameters it matches another route than as {bare:?}, which servers that drop path parameters read"
+            )));
+        }
+    }
+    found.cloned().ok_or(ProxyError::NoRoute)
 }
 
 /// Wraps the response body so that, when it ends, the request's bookkeeping runs; stalled

@@ -910,7 +910,9 @@ async fn ambiguous_paths_are_refused_before_any_upstream() {
         r#"
 listeners: [{{ name: web, address: "127.0.0.1:0" }}]
 upstreams: {{ app: {{ endpoints: ["{}"] }} }}
-routes: [{{ name: all, upstream: app }}]
+routes:
+  - {{ name: all, upstream: app }}
+  - {{ name: admin, paths: [{{ type: Prefix, value: /admin }}], direct_response: {{ status: 403 }} }}
 "#,
         up.endpoint()
     ))
@@ -919,6 +921,14 @@ routes: [{{ name: all, upstream: app }}]
         "/public/..;/admin",
         "/public/%2e%2e;x/admin",
         "/public/..\\admin",
+        // Escaped: a backslash, overlong UTF-8 dots, control bytes.
+        "/x%5C..%5Cadmin",
+        "/x/%c0%ae%c0%ae/admin",
+        "/admin%00",
+        "/x%0d%0aSet-Cookie:a",
+        // `;parameters` that take the path past the route servers like Tomcat would choose.
+        "/admin;x",
+        "/admin;/secret",
     ] {
         let text = raw(
             proxy.addr("web"),
@@ -929,10 +939,11 @@ routes: [{{ name: all, upstream: app }}]
         assert_eq!(raw_status(&text), 400, "{path}: {text}");
     }
     assert_eq!(up.hits(), 0);
+    // Parameters that leave the route as it is are fine, and reach the upstream as sent.
+    let got = get(proxy.addr("web"), "a", "/a;jsessionid=1/b").await;
+    assert_eq!(got.seen().path, "/a;jsessionid=1/b");
     assert_eq!(
-        get(proxy.addr("web"), "a", "/a;jsessionid=1/b")
-            .await
-            .status,
-        200
+        get(proxy.addr("web"), "a", "/admin/x;y=1").await.status,
+        403
     );
 }

@@ -408,7 +408,7 @@ pub fn validate_path_value(kind: PathKind, value: &str) -> Result<PathMatch, Rou
             "control byte 0x{byte:02x} at byte {offset}"
         ))),
         Err(path::PathError::Ambiguous { offset }) => Err(invalid(format!(
-            "a backslash or a dot segment with ';' parameters at byte {offset} (requests like that are refused)"
+            "a backslash (also as %5C), an overlong UTF-8 escape or a dot segment with ';' parameters at byte {offset} (requests like that are refused)"
         ))),
     }
 }

@@ -4,7 +4,10 @@
 //! path the router matches and the upstream receives (DESIGN.md §4):
 //!
 //! 1. It must start with `/`; `*` (for `OPTIONS *`) and relative paths are [`PathError::NotAbsolute`].
-//! 2. NUL, the other control bytes below 0x20 and DEL (0x7f) are [`PathError::BadByte`].
+//! 2. NUL, the other control bytes below 0x20 and DEL (0x7f) are [`PathError::BadByte`], also
+//!    when percent-escaped (`%00`, `%0d%0a`): a C server stops at the NUL, a log line breaks.
+//!    An escaped backslash (`%5C`) and overlong UTF-8 escapes (`%c0%ae`, the disguised `.`) are
+//!    [`PathError::Ambiguous`], as a raw backslash is.
 //! 3. Percent-escapes of unreserved characters (`ALPHA / DIGIT / "-" / "." / "_" / "~"`,
 //!    RFC 3986 §2.3) are decoded: `%2e` is `.`, `%41` is `A`, `%7E` is `~`. Every other escape is
 //!    kept, with its hex digits upper-cased (`%2f` becomes `%2F`): an encoded slash is never
@@ -41,13 +44,13 @@ pub enum PathError {
     /// on what these mean (IIS reads `\\` as `/`, Tomcat and Spring drop `;x` and then climb), so
     /// the path the router sees would not be the path the upstream serves.
     #[error(
-        "request path is ambiguous at byte {offset}: backslashes and dot segments with ';' parameters are refused"
+        "request path is ambiguous at byte {offset}: backslashes (also as %5C), overlong UTF-8 escapes and dot segments with ';' parameters are refused"
     )]
     Ambiguous {
         /// Byte offset in the normalised path.
         offset: usize,
     },
-    /// A control byte (below 0x20, or 0x7f) appears unescaped.
+    /// A control byte (below 0x20, or 0x7f), raw or percent-escaped.
     #[error("request path contains the forbidden byte 0x{byte:02x} at byte {offset}")]
     BadByte {
         /// The offending byte.
@@ -93,6 +96,15 @@ fn check_unambiguous(path: &str) -> Result<(), PathError> {
     Ok(())
 }
 
+/// `path` with the `;parameters` of every segment removed (`/a;x/b;y=1` is `/a/b`): the path
+/// as servers that drop path parameters read it (Tomcat, Spring, Jetty).
+pub fn without_params(path: &str) -> String {
+    path.split('/')
+        .map(|segment| segment.split_once(';').map_or(segment, |(head, _)| head))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 /// Validates every byte and reports whether `path` (starting with `/`) is already normal.
 ///
 /// Scans to the end even once the answer is "no", so every error is found here and the
@@ -108,6 +120,19 @@ fn is_normal(path: &str) -> Result<bool, PathError> {
             b'%' => {
                 let (hi, lo) = escape_at(bytes, i)?;
                 let decoded = (hex_value(hi) << 4) | hex_value(lo);
+                match decoded {
+                    0..0x20 | 0x7f => {
+                        return Err(PathError::BadByte {
+                            byte: decoded,
+                            offset: i,
+                        });
+                    }
+                    b'\\' => return Err(PathError::Ambiguous { offset: i }),
+                    _ if overlong(decoded, escaped_at(bytes, i + 3)) => {
+                        return Err(PathError::Ambiguous { offset: i });
+                    }
+                    _ => {}
+                }
                 if is_unreserved(decoded) || hi.is_ascii_lowercase() || lo.is_ascii_lowercase() {
                     normal = false;
                 }
@@ -199,6 +224,28 @@ fn escape_at(bytes: &[u8], i: usize) -> Result<(u8, u8), PathError> {
     }
 }
 
+/// The byte a valid escape at `i` stands for, if there is one there.
+fn escaped_at(bytes: &[u8], i: usize) -> Option<u8> {
+    match bytes.get(i) {
+        Some(b'%') => escape_at(bytes, i)
+            .ok()
+            .map(|(hi, lo)| (hex_value(hi) << 4) | hex_value(lo)),
+        _ => None,
+    }
+}
+
+/// Does an escaped `lead` byte (followed by the escaped byte `next`, if any) start an overlong
+/// or never-valid UTF-8 sequence (RFC 3629 §3)? These are how `.` and `/` are disguised from a
+/// proxy for decoders that accept them.
+fn overlong(lead: u8, next: Option<u8>) -> bool {
+    match lead {
+        0xc0 | 0xc1 | 0xf5..=0xff => true,
+        0xe0 => next.is_some_and(|n| (0x80..0xa0).contains(&n)),
+        0xf0 => next.is_some_and(|n| (0x80..0x90).contains(&n)),
+        _ => false,
+    }
+}
+
 /// Value of an ASCII hex digit (the caller has checked that it is one).
 fn hex_value(digit: u8) -> u8 {
     match digit {
@@ -262,6 +309,22 @@ mod tests {
         t!("/public/.;/admin" => err PathError::Ambiguous { offset: 8 });
         t!("/a;jsessionid=1/b" => "/a;jsessionid=1/b");
         t!("/a/..b;x" => "/a/..b;x");
+        // Escaped, what is refused raw: a backslash, and overlong UTF-8 (here `.` and `/`).
+        t!("/x%5C..%5Cadmin" => err PathError::Ambiguous { offset: 2 });
+        t!("/x%5c" => err PathError::Ambiguous { offset: 2 });
+        t!("/x/%c0%ae%c0%ae/admin" => err PathError::Ambiguous { offset: 3 });
+        t!("/%C1%9C" => err PathError::Ambiguous { offset: 1 });
+        t!("/%e0%80%ae" => err PathError::Ambiguous { offset: 1 });
+        t!("/%f0%80%80%af" => err PathError::Ambiguous { offset: 1 });
+        t!("/%f8%80" => err PathError::Ambiguous { offset: 1 });
+    }
+
+    #[test]
+    fn parameters_come_off_every_segment() {
+        assert_eq!(without_params("/a;x/b;y=1;z/c"), "/a/b/c");
+        assert_eq!(without_params("/admin;"), "/admin");
+        assert_eq!(without_params("/a/;x"), "/a/");
+        assert_eq!(without_params("/a/b"), "/a/b");
     }
 
     #[test]
@@ -321,8 +384,9 @@ mod tests {
         t!("/%25" => "/%25");
         t!("/%252e" => "/%252e");
         t!("/%3a%3B" => "/%3A%3B");
-        t!("/%00" => "/%00");
         t!("/%c3%a9" => "/%C3%A9");
+        t!("/%e0%a4%85" => "/%E0%A4%85");
+        t!("/%f0%9f%98%80" => "/%F0%9F%98%80");
         t!("/%2e%2e/%2Fa" => "/%2Fa");
     }
 
@@ -349,6 +413,11 @@ mod tests {
         t!("/a\tb" => err PathError::BadByte { byte: b'\t', offset: 2 });
         t!("/a\x7f" => err PathError::BadByte { byte: 0x7f, offset: 2 });
         t!("//../\x1f" => err PathError::BadByte { byte: 0x1f, offset: 5 });
+        // Escaped too.
+        t!("/admin%00" => err PathError::BadByte { byte: 0, offset: 6 });
+        t!("/x%0d%0aSet-Cookie:a" => err PathError::BadByte { byte: b'\r', offset: 2 });
+        t!("/x%7F" => err PathError::BadByte { byte: 0x7f, offset: 2 });
+        t!("/x%1f" => err PathError::BadByte { byte: 0x1f, offset: 2 });
     }
 
     #[test]
