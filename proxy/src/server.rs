@@ -81,11 +81,6 @@ impl Options {
 pub enum StartError {
     #[error("{0}")]
     Config(ConfigErrors),
-    #[error("admin listener {addr}: {source}")]
-    Admin {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
 }
 
 /// A running Portico.
@@ -109,7 +104,31 @@ impl std::fmt::Debug for Server {
 
 /// Binds every listener of `snapshot` and lets go of the sockets: `portico check --bind`.
 pub fn check_bind(snapshot: &Snapshot) -> Result<(), ConfigErrors> {
-    bind_new(snapshot, &HashMap::new()).map(drop)
+    let listeners = bind_new(snapshot, &HashMap::new());
+    let admin = match snapshot.admin {
+        Some(addr) => std::net::TcpListener::bind(addr)
+            .map(drop)
+            .map_err(|e| admin_error(snapshot, addr, &e)),
+        None => Ok(()),
+    };
+    match (listeners, admin) {
+        (Ok(_), Ok(())) => Ok(()),
+        (Err(mut a), Err(b)) => {
+            a.0.push(b);
+            Err(a)
+        }
+        (Err(a), Ok(())) => Err(a),
+        (Ok(_), Err(b)) => Err(b.into()),
+    }
+}
+
+/// The admin endpoint could not bind `addr`: an error at `admin.address`.
+fn admin_error(snapshot: &Snapshot, addr: SocketAddr, e: &std::io::Error) -> ConfigError {
+    let message = format!("the admin endpoint cannot bind {addr}: {e}");
+    match &snapshot.admin_origin {
+        Some(origin) => origin.error(message),
+        None => ConfigError::global(message),
+    }
 }
 
 /// Loads and compiles without binding anything: `portico check`.
@@ -164,7 +183,7 @@ impl Server {
             Some(addr) => Some(
                 crate::admin::start(shared.clone(), addr)
                     .await
-                    .map_err(|source| StartError::Admin { addr, source })?,
+                    .map_err(|e| StartError::Config(admin_error(&snapshot, addr, &e).into()))?,
             ),
             None => None,
         };

@@ -25,6 +25,8 @@ pub struct Snapshot {
     pub loaded_at: SystemTime,
     pub listeners: Vec<Arc<ListenerConfig>>,
     pub admin: Option<SocketAddr>,
+    /// Where `admin.address` was written, for errors found when binding it.
+    pub admin_origin: Option<crate::config::Location>,
     pub router: Router<Target>,
     pub routes: Vec<Arc<Route>>,
     pub settings: Settings,

@@ -293,12 +293,15 @@ routes:
 async fn check_bind_refuses_a_port_in_use() {
     let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let taken = holder.local_addr().expect("addr");
+    let admin_holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let admin = admin_holder.local_addr().expect("addr");
     let dir = TempDir::new();
     let path = dir.write(
         "portico.yaml",
         format!(
             r#"listeners:
   - {{ name: web, address: "{taken}" }}
+admin: {{ address: "{admin}" }}
 routes:
   - {{ name: hello, direct_response: {{ status: 200 }} }}
 "#
@@ -311,9 +314,10 @@ routes:
     assert_eq!(
         out,
         format!(
-            "{}:2:18: listeners[0].address: listener \"web\" cannot bind {taken}: Address already in use (os error 98)\n{}: 1 error(s)\n",
-            path.display(),
-            path.display()
+            "{p}:2:18: listeners[0].address: listener \"web\" cannot bind {taken}: Address already in use (os error 98)\n\
+             {p}:3:10: admin.address: the admin endpoint cannot bind {admin}: Address already in use (os error 98)\n\
+             {p}: 2 error(s)\n",
+            p = path.display(),
         )
     );
     assert_eq!(code, Some(1));

@@ -318,6 +318,7 @@ pub fn compile(loaded: &Loaded, ctx: &CompileContext) -> Result<Snapshot, Config
         ));
     }
 
+    let mut admin_origin = None;
     let admin = match files
         .iter()
         .filter_map(|(s, f)| f.admin.as_ref().map(|a| (s, a)))
@@ -327,6 +328,7 @@ pub fn compile(loaded: &Loaded, ctx: &CompileContext) -> Result<Snapshot, Config
         [] => None,
         [(source, a)] => match a.address.parse::<SocketAddr>() {
             Ok(addr) => {
+                admin_origin = Some(source.location("admin.address"));
                 if let Some((l, name)) = addresses.iter().find(|(l, _)| overlap(*l, addr)) {
                     errors.push(source.error(
                         "admin.address",
@@ -425,6 +427,7 @@ pub fn compile(loaded: &Loaded, ctx: &CompileContext) -> Result<Snapshot, Config
         loaded_at: SystemTime::now(),
         listeners,
         admin,
+        admin_origin,
         router: route::Router::new(rules),
         routes,
         settings,

@@ -185,10 +185,15 @@ pub fn config_files(root: &Path) -> Result<Vec<PathBuf>, ConfigError> {
             continue;
         }
         let path = entry.path();
-        if std::fs::metadata(&path)
-            .map(|m| m.is_file())
-            .unwrap_or(false)
-        {
+        // A `*.yaml` that cannot be read (a dangling symbolic link, no permission) is an
+        // error, not a file to skip: its routes would be missing without a word.
+        let meta = std::fs::metadata(&path).map_err(|e| {
+            ConfigError::global(format!(
+                "cannot read configuration file {}: {e}",
+                path.display()
+            ))
+        })?;
+        if meta.is_file() {
             files.push(path);
         }
     }
@@ -390,6 +395,25 @@ mod tests {
             file.display()
         );
         assert!(text.starts_with(&head), "{text}");
+    }
+
+    /// A `*.yaml` in a configuration directory that cannot be read (here a dangling symbolic
+    /// link) fails the load, naming it; hidden entries and other names are still skipped.
+    #[test]
+    fn an_unreadable_yaml_in_a_directory_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("portico-dir-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("10-ok.yaml"), "routes: []\n").unwrap();
+        std::fs::write(dir.join("notes.txt"), "x").unwrap();
+        std::os::unix::fs::symlink(dir.join("gone.yaml"), dir.join(".hidden.yaml")).unwrap();
+        assert_eq!(config_files(&dir).unwrap(), [dir.join("10-ok.yaml")]);
+        std::os::unix::fs::symlink(dir.join("gone.yaml"), dir.join("20-dangling.yaml")).unwrap();
+        let err = config_files(&dir).unwrap_err().to_string();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            err.contains("cannot read configuration file") && err.contains("20-dangling.yaml"),
+            "{err}"
+        );
     }
 
     /// The committed schema must be what the code generates: `portico schema > config/portico.schema.json`.
