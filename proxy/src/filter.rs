@@ -43,12 +43,14 @@ pub enum Decision {
 }
 
 impl Filter {
+    /// `normalised`: the path the plugins see (`:path` is it and the query).
     pub async fn start(
         chain: &Chain,
         conn: &ConnInfo,
         req: &Request<Incoming>,
         ex: &Exchange,
         route: &Route,
+        normalised: &str,
     ) -> Result<Filter, ProxyError> {
         let info = StreamInfo {
             id: ex.id.clone(),
@@ -66,7 +68,11 @@ impl Filter {
             scheme: if conn.tls.is_some() { "https" } else { "http" },
             method: req.method().clone(),
             host: ex.host.clone(),
-            path: ex.path.clone(),
+            // `request.path` in every phase, also after the request head is gone.
+            path: match req.uri().query() {
+                Some(q) => format!("{normalised}?{q}"),
+                None => normalised.to_string(),
+            },
             route: route.name.clone(),
             upstream: ex.upstream.as_ref().map(|u| u.name.clone()),
         };

@@ -115,7 +115,7 @@ async fn proxy(
     let chain = filter::chain_for(snapshot, listener, &target.route);
     let filter = match chain.is_empty() {
         true => None,
-        false => Some(Filter::start(chain, conn, &req, ex, &target.route).await?),
+        false => Some(Filter::start(chain, conn, &req, ex, &target.route, &normalised).await?),
     };
     let mut normalised = normalised;
     if let Some(filter) = &filter {

@@ -1146,6 +1146,34 @@ routes:
     }
 
     #[test]
+    fn plugin_limits_out_of_range_are_refused() {
+        let errors = refused(&[
+            ("p.wasm", "not a module"),
+            (
+                "portico.yaml",
+                r#"listeners: [{ name: web, address: "127.0.0.1:0" }]
+plugins:
+  p:
+    module: p.wasm
+    limits: { body_buffer: 5GiB, callout_body: 0B, callout_timeout: 1h, pause_timeout: 2h }
+routes: [{ name: r, direct_response: { status: 200 } }]
+"#,
+            ),
+        ]);
+        for want in [
+            "plugins.p.limits.body_buffer: must be between 1B and 1GiB",
+            "plugins.p.limits.callout_body: must be between 1B and 64MiB",
+            "plugins.p.limits.callout_timeout: must be between 1ms and 5m",
+            "plugins.p.limits.pause_timeout: must be between 1ms and 1h",
+        ] {
+            assert!(
+                errors.iter().any(|e| e == want),
+                "{want:?} not in {errors:?}"
+            );
+        }
+    }
+
+    #[test]
     fn overlapping_listener_and_admin_addresses_are_refused() {
         let errors = refused(&[(
             "portico.yaml",

@@ -165,16 +165,40 @@ fn definition(
             }
             limits.instances = n;
         }
+        // Body sizes reach the guest as 32-bit numbers, and a guest's memory is at most 1GiB.
+        let mut in_range = |key: &str, ok: bool, range: &str| {
+            if !ok {
+                errors.push(source.error(&format!("{lat}.{key}"), format!("must be {range}")));
+            }
+        };
         if let Some(b) = l.body_buffer {
+            in_range(
+                "body_buffer",
+                (1..=1 << 30).contains(&b.0),
+                "between 1B and 1GiB",
+            );
             limits.body_buffer = b.0;
         }
         if let Some(b) = l.callout_body {
+            in_range(
+                "callout_body",
+                (1..=64 << 20).contains(&b.0),
+                "between 1B and 64MiB",
+            );
             limits.callout_bytes = b.0;
         }
         if let Some(t) = l.callout_timeout {
+            let range = Duration::from_millis(1)..=crate::plugin::MAX_CALLOUT_TIMEOUT;
+            in_range(
+                "callout_timeout",
+                range.contains(&t.0),
+                "between 1ms and 5m",
+            );
             limits.callout_timeout = t.0;
         }
         if let Some(t) = l.pause_timeout {
+            let range = Duration::from_millis(1)..=Duration::from_secs(3600);
+            in_range("pause_timeout", range.contains(&t.0), "between 1ms and 1h");
             limits.pause_timeout = t.0;
         }
     }

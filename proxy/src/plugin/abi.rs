@@ -38,6 +38,8 @@ pub const MAX_MAP_BYTES: usize = 4 << 20;
 pub const MAX_MAP_VALUES: usize = 1024;
 pub const MAX_LOG_BYTES: usize = 64 << 10;
 pub const MAX_CALLOUTS: usize = 4096;
+/// The longest timeout a plugin may give a callout.
+pub const MAX_CALLOUT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 type R = wasmtime::Result<u32>;
 type C<'a> = Caller<'a, HostCtx>;
@@ -973,10 +975,12 @@ fn http_call(
     }
     ctx.next_token = ctx.next_token.wrapping_add(1).max(1);
     let token = ctx.next_token;
+    // The plugin's own timeout, at most `MAX_CALLOUT_TIMEOUT`: an abandoned callout holds one
+    // of the plugin's in-flight slots (and its pool) until it ends.
     let timeout = if timeout_ms == 0 {
         ctx.spec.limits.callout_timeout
     } else {
-        std::time::Duration::from_millis(timeout_ms as u64)
+        std::time::Duration::from_millis(timeout_ms as u64).min(MAX_CALLOUT_TIMEOUT)
     };
     ctx.deferred.callouts.push(CalloutRequest {
         token,

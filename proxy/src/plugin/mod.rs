@@ -41,6 +41,7 @@ use crate::error::ProxyError;
 use crate::telemetry::metrics::Metrics;
 use crate::upstream::Upstream;
 
+pub use abi::MAX_CALLOUT_TIMEOUT;
 use instance::{Fault, HostCtx};
 pub use instance::{LocalResponse, RequestHead, ResponseHead};
 use pool::{Pool, Slot};

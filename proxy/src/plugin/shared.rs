@@ -29,6 +29,17 @@ struct Scope {
     map: HashMap<Bytes, (Bytes, u32)>,
     /// The keys' and values' bytes.
     bytes: usize,
+    /// The last CAS token handed out in this scope: every write takes the next, so a token is
+    /// not reused for 2³² writes, even by a key removed and written again (ABA).
+    clock: u32,
+}
+
+impl Scope {
+    /// The next CAS token (never 0, which means "no CAS" to the guest).
+    fn tick(&mut self) -> u32 {
+        self.clock = self.clock.wrapping_add(1).max(1);
+        self.clock
+    }
 }
 
 #[derive(Default)]
@@ -98,10 +109,11 @@ impl SharedState {
                     return Err(SetError::TooLarge);
                 }
                 *v = Bytes::copy_from_slice(value);
+                // `tick` by hand: `token` borrows the map, this only the clock.
+                scope.clock = scope.clock.wrapping_add(1).max(1);
+                *token = scope.clock;
                 scope.bytes = bytes;
-                // Never 0: 0 means "no CAS" to the guest.
-                *token = token.wrapping_add(1).max(1);
-                Ok(*token)
+                Ok(scope.clock)
             }
             None => {
                 if cas != 0 {
@@ -111,12 +123,13 @@ impl SharedState {
                 if scope.map.len() >= MAX_KEYS_PER_SCOPE || bytes > MAX_SCOPE_BYTES {
                     return Err(SetError::TooLarge);
                 }
+                let token = scope.tick();
                 scope.map.insert(
                     Bytes::copy_from_slice(key),
-                    (Bytes::copy_from_slice(value), 1),
+                    (Bytes::copy_from_slice(value), token),
                 );
                 scope.bytes = bytes;
-                Ok(1)
+                Ok(token)
             }
         }
     }
@@ -218,6 +231,9 @@ mod tests {
             Some((Bytes::new(), t)),
             "empty without a token stores"
         );
+        // A key deleted and written again never gets a token it had (no ABA).
+        assert!(![t1, t2].contains(&t), "{t} reused");
+        assert_eq!(s.set("p", b"k", b"4", t1), Err(SetError::CasMismatch));
         assert_eq!(
             s.set("p", b"big", &vec![0; MAX_VALUE_BYTES + 1], 0),
             Err(SetError::TooLarge)
@@ -236,10 +252,10 @@ mod tests {
         assert_eq!(s.set("p", b"one-more", &value, 0), Err(SetError::TooLarge));
         // Rewriting a value within the budget is fine; other plugins have budgets of their own.
         let (_, token) = s.get("p", b"k0000000").unwrap();
-        assert_eq!(s.set("p", b"k0000000", &value, token), Ok(token + 1));
+        let token = s.set("p", b"k0000000", &value, token).expect("fits");
         assert!(s.set("q", b"one-more", &value, 0).is_ok());
         // Deleting gives the bytes back.
-        assert_eq!(s.set("p", b"k0000000", b"", token + 1), Ok(0));
+        assert_eq!(s.set("p", b"k0000000", b"", token), Ok(0));
         assert!(s.set("p", b"one-more", &value, 0).is_ok());
     }
 
