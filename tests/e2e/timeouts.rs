@@ -161,6 +161,34 @@ async fn client_upload_that_stalls_is_aborted_upstream() {
     assert_eq!(raw_status(&text), 408, "{text}");
 }
 
+/// A request timeout shorter than `body_idle_timeout` that runs out while the client still
+/// owes body bytes blames the client (408), not the upstream (504), which was waiting for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_under_a_short_request_timeout_is_408() {
+    let up = Upstream::echo("up").await;
+    let proxy = Proxy::start(&format!(
+        r#"
+listeners: [{{ name: web, address: "127.0.0.1:0" }}]
+upstreams: {{ up: {{ endpoints: ["{}"] }} }}
+routes: [{{ name: all, upstream: up, timeouts: {{ request: 500ms }} }}]
+"#,
+        up.endpoint()
+    ))
+    .await;
+    let mut stream = TcpStream::connect(proxy.addr("web")).await.unwrap();
+    stream
+        .write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
+        .await
+        .expect("the proxy answers and closes")
+        .ok();
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(raw_status(&text), 408, "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_that_stops_reading_has_its_connection_closed() {
     let (up, dropped) = streaming_upstream(endless).await;

@@ -386,6 +386,10 @@ impl Upstream {
                 Ok(Err(e)) => return Err(e),
                 // The body moved since the deadline was set: wait from its last progress.
                 Err(_) if progress.as_ref().is_some_and(|p| p.last() > last) => continue,
+                // The client stopped sending its body: its fault (408), not the upstream's.
+                Err(_) if progress.as_ref().is_some_and(|p| p.waiting_for_client()) => {
+                    return Err(ProxyError::BodyIdle { after: timeout });
+                }
                 Err(_) => {
                     return Err(ProxyError::UpstreamTimeout {
                         upstream: self.name.to_string(),
@@ -397,11 +401,15 @@ impl Upstream {
     }
 }
 
-/// When a request body last produced a frame (or ended).
+/// When a request body last produced a frame (or ended), and whether it is waiting for the
+/// client.
 struct Progress {
     origin: Instant,
     /// Milliseconds from `origin`.
     last_ms: AtomicU64,
+    /// The body's last poll found no data yet: the client owes the next bytes. (Not polled at
+    /// all, the body waits for the upstream to take more.)
+    waiting_for_client: std::sync::atomic::AtomicBool,
 }
 
 impl Progress {
@@ -409,7 +417,12 @@ impl Progress {
         Progress {
             origin: Instant::now(),
             last_ms: AtomicU64::new(0),
+            waiting_for_client: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    fn waiting_for_client(&self) -> bool {
+        self.waiting_for_client.load(Ordering::Relaxed)
     }
 
     fn touch(&self) {
@@ -444,6 +457,9 @@ impl HttpBody for Watched {
         if matches!(polled, Poll::Ready(None | Some(Ok(_)))) {
             this.progress.touch();
         }
+        this.progress
+            .waiting_for_client
+            .store(polled.is_pending(), Ordering::Relaxed);
         polled
     }
 
