@@ -145,20 +145,25 @@ async fn client_upload_that_stalls_is_aborted_upstream() {
     let up = Upstream::echo("up").await;
     let proxy = proxy(&up.endpoint(), "body_idle_timeout: 500ms").await;
     // A chunked upload that sends one chunk and then nothing, over a raw connection.
-    let mut stream = TcpStream::connect(proxy.addr("web")).await.unwrap();
-    stream
-        .write_all(
-            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
-        )
-        .await
-        .unwrap();
+    let text = stalled_upload(
+        proxy.addr("web"),
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&text), 408, "{text}");
+}
+
+/// Sends `bytes` (a request whose body stops short) and returns what the proxy answers before
+/// it closes the connection.
+async fn stalled_upload(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
         .await
         .expect("the proxy answers and closes")
         .ok();
-    let text = String::from_utf8_lossy(&out);
-    assert_eq!(raw_status(&text), 408, "{text}");
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A request timeout shorter than `body_idle_timeout` that runs out while the client still
@@ -175,17 +180,11 @@ routes: [{{ name: all, upstream: up, timeouts: {{ request: 500ms }} }}]
         up.endpoint()
     ))
     .await;
-    let mut stream = TcpStream::connect(proxy.addr("web")).await.unwrap();
-    stream
-        .write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc")
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
-        .await
-        .expect("the proxy answers and closes")
-        .ok();
-    let text = String::from_utf8_lossy(&out);
+    let text = stalled_upload(
+        proxy.addr("web"),
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc",
+    )
+    .await;
     assert_eq!(raw_status(&text), 408, "{text}");
 }
 

@@ -1094,17 +1094,19 @@ routes:
 
     #[test]
     fn backends_whose_weights_are_all_zero_are_refused() {
-        let errors = refused(&[(
-            "portico.yaml",
-            r#"listeners: [{ name: web, address: "127.0.0.1:0" }]
+        let split = |a: u32, b: u32| {
+            format!(
+                r#"listeners: [{{ name: web, address: "127.0.0.1:0" }}]
 upstreams:
-  a: { endpoints: ["127.0.0.1:9"] }
-  b: { endpoints: ["127.0.0.1:9"] }
+  a: {{ endpoints: ["127.0.0.1:9"] }}
+  b: {{ endpoints: ["127.0.0.1:9"] }}
 routes:
   - name: split
-    backends: [{ upstream: a, weight: 0 }, { upstream: b, weight: 0 }]
-"#,
-        )]);
+    backends: [{{ upstream: a, weight: {a} }}, {{ upstream: b, weight: {b} }}]
+"#
+            )
+        };
+        let errors = refused(&[("portico.yaml", &split(0, 0))]);
         assert_eq!(
             errors,
             [
@@ -1112,17 +1114,7 @@ routes:
             ]
         );
         // One backend at 0 is a canary switched off: fine.
-        compile_text(
-            r#"listeners: [{ name: web, address: "127.0.0.1:0" }]
-upstreams:
-  a: { endpoints: ["127.0.0.1:9"] }
-  b: { endpoints: ["127.0.0.1:9"] }
-routes:
-  - name: split
-    backends: [{ upstream: a, weight: 100 }, { upstream: b, weight: 0 }]
-"#,
-        )
-        .expect("valid");
+        compile_text(&split(100, 0)).expect("valid");
     }
 
     #[test]

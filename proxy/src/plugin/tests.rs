@@ -301,6 +301,18 @@ fn stream_info(scheme: &'static str, path: &str) -> StreamInfo {
     }
 }
 
+/// A stream through `chain` for a `GET /` that ends with its headers, and what the request
+/// header phase decided.
+async fn request_through(chain: &Chain) -> (Arc<ChainStream>, Result<Verdict, ProxyError>) {
+    let stream = chain
+        .start(Arc::new(stream_info("http", "/")))
+        .await
+        .expect("start");
+    let mut req = request_head("http", "/");
+    let verdict = stream.request_headers(&mut req, true).await;
+    (stream, verdict)
+}
+
 /// The last lines a plugin's (only, idle) instance logged, oldest first.
 fn recent_logs(plugin: &Plugin) -> Vec<String> {
     let state = plugin.pool.slots[0].state.try_lock().expect("idle");
@@ -361,15 +373,8 @@ fn a_plugin_with_only_on_log_still_sees_the_response_status() {
         "on_log needs the response phase"
     );
     rt.block_on(async {
-        let stream = chain
-            .start(Arc::new(stream_info("http", "/")))
-            .await
-            .expect("start");
-        let mut req = request_head("http", "/");
-        stream
-            .request_headers(&mut req, true)
-            .await
-            .expect("request");
+        let (stream, verdict) = request_through(&chain).await;
+        verdict.expect("request");
         let mut resp = ResponseHead {
             status: StatusCode::IM_A_TEAPOT,
             headers: HeaderMap::new(),
@@ -491,14 +496,9 @@ fn a_plugin_growing_a_header_map_or_its_properties_past_the_caps_fails_its_reque
         let m = module(&host, import, &exports, "");
         let (_plugin, chain, rt) = one_plugin(&host, &m);
         let err = rt.block_on(async {
-            let stream = chain
-                .start(Arc::new(stream_info("http", "/")))
+            request_through(&chain)
                 .await
-                .expect("start");
-            let mut req = request_head("http", "/");
-            stream
-                .request_headers(&mut req, true)
-                .await
+                .1
                 .expect_err("the request fails")
         });
         let text = err.to_string();
