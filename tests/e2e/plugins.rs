@@ -540,6 +540,56 @@ async fn a_request_paused_on_an_instance_that_fails_fails_at_once() {
     }
 }
 
+/// A client that goes away while its request waits for a callout ends the callout too: the
+/// authorization service sees its request dropped at once, not at the callout's timeout (a
+/// minute here), so abandoned requests do not pile up callouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callout_ends_with_its_stream() {
+    let up = Upstream::echo("up").await;
+    let asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (a, d) = (asked.clone(), dropped.clone());
+    let auth = Upstream::with_handler(move |_req| {
+        let (asked, dropped) = (a.clone(), d.clone());
+        Box::pin(async move {
+            struct OnDrop(Arc<std::sync::atomic::AtomicBool>);
+            impl Drop for OnDrop {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::Release);
+                }
+            }
+            let _guard = OnDrop(dropped);
+            asked.store(true, Ordering::Release);
+            std::future::pending::<()>().await;
+            unreachable!()
+        })
+    })
+    .await;
+    let yaml =
+        callout_config(&up, &auth.endpoint()).replace("timeout_ms: 2000", "timeout_ms: 60000");
+    let proxy = Proxy::start(&yaml).await;
+    let mut stream = TcpStream::connect(proxy.addr("web"))
+        .await
+        .expect("connect");
+    use tokio::io::AsyncWriteExt;
+    stream
+        .write_all(
+            b"GET /p/orders HTTP/1.1\r\nHost: plugins.test\r\nAuthorization: Bearer good\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    wait_for("the callout to reach the service", || {
+        asked.load(Ordering::Acquire)
+    })
+    .await;
+    drop(stream);
+    wait_for("the service to see the callout dropped", || {
+        dropped.load(Ordering::Acquire)
+    })
+    .await;
+    assert_eq!(up.hits(), 0);
+}
+
 /// A request paused in a plugin when the plugin is reloaded finishes on the instance it
 /// started on, with the old configuration, while new requests get the new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

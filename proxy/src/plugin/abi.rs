@@ -982,9 +982,15 @@ fn http_call(
     } else {
         std::time::Duration::from_millis(timeout_ms as u64).min(MAX_CALLOUT_TIMEOUT)
     };
+    let ended = ctx
+        .streams
+        .get_mut(&ctx.effective)
+        .filter(|s| !s.ending)
+        .map(|s| s.ended.get_or_insert_with(Default::default).clone());
     ctx.deferred.callouts.push(CalloutRequest {
         token,
         context: ctx.effective,
+        ended,
         upstream,
         headers,
         body: Bytes::from(body),

@@ -154,6 +154,21 @@ pub struct StreamState {
         reason = "an empty map would take 48 bytes of every stream's state, the box takes 8"
     )]
     pub properties: Option<Box<HashMap<String, Bytes>>>,
+    /// Cancelled when the stream's state goes (the stream ended, or its instance was
+    /// discarded): the callouts it dispatched stop waiting for an answer nobody will read.
+    /// Made at the first callout.
+    pub ended: Option<tokio_util::sync::CancellationToken>,
+    /// In `on_log`, `on_done` or `on_delete`: a callout dispatched now is the stream's last
+    /// word (a log shipped, say) and is not tied to it.
+    pub ending: bool,
+}
+
+impl Drop for StreamState {
+    fn drop(&mut self) {
+        if let Some(ended) = &self.ended {
+            ended.cancel();
+        }
+    }
 }
 
 impl StreamState {
@@ -170,6 +185,8 @@ impl StreamState {
             effects: StreamEffects::default(),
             wake: None,
             properties: None,
+            ended: None,
+            ending: false,
         }
     }
 }
@@ -207,6 +224,8 @@ pub struct CalloutAnswer {
 pub struct CalloutRequest {
     pub token: u32,
     pub context: u32,
+    /// The dispatching stream's [`StreamState::ended`] (`None` from a root context).
+    pub ended: Option<tokio_util::sync::CancellationToken>,
     pub upstream: String,
     pub headers: Vec<(Bytes, Bytes)>,
     pub body: Bytes,
@@ -511,6 +530,9 @@ impl Instance {
             return Ok(());
         }
         self.store.data_mut().effective = id;
+        if let Some(state) = self.store.data_mut().streams.get_mut(&id) {
+            state.ending = true;
+        }
         let result = (|| {
             self.call(|e| e.on_log.as_ref(), id)?;
             self.call(|e| e.on_done.as_ref(), id)?;

@@ -510,7 +510,21 @@ impl Slot {
         let spec = self.spec.clone();
         let context = req.context;
         let token = req.token;
-        let answer = tokio::time::timeout(req.timeout, send_callout(&spec, req)).await;
+        let ended = req.ended.clone();
+        let send = tokio::time::timeout(req.timeout, send_callout(&spec, req));
+        let answer = match ended {
+            // A stream's callout ends with the stream: its answer would have no one to go to,
+            // and it would hold one of the plugin's in-flight callouts until its timeout.
+            Some(ended) => tokio::select! {
+                biased;
+                _ = ended.cancelled() => {
+                    spec.callouts_inflight.fetch_sub(1, Ordering::AcqRel);
+                    return;
+                }
+                answer = send => answer,
+            },
+            None => send.await,
+        };
         spec.callouts_inflight.fetch_sub(1, Ordering::AcqRel);
         let answer = match answer {
             Ok(Ok(answer)) => answer,
