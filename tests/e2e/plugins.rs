@@ -759,6 +759,40 @@ async fn queued_items_reach_the_queue_owner() {
     .await;
 }
 
+/// A reload that fails after the plugin's canary registered its queue (here a route names a
+/// missing upstream) leaves the queue with the instances that keep serving: their items still
+/// reach `on_queue_ready`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_reload_leaves_queues_with_the_serving_instances() {
+    let up = Upstream::echo("up").await;
+    let yaml = |v: u32, extra_route: &str| {
+        format!(
+            "{}{extra_route}",
+            config(
+                &up,
+                &plugin("p", "queue", &format!("config: {{ v: {v} }}")),
+                "p"
+            )
+        )
+    };
+    let proxy = Proxy::start(&yaml(1, "")).await;
+    proxy
+        .rewrite_until(
+            &yaml(
+                2,
+                "  - { name: broken, paths: [{ type: Prefix, value: /b }], upstream: nope }\n",
+            ),
+            "failure",
+        )
+        .await;
+    seen_ok(&get_with(&proxy, "/p/q", &[("x-enqueue", "a")]).await);
+    eventually("item a to be received", || async {
+        let seen = seen_ok(&get_with(&proxy, "/p/q", &[]).await);
+        header(&seen, "x-queue-received") == Some("a")
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_metrics_are_exported_on_the_admin_endpoint() {
     let up = Upstream::echo("up").await;

@@ -65,10 +65,15 @@ struct Queue {
     items: VecDeque<Bytes>,
     /// The items' bytes.
     bytes: usize,
-    /// The instance that registered the queue, told when an item arrives.
-    owner: Weak<Slot>,
-    root_context: u32,
+    /// The instances that registered the queue, the latest last, with their root contexts:
+    /// the latest one still alive is told when an item arrives. Earlier ones are kept so that
+    /// a registration by an instance that goes away (a reload's canary, when the reload then
+    /// fails) does not leave the queue without anyone to tell.
+    owners: Vec<(Weak<Slot>, u32)>,
 }
+
+/// Registrations a queue remembers (one per live instance is all it needs).
+const MAX_QUEUE_OWNERS: usize = 64;
 
 /// Why a shared-data write was refused.
 #[derive(Debug, PartialEq, Eq)]
@@ -134,8 +139,8 @@ impl SharedState {
         }
     }
 
-    /// Registers (or re-registers, moving its owner) the queue `name` of `scope`; `None` when
-    /// the scope already has [`MAX_QUEUES_PER_SCOPE`] queues.
+    /// Registers (or re-registers, making `owner` the one told) the queue `name` of `scope`;
+    /// `None` when the scope already has [`MAX_QUEUES_PER_SCOPE`] queues.
     pub fn register_queue(
         &self,
         scope: &str,
@@ -147,8 +152,13 @@ impl SharedState {
         let key = (scope.to_string(), Bytes::copy_from_slice(name));
         if let Some(&id) = q.by_name.get(&key) {
             if let Some(queue) = q.by_id.get_mut(&id) {
-                queue.owner = owner;
-                queue.root_context = root_context;
+                queue
+                    .owners
+                    .retain(|(o, _)| o.strong_count() > 0 && !o.ptr_eq(&owner));
+                if queue.owners.len() >= MAX_QUEUE_OWNERS {
+                    queue.owners.remove(0);
+                }
+                queue.owners.push((owner, root_context));
             }
             return Some(id);
         }
@@ -163,8 +173,7 @@ impl SharedState {
             Queue {
                 items: VecDeque::new(),
                 bytes: 0,
-                owner,
-                root_context,
+                owners: vec![(owner, root_context)],
             },
         );
         Some(id)
@@ -190,7 +199,13 @@ impl SharedState {
         }
         queue.bytes += value.len();
         queue.items.push_back(Bytes::copy_from_slice(value));
-        Some((queue.owner.clone(), queue.root_context))
+        let (owner, root) = queue
+            .owners
+            .iter()
+            .rev()
+            .find(|(o, _)| o.strong_count() > 0)
+            .or(queue.owners.last())?;
+        Some((owner.clone(), *root))
     }
 
     /// `Ok(None)` when empty, `Err(())` when there is no such queue.
