@@ -92,5 +92,6 @@ pub fn stream_info() -> StreamInfo {
         path: "/".to_string(),
         route: "all".into(),
         upstream: Some("backend".into()),
+        later: Default::default(),
     }
 }

@@ -75,6 +75,7 @@ impl Filter {
             },
             route: route.name.clone(),
             upstream: ex.upstream.as_ref().map(|u| u.name.clone()),
+            later: Default::default(),
         };
         let stream = chain.start(Arc::new(info)).await?;
         Ok(Filter { stream })

@@ -13,7 +13,9 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use wasmtime::{Caller, Linker};
 
-use super::instance::{CalloutRequest, HostCtx, LocalResponse, ROOT_CONTEXT, RequestHead};
+use super::instance::{
+    CalloutRequest, HostCtx, LocalResponse, ROOT_CONTEXT, RequestHead, ResponseHead,
+};
 use super::properties;
 use super::shared::SetError;
 
@@ -393,9 +395,21 @@ const MAP_CALLOUT_TRAILERS: u32 = 7;
 /// The map a hostcall addresses, with its pseudo-headers.
 enum MapRef<'a> {
     Request(&'a mut RequestHead),
-    Response(&'a mut super::instance::ResponseHead),
+    Response(&'a mut ResponseHead),
     Plain(&'a mut HeaderMap),
     /// A callout's answer: read-only pairs.
+    Pairs(&'a [(Bytes, Bytes)]),
+    /// The request or response head after its own phase (as Envoy keeps them readable for
+    /// the later callbacks, `on_log` included): read-only.
+    FrozenRequest(&'a RequestHead),
+    FrozenResponse(&'a ResponseHead),
+}
+
+/// What reading a [`MapRef`] sees.
+enum View<'a> {
+    Request(&'a RequestHead),
+    Response(&'a ResponseHead),
+    Plain(&'a HeaderMap),
     Pairs(&'a [(Bytes, Bytes)]),
 }
 
@@ -414,8 +428,14 @@ fn map_of(ctx: &mut HostCtx, kind: u32) -> Result<Option<MapRef<'_>>, Status> {
         return Ok(None);
     };
     Ok(match kind {
+        MAP_REQUEST_HEADERS if stream.request.is_none() => {
+            stream.info.later.request.get().map(MapRef::FrozenRequest)
+        }
         MAP_REQUEST_HEADERS => stream.request.as_deref_mut().map(MapRef::Request),
         MAP_REQUEST_TRAILERS => stream.request_trailers.as_deref_mut().map(MapRef::Plain),
+        MAP_RESPONSE_HEADERS if stream.response.is_none() => {
+            stream.info.later.response.get().map(MapRef::FrozenResponse)
+        }
         MAP_RESPONSE_HEADERS => stream.response.as_deref_mut().map(MapRef::Response),
         MAP_RESPONSE_TRAILERS => stream.response_trailers.as_deref_mut().map(MapRef::Plain),
         _ => return Err(Status::BadArgument),
@@ -423,22 +443,33 @@ fn map_of(ctx: &mut HostCtx, kind: u32) -> Result<Option<MapRef<'_>>, Status> {
 }
 
 impl MapRef<'_> {
+    fn view(&self) -> View<'_> {
+        match self {
+            MapRef::Request(r) => View::Request(r),
+            MapRef::FrozenRequest(r) => View::Request(r),
+            MapRef::Response(r) => View::Response(r),
+            MapRef::FrozenResponse(r) => View::Response(r),
+            MapRef::Plain(h) => View::Plain(h),
+            MapRef::Pairs(p) => View::Pairs(p),
+        }
+    }
+
     fn pairs(&self) -> Vec<(&[u8], &[u8])> {
         let mut out: Vec<(&[u8], &[u8])> = Vec::new();
-        let headers = match self {
-            MapRef::Request(r) => {
+        let headers = match self.view() {
+            View::Request(r) => {
                 out.push((b":authority", r.authority.as_bytes()));
                 out.push((b":path", r.path.as_bytes()));
                 out.push((b":method", r.method.as_str().as_bytes()));
                 out.push((b":scheme", r.scheme.as_bytes()));
                 &r.headers
             }
-            MapRef::Response(r) => {
+            View::Response(r) => {
                 out.push((b":status", r.status.as_str().as_bytes()));
                 &r.headers
             }
-            MapRef::Plain(h) => h,
-            MapRef::Pairs(p) => return p.iter().map(|(k, v)| (&k[..], &v[..])).collect(),
+            View::Plain(h) => h,
+            View::Pairs(p) => return p.iter().map(|(k, v)| (&k[..], &v[..])).collect(),
         };
         for (k, v) in headers.iter() {
             out.push((k.as_str().as_bytes(), v.as_bytes()));
@@ -448,13 +479,13 @@ impl MapRef<'_> {
 
     fn get(&self, key: &[u8]) -> Option<Value> {
         let owned = |b: &[u8]| Some(Value::Owned(b.to_vec()));
-        match (self, key) {
-            (MapRef::Request(r), b":authority") => return owned(r.authority.as_bytes()),
-            (MapRef::Request(r), b":path") => return owned(r.path.as_bytes()),
-            (MapRef::Request(r), b":method") => return owned(r.method.as_str().as_bytes()),
-            (MapRef::Request(r), b":scheme") => return owned(r.scheme.as_bytes()),
-            (MapRef::Response(r), b":status") => return owned(r.status.as_str().as_bytes()),
-            (MapRef::Pairs(p), _) => {
+        match (self.view(), key) {
+            (View::Request(r), b":authority") => return owned(r.authority.as_bytes()),
+            (View::Request(r), b":path") => return owned(r.path.as_bytes()),
+            (View::Request(r), b":method") => return owned(r.method.as_str().as_bytes()),
+            (View::Request(r), b":scheme") => return owned(r.scheme.as_bytes()),
+            (View::Response(r), b":status") => return owned(r.status.as_str().as_bytes()),
+            (View::Pairs(p), _) => {
                 let values: Vec<&[u8]> = p
                     .iter()
                     .filter(|(k, _)| k.eq_ignore_ascii_case(key))
@@ -481,11 +512,11 @@ impl MapRef<'_> {
     }
 
     fn headers(&self) -> Option<&HeaderMap> {
-        match self {
-            MapRef::Request(r) => Some(&r.headers),
-            MapRef::Response(r) => Some(&r.headers),
-            MapRef::Plain(h) => Some(h),
-            MapRef::Pairs(_) => None,
+        match self.view() {
+            View::Request(r) => Some(&r.headers),
+            View::Response(r) => Some(&r.headers),
+            View::Plain(h) => Some(h),
+            View::Pairs(_) => None,
         }
     }
 
@@ -494,7 +525,7 @@ impl MapRef<'_> {
             MapRef::Request(r) => Some(&mut r.headers),
             MapRef::Response(r) => Some(&mut r.headers),
             MapRef::Plain(h) => Some(h),
-            MapRef::Pairs(_) => None,
+            MapRef::Pairs(_) | MapRef::FrozenRequest(_) | MapRef::FrozenResponse(_) => None,
         }
     }
 
@@ -550,6 +581,9 @@ impl MapRef<'_> {
 
     /// Applies a change; invalid names or values are refused with a message.
     fn apply(&mut self, op: Op, key: &[u8], value: &[u8]) -> Result<(), String> {
+        if matches!(self, MapRef::FrozenRequest(_) | MapRef::FrozenResponse(_)) {
+            return Err("the map is read-only after its own phase".into());
+        }
         if key.first() == Some(&b':') {
             return match op {
                 Op::Remove => Ok(()),

@@ -370,6 +370,17 @@ pub struct StreamInfo {
     pub path: String,
     pub route: Arc<str>,
     pub upstream: Option<Arc<str>>,
+    /// The heads after their phase, for the callbacks after it.
+    pub later: Later,
+}
+
+/// The request and response heads as their phase left them, readable (not writable) by the
+/// stream's later callbacks, as Envoy keeps them: a response callback reading a request
+/// header, `on_log` reading either. One copy per request, shared by the chain's plugins.
+#[derive(Debug, Clone, Default)]
+pub struct Later {
+    pub request: OnceLock<RequestHead>,
+    pub response: OnceLock<ResponseHead>,
 }
 
 /// The plugins a request runs through, in request order.
@@ -396,6 +407,7 @@ impl Chain {
         // request dropped while a later plugin's instance is busy.
         let mut stream = ChainStream {
             bindings: Bindings::with_capacity(self.0.len()),
+            info: info.clone(),
         };
         for plugin in self.0.iter() {
             let (slot, created) = plugin.pool.bind(&info).await;
@@ -453,6 +465,7 @@ type Bindings = smallvec::SmallVec<[Binding; 2]>;
 /// One request's pass through a chain.
 pub struct ChainStream {
     bindings: Bindings,
+    info: Arc<StreamInfo>,
 }
 
 impl std::fmt::Debug for ChainStream {
@@ -663,6 +676,9 @@ impl ChainStream {
         let mut boxed = boxed(head, empty_request());
         let verdict = self.request_headers_boxed(&mut boxed, end_of_stream).await;
         unbox(head, boxed);
+        if verdict.is_ok() {
+            let _ = self.info.later.request.set(head.clone());
+        }
         verdict
     }
 
@@ -725,6 +741,9 @@ impl ChainStream {
         let mut boxed = boxed(head, empty_response());
         let verdict = self.response_headers_boxed(&mut boxed, end_of_stream).await;
         unbox(head, boxed);
+        if verdict.is_ok() {
+            let _ = self.info.later.response.set(head.clone());
+        }
         verdict
     }
 

@@ -52,8 +52,9 @@ pub fn get(ctx: &mut HostCtx, path: &[u8]) -> Option<Bytes> {
         return Some(v.clone());
     }
     let info = &stream.info;
-    let request = stream.request.as_ref();
-    // Request headers are readable while the request head is (the request phases).
+    // The heads as the plugin has them in their own phase, else as that phase left them.
+    let request = stream.request.as_deref().or(info.later.request.get());
+    let response = stream.response.as_deref().or(info.later.response.get());
     let header = |name: &str| -> Option<Bytes> {
         Some(Bytes::copy_from_slice(
             request?.headers.get(name)?.as_bytes(),
@@ -106,15 +107,13 @@ pub fn get(ctx: &mut HostCtx, path: &[u8]) -> Option<Bytes> {
         "connection.requested_server_name" => text(info.sni.as_deref()?),
         "route_name" | "xds.route_name" => text(&info.route),
         "xds.cluster_name" | "upstream.name" => text(info.upstream.as_deref()?),
-        "response.code" => int(stream
-            .response
-            .as_ref()
+        "response.code" => int(response
             .map(|r| r.status)
             .or(stream.response_status)?
             .as_u16() as i64),
-        "response.headers" => pairs(&stream.response.as_ref()?.headers),
-        "response.size" => int(body_size(&stream.response.as_ref()?.headers)?),
-        "response.total_size" => int(total_size(&stream.response.as_ref()?.headers)),
+        "response.headers" => pairs(&response?.headers),
+        "response.size" => int(body_size(&response?.headers)?),
+        "response.total_size" => int(total_size(&response?.headers)),
         _ => return None,
     })
 }

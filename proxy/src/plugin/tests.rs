@@ -298,6 +298,7 @@ fn stream_info(scheme: &'static str, path: &str) -> StreamInfo {
         path: path.into(),
         route: "r".into(),
         upstream: None,
+        later: Default::default(),
     }
 }
 
@@ -622,4 +623,59 @@ fn a_request_whose_head_was_lost_with_its_instance_fails_even_under_allow() {
             "{lost}"
         );
     });
+}
+
+/// As in Envoy, the request head stays readable after its phase (here in
+/// `on_http_response_headers` and `on_log`), and so does the response head in `on_log`.
+#[test]
+fn heads_stay_readable_in_later_callbacks() {
+    let host = PluginHost::default();
+    let imports = r#"
+  (import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))"#;
+    // Logs the value of header `x-a` of the request (map 0) or `x-b` of the response (map 2).
+    let exports = format!(
+        r#"{ABI_0_2_1}
+  (data (i32.const 16) "x-a")
+  (data (i32.const 24) "x-b")
+  (func $log_header (param $map i32) (param $key i32)
+    (if (i32.eqz (call $get (local.get $map) (local.get $key) (i32.const 3) (i32.const 100) (i32.const 104)))
+      (then (drop (call $log (i32.const 2) (i32.load (i32.const 100)) (i32.load (i32.const 104)))))))
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+    (call $log_header (i32.const 0) (i32.const 16))
+    (i32.const 0))
+  (func (export "proxy_on_log") (param i32)
+    (call $log_header (i32.const 0) (i32.const 16))
+    (call $log_header (i32.const 2) (i32.const 24)))"#
+    );
+    let m = module(&host, imports, &exports, "");
+    let (plugin, chain, rt) = one_plugin(&host, &m);
+    rt.block_on(async {
+        let stream = chain
+            .start(Arc::new(stream_info("http", "/")))
+            .await
+            .expect("start");
+        let mut req = request_head("http", "/");
+        req.headers
+            .insert("x-a", http::HeaderValue::from_static("from-request"));
+        stream
+            .request_headers(&mut req, true)
+            .await
+            .expect("request");
+        let mut resp = ResponseHead {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+        };
+        resp.headers
+            .insert("x-b", http::HeaderValue::from_static("from-response"));
+        stream
+            .response_headers(&mut resp, true)
+            .await
+            .expect("response");
+        drop(stream);
+    });
+    assert_eq!(
+        recent_logs(&plugin),
+        ["from-request", "from-request", "from-response"]
+    );
 }
