@@ -313,9 +313,12 @@ pub fn compile(loaded: &Loaded, ctx: &CompileContext) -> Result<Snapshot, Config
         }
     }
     if index == 0 {
-        errors.push(ConfigError::global(
-            "no listeners: add at least one under `listeners:`",
-        ));
+        let message = "no listeners: add at least one under `listeners:`";
+        // Named after the file when there is one (an emptied file, say).
+        errors.push(match files.as_slice() {
+            [(source, _)] => source.error("", message),
+            _ => ConfigError::global(message),
+        });
     }
 
     let mut admin_origin = None;
@@ -1134,6 +1137,15 @@ routes:
             errors[0].starts_with("default_plugins: `default_plugins` is also set in ")
                 && errors[0].ends_with("10-a.yaml"),
             "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn an_empty_file_is_refused_naming_it() {
+        let err = compile_text("").expect_err("refused").to_string();
+        assert!(
+            err.ends_with("/portico.yaml: no listeners: add at least one under `listeners:`"),
+            "{err}"
         );
     }
 
