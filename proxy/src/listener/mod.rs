@@ -653,10 +653,16 @@ async fn serve_http<IO>(
     let activity = &activity_conn.activity;
     let (idle, header) = (limits.idle_timeout, limits.header_read_timeout);
     let body_idle = limits.body_idle_timeout;
-    let mut next_check = tokio::time::Instant::now();
     // One timer for the connection's life, moved only when a clock needs it earlier or has
     // been looked at: a new `Sleep` per loop would re-enter tokio's timer wheel, and one
-    // earlier than every other timer wakes the runtime's driver (a syscall) each time.
+    // earlier than every other timer wakes the runtime's driver (a syscall) each time. So its
+    // first look is not "now" but when the first head's clock, running since accept, could
+    // end (what that look would have computed): a timer at "now" cost every accepted
+    // connection one wake of the driver.
+    let mut next_check = activity
+        .at(header)
+        .min(tokio::time::Instant::now() + body_idle);
+    activity.armed(next_check, header);
     let timer = tokio::time::sleep_until(next_check);
     tokio::pin!(timer);
     let mut stopping = false;
