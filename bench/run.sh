@@ -432,12 +432,15 @@ raise_fd_limit() {
 }
 
 make_certs() {
+    # In a directory of their own: Portico watches the directories of the files it uses, and
+    # s_time's progress output in $TMP would wake its watcher on every handshake.
+    mkdir -p "$TMP/tls"
     local keyopt=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1)
     [[ $TLS_KEY == rsa ]] && keyopt=(-newkey rsa:2048)
     openssl req -x509 "${keyopt[@]}" -nodes -days 7 -subj /CN=localhost \
         -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-        -keyout "$TMP/bench.key" -out "$TMP/bench.crt" 2>/dev/null
-    cat "$TMP/bench.crt" "$TMP/bench.key" >"$TMP/bench.pem"   # HAProxy wants one file
+        -keyout "$TMP/tls/bench.key" -out "$TMP/tls/bench.crt" 2>/dev/null
+    cat "$TMP/tls/bench.crt" "$TMP/tls/bench.key" >"$TMP/tls/bench.pem"   # HAProxy wants one file
 }
 
 collect_versions() {
@@ -498,8 +501,8 @@ start_backend() {
         listen 127.0.0.1:$BACKEND_PORT backlog=4096;
         listen 127.0.0.1:$BACKEND_TLS_PORT ssl http2 backlog=4096;
         ssl_protocols TLSv1.2 TLSv1.3;
-        ssl_certificate $TMP/bench.crt;
-        ssl_certificate_key $TMP/bench.key;
+        ssl_certificate $TMP/tls/bench.crt;
+        ssl_certificate_key $TMP/tls/bench.key;
         location / { return 200 "hello\n"; }
         # Scenario 6's sanity check: which headers the rw plugins wrote on the way up.
         location = /rw-echo { return 200 "rw-1=\$http_x_rw_1 rw-3=\$http_x_rw_3\n"; }
@@ -530,8 +533,8 @@ backend_counters() {   # "accepts requests" from stub_status (this query counts 
 # ---------------------------------------------------------------------------------------------
 start_portico() {
     local dir=$TMP/portico
-    mkdir -p "$dir"
-    cat >"$dir/portico.yaml" <<EOF
+    mkdir -p "$dir/config"   # the configuration alone in its directory, which Portico watches
+    cat >"$dir/config/portico.yaml" <<EOF
 listeners:
   - name: web
     address: "127.0.0.1:${PLAIN_PORT[portico]}"
@@ -539,7 +542,7 @@ listeners:
     address: "127.0.0.1:${TLS_PORT[portico]}"
     tls:
       certificates:
-        - { cert: $TMP/bench.crt, key: $TMP/bench.key }
+        - { cert: $TMP/tls/bench.crt, key: $TMP/tls/bench.key }
 admin:
   address: "127.0.0.1:$PORTICO_ADMIN"
 access_log: false
@@ -552,7 +555,7 @@ routes:
     upstream: backend
 EOF
     start_bg "$dir/portico" env PORTICO_WORKERS=1 RUST_LOG="${RUST_LOG:-warn}" \
-        taskset -c "$PROXY_CPU" "$PORTICO_BIN" run --config "$dir/portico.yaml"
+        taskset -c "$PROXY_CPU" "$PORTICO_BIN" run --config "$dir/config/portico.yaml"
     TARGET_PID[portico]=$BG_PID
     wait_until 30 "portico /ready" http_ok "http://127.0.0.1:$PORTICO_ADMIN/ready"
 }
@@ -582,8 +585,8 @@ start_nginx() {
         listen 127.0.0.1:${PLAIN_PORT[nginx]} backlog=4096;
         listen 127.0.0.1:${TLS_PORT[nginx]} ssl http2 backlog=4096;
         ssl_protocols TLSv1.2 TLSv1.3;
-        ssl_certificate $TMP/bench.crt;
-        ssl_certificate_key $TMP/bench.key;
+        ssl_certificate $TMP/tls/bench.crt;
+        ssl_certificate_key $TMP/tls/bench.key;
         location / {
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -630,7 +633,7 @@ defaults
 
 frontend web
     bind 127.0.0.1:${PLAIN_PORT[haproxy]}
-    bind 127.0.0.1:${TLS_PORT[haproxy]} ssl crt $TMP/bench.pem alpn h2,http/1.1
+    bind 127.0.0.1:${TLS_PORT[haproxy]} ssl crt $TMP/tls/bench.pem alpn h2,http/1.1
     $headers
     default_backend backend
 
@@ -944,7 +947,7 @@ s5_conns() {
 #    the 0-plugin chain within the pairs are what the plugins cost.
 start_plugins() {
     local dir=$TMP/portico-plugins v
-    mkdir -p "$dir"
+    mkdir -p "$dir/config"   # the configuration alone in its directory, which Portico watches
     {
         echo "listeners:"
         for v in "${PLUGIN_VARIANTS[@]}"; do
@@ -971,10 +974,10 @@ routes:
     paths: [{ type: Prefix, value: / }]
     upstream: backend
 EOF
-    } >"$dir/portico.yaml"
+    } >"$dir/config/portico.yaml"
     start_bg "$dir/portico" env PORTICO_WORKERS=1 RUST_LOG="${RUST_LOG:-warn}" \
         PORTICO_PLUGIN_CACHE="$dir/plugin-cache" \
-        taskset -c "$PROXY_CPU" "$PORTICO_BIN" run --config "$dir/portico.yaml"
+        taskset -c "$PROXY_CPU" "$PORTICO_BIN" run --config "$dir/config/portico.yaml"
     TARGET_PID[plugins]=$BG_PID
     wait_until 60 "portico (plugin chains) /ready" http_ok "http://127.0.0.1:$PLUGINS_ADMIN/ready"
 }
@@ -1175,7 +1178,7 @@ x-debug: 1"
 
 start_firstparty() {
     local dir=$TMP/portico-firstparty v alg temp cache jwt rl key hr
-    mkdir -p "$dir"
+    mkdir -p "$dir/config"   # the configuration alone in its directory, which Portico watches
     # The plugins' configurations, as bench/micro/first_party.rs has them (the JWKS as JSON text).
     jwt="issuer: \"https://idp.test\", audiences: [api], jwks: '$FP_JWKS'"
     rl="{ rate: 1000000000, per: 1s, key: client_ip }"
@@ -1217,10 +1220,10 @@ routes:
     paths: [{ type: Prefix, value: / }]
     upstream: backend
 YAML
-    } >"$dir/portico.yaml"
+    } >"$dir/config/portico.yaml"
     start_bg "$dir/portico" env PORTICO_WORKERS=1 RUST_LOG="${RUST_LOG:-warn}" \
         PORTICO_PLUGIN_CACHE="$dir/plugin-cache" \
-        taskset -c "$PROXY_CPU" "$PORTICO_BIN" run --config "$dir/portico.yaml"
+        taskset -c "$PROXY_CPU" "$PORTICO_BIN" run --config "$dir/config/portico.yaml"
     TARGET_PID[firstparty]=$BG_PID
     wait_until 60 "portico (first-party plugins) /ready" http_ok "http://127.0.0.1:$FP_ADMIN/ready"
 }
