@@ -13,6 +13,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use wasmtime::{Caller, Linker};
 
+use super::frozen::Frozen;
 use super::instance::{
     CalloutRequest, HostCtx, LocalResponse, ROOT_CONTEXT, RequestHead, ResponseHead,
 };
@@ -401,8 +402,7 @@ enum MapRef<'a> {
     Pairs(&'a [(Bytes, Bytes)]),
     /// The request or response head after its own phase (as Envoy keeps them readable for
     /// the later callbacks, `on_log` included): read-only.
-    FrozenRequest(&'a RequestHead),
-    FrozenResponse(&'a ResponseHead),
+    Frozen(&'a Frozen),
 }
 
 /// What reading a [`MapRef`] sees.
@@ -411,6 +411,7 @@ enum View<'a> {
     Response(&'a ResponseHead),
     Plain(&'a HeaderMap),
     Pairs(&'a [(Bytes, Bytes)]),
+    Frozen(&'a Frozen),
 }
 
 /// `None`: the map does not exist now (e.g. response headers during the request phase).
@@ -429,12 +430,12 @@ fn map_of(ctx: &mut HostCtx, kind: u32) -> Result<Option<MapRef<'_>>, Status> {
     };
     Ok(match kind {
         MAP_REQUEST_HEADERS if stream.request.is_none() => {
-            stream.info.later.request.get().map(MapRef::FrozenRequest)
+            stream.info.later.request.get().map(MapRef::Frozen)
         }
         MAP_REQUEST_HEADERS => stream.request.as_deref_mut().map(MapRef::Request),
         MAP_REQUEST_TRAILERS => stream.request_trailers.as_deref_mut().map(MapRef::Plain),
         MAP_RESPONSE_HEADERS if stream.response.is_none() => {
-            stream.info.later.response.get().map(MapRef::FrozenResponse)
+            stream.info.later.response.get().map(MapRef::Frozen)
         }
         MAP_RESPONSE_HEADERS => stream.response.as_deref_mut().map(MapRef::Response),
         MAP_RESPONSE_TRAILERS => stream.response_trailers.as_deref_mut().map(MapRef::Plain),
@@ -446,9 +447,8 @@ impl MapRef<'_> {
     fn view(&self) -> View<'_> {
         match self {
             MapRef::Request(r) => View::Request(r),
-            MapRef::FrozenRequest(r) => View::Request(r),
             MapRef::Response(r) => View::Response(r),
-            MapRef::FrozenResponse(r) => View::Response(r),
+            MapRef::Frozen(f) => View::Frozen(f),
             MapRef::Plain(h) => View::Plain(h),
             MapRef::Pairs(p) => View::Pairs(p),
         }
@@ -470,6 +470,7 @@ impl MapRef<'_> {
             }
             View::Plain(h) => h,
             View::Pairs(p) => return p.iter().map(|(k, v)| (&k[..], &v[..])).collect(),
+            View::Frozen(f) => return f.pairs().collect(),
         };
         for (k, v) in headers.iter() {
             out.push((k.as_str().as_bytes(), v.as_bytes()));
@@ -492,6 +493,15 @@ impl MapRef<'_> {
                     .map(|(_, v)| &v[..])
                     .collect();
                 return (!values.is_empty()).then(|| Value::Owned(values.join(&b","[..])));
+            }
+            (View::Frozen(f), _) => {
+                let mut values = f.get_all(key);
+                let mut out = values.next()?.to_vec();
+                for v in values {
+                    out.push(b',');
+                    out.extend_from_slice(v);
+                }
+                return Some(Value::Owned(out));
             }
             _ => {}
         }
@@ -516,7 +526,7 @@ impl MapRef<'_> {
             View::Request(r) => Some(&r.headers),
             View::Response(r) => Some(&r.headers),
             View::Plain(h) => Some(h),
-            View::Pairs(_) => None,
+            View::Pairs(_) | View::Frozen(_) => None,
         }
     }
 
@@ -525,7 +535,7 @@ impl MapRef<'_> {
             MapRef::Request(r) => Some(&mut r.headers),
             MapRef::Response(r) => Some(&mut r.headers),
             MapRef::Plain(h) => Some(h),
-            MapRef::Pairs(_) | MapRef::FrozenRequest(_) | MapRef::FrozenResponse(_) => None,
+            MapRef::Pairs(_) | MapRef::Frozen(_) => None,
         }
     }
 
@@ -581,7 +591,7 @@ impl MapRef<'_> {
 
     /// Applies a change; invalid names or values are refused with a message.
     fn apply(&mut self, op: Op, key: &[u8], value: &[u8]) -> Result<(), String> {
-        if matches!(self, MapRef::FrozenRequest(_) | MapRef::FrozenResponse(_)) {
+        if matches!(self, MapRef::Frozen(_)) {
             return Err("the map is read-only after its own phase".into());
         }
         if key.first() == Some(&b':') {
@@ -690,6 +700,12 @@ fn get_map_pairs(mut caller: C, kind: u32, ret_ptr: u32, ret_len: u32) -> R {
     let data = match map_of(caller.data_mut(), kind) {
         Err(s) => return st(s),
         Ok(None) => serialize_pairs(&[]),
+        // A frozen head is already in this encoding.
+        Ok(Some(MapRef::Frozen(f))) => {
+            let f = f.clone();
+            give(&mut caller, f.wire(), ret_ptr, ret_len)?;
+            return st(Status::Ok);
+        }
         Ok(Some(map)) => serialize_pairs(&map.pairs()),
     };
     give(&mut caller, &data, ret_ptr, ret_len)?;

@@ -14,6 +14,7 @@
 mod abi;
 pub mod engine;
 pub mod foreign;
+mod frozen;
 pub mod inspect;
 mod instance;
 mod metrics;
@@ -42,6 +43,7 @@ use crate::telemetry::metrics::Metrics;
 use crate::upstream::Upstream;
 
 pub use abi::MAX_CALLOUT_TIMEOUT;
+pub use frozen::Frozen;
 use instance::{Fault, HostCtx};
 pub use instance::{LocalResponse, RequestHead, ResponseHead};
 use pool::{Pool, Slot};
@@ -376,11 +378,12 @@ pub struct StreamInfo {
 
 /// The request and response heads as their phase left them, readable (not writable) by the
 /// stream's later callbacks, as Envoy keeps them: a response callback reading a request
-/// header, `on_log` reading either. One copy per request, shared by the chain's plugins.
+/// header, `on_log` reading either. One [`Frozen`] copy each per request, shared by the
+/// chain's plugins.
 #[derive(Debug, Clone, Default)]
 pub struct Later {
-    pub request: OnceLock<RequestHead>,
-    pub response: OnceLock<ResponseHead>,
+    pub request: OnceLock<Frozen>,
+    pub response: OnceLock<Frozen>,
 }
 
 /// The plugins a request runs through, in request order.
@@ -677,7 +680,7 @@ impl ChainStream {
         let verdict = self.request_headers_boxed(&mut boxed, end_of_stream).await;
         unbox(head, boxed);
         if verdict.is_ok() {
-            let _ = self.info.later.request.set(head.clone());
+            let _ = self.info.later.request.set(Frozen::request(head));
         }
         verdict
     }
@@ -742,7 +745,7 @@ impl ChainStream {
         let verdict = self.response_headers_boxed(&mut boxed, end_of_stream).await;
         unbox(head, boxed);
         if verdict.is_ok() {
-            let _ = self.info.later.response.set(head.clone());
+            let _ = self.info.later.response.set(Frozen::response(head));
         }
         verdict
     }

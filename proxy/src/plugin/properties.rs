@@ -5,6 +5,7 @@
 
 use bytes::Bytes;
 
+use super::frozen::Frozen;
 use super::instance::HostCtx;
 
 fn int(v: i64) -> Bytes {
@@ -53,17 +54,28 @@ pub fn get(ctx: &mut HostCtx, path: &[u8]) -> Option<Bytes> {
     }
     let info = &stream.info;
     // The heads as the plugin has them in their own phase, else as that phase left them.
-    let request = stream.request.as_deref().or(info.later.request.get());
-    let response = stream.response.as_deref().or(info.later.response.get());
-    let header = |name: &str| -> Option<Bytes> {
-        Some(Bytes::copy_from_slice(
-            request?.headers.get(name)?.as_bytes(),
-        ))
+    let request = match (&stream.request, info.later.request.get()) {
+        (Some(r), _) => Some(Head::Live(&r.headers)),
+        (None, f) => f.map(Head::Frozen),
     };
-    let path = || match request {
-        Some(r) => r.path.as_str(),
-        None => info.path.as_str(),
+    let response = match (&stream.response, info.later.response.get()) {
+        (Some(r), _) => Some(Head::Live(&r.headers)),
+        (None, f) => f.map(Head::Frozen),
     };
+    let header =
+        |name: &str| -> Option<Bytes> { Some(Bytes::copy_from_slice(request?.get(name)?)) };
+    let pseudo = |name: &str| -> Option<&str> {
+        match (&stream.request, info.later.request.get()) {
+            (Some(r), _) => match name {
+                ":path" => Some(r.path.as_str()),
+                ":authority" => Some(r.authority.as_str()),
+                ":method" => Some(r.method.as_str()),
+                _ => None,
+            },
+            (None, f) => f?.pseudo(name),
+        }
+    };
+    let path = || pseudo(":path").unwrap_or(info.path.as_str());
     Some(match name {
         "request.path" => text(path()),
         "request.url_path" => {
@@ -74,20 +86,16 @@ pub fn get(ctx: &mut HostCtx, path: &[u8]) -> Option<Bytes> {
             let p = path();
             text(p.split_once('?').map(|(_, q)| q).unwrap_or(""))
         }
-        "request.host" => text(request.map(|r| r.authority.as_str()).unwrap_or(&info.host)),
+        "request.host" => text(pseudo(":authority").unwrap_or(&info.host)),
         "request.scheme" => text(info.scheme),
-        "request.method" => text(
-            request
-                .map(|r| r.method.as_str())
-                .unwrap_or(info.method.as_str()),
-        ),
+        "request.method" => text(pseudo(":method").unwrap_or(info.method.as_str())),
         "request.id" => text(info.id.to_str().unwrap_or("")),
         "request.protocol" => text(info.protocol),
         "request.referer" => header("referer")?,
         "request.useragent" => header("user-agent")?,
-        "request.headers" => pairs(&request?.headers),
-        "request.size" => int(body_size(&request?.headers)?),
-        "request.total_size" => int(total_size(&request?.headers)),
+        "request.headers" => request?.pairs(),
+        "request.size" => int(request?.body_size()?),
+        "request.total_size" => int(request?.total_size()),
         "request.duration" => int(info.started.elapsed().as_nanos() as i64),
         "request.time" => {
             // The wall clock is read only when a plugin asks: the stream keeps the monotonic
@@ -107,44 +115,65 @@ pub fn get(ctx: &mut HostCtx, path: &[u8]) -> Option<Bytes> {
         "connection.requested_server_name" => text(info.sni.as_deref()?),
         "route_name" | "xds.route_name" => text(&info.route),
         "xds.cluster_name" | "upstream.name" => text(info.upstream.as_deref()?),
-        "response.code" => int(response
-            .map(|r| r.status)
-            .or(stream.response_status)?
-            .as_u16() as i64),
-        "response.headers" => pairs(&response?.headers),
-        "response.size" => int(body_size(&response?.headers)?),
-        "response.total_size" => int(total_size(&response?.headers)),
+        "response.code" => {
+            let status = match (&stream.response, info.later.response.get()) {
+                (Some(r), _) => Some(r.status.as_u16()),
+                (None, f) => f.and_then(|f| f.pseudo(":status")?.parse().ok()),
+            };
+            int(status.or(stream.response_status.map(|s| s.as_u16()))? as i64)
+        }
+        "response.headers" => response?.pairs(),
+        "response.size" => int(response?.body_size()?),
+        "response.total_size" => int(response?.total_size()),
         _ => return None,
     })
 }
 
-/// A header map in the Proxy-Wasm pairs encoding, as Envoy serialises map-valued attributes.
-fn pairs(headers: &http::HeaderMap) -> Bytes {
-    let pairs: Vec<(&[u8], &[u8])> = headers
-        .iter()
-        .map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes()))
-        .collect();
-    Bytes::from(super::abi::serialize_pairs(&pairs))
+/// A head as a property reads it: the plugin's own phase's (live), or as that phase left it.
+#[derive(Clone, Copy)]
+enum Head<'a> {
+    Live(&'a http::HeaderMap),
+    Frozen(&'a Frozen),
 }
 
-/// The body size a head announces (`content-length`).
-fn body_size(headers: &http::HeaderMap) -> Option<i64> {
-    headers
-        .get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
-}
+impl<'a> Head<'a> {
+    fn get(self, name: &str) -> Option<&'a [u8]> {
+        match self {
+            Head::Live(h) => h.get(name).map(|v| v.as_bytes()),
+            Head::Frozen(f) => f
+                .headers()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
+                .map(|(_, v)| v),
+        }
+    }
 
-/// Envoy's `total_size`: the headers' bytes (name, value, and ": " and CRLF each) plus the
-/// body size when announced.
-fn total_size(headers: &http::HeaderMap) -> i64 {
-    let head: usize = headers
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum();
-    head as i64 + body_size(headers).unwrap_or(0)
+    fn headers(self) -> Box<dyn Iterator<Item = (&'a [u8], &'a [u8])> + 'a> {
+        match self {
+            Head::Live(h) => Box::new(h.iter().map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes()))),
+            Head::Frozen(f) => Box::new(f.headers()),
+        }
+    }
+
+    /// The headers in the Proxy-Wasm pairs encoding, as Envoy serialises map-valued attributes.
+    fn pairs(self) -> Bytes {
+        let pairs: Vec<(&[u8], &[u8])> = self.headers().collect();
+        Bytes::from(super::abi::serialize_pairs(&pairs))
+    }
+
+    /// The body size the head announces (`content-length`).
+    fn body_size(self) -> Option<i64> {
+        std::str::from_utf8(self.get("content-length")?)
+            .ok()?
+            .parse()
+            .ok()
+    }
+
+    /// Envoy's `total_size`: the headers' bytes (name, value, and ": " and CRLF each) plus the
+    /// body size when announced.
+    fn total_size(self) -> i64 {
+        let head: usize = self.headers().map(|(k, v)| k.len() + v.len() + 4).sum();
+        head as i64 + self.body_size().unwrap_or(0)
+    }
 }
 
 /// `ip:port` (`[ip]:port` for IPv6), written straight into the value's buffer.

@@ -346,6 +346,84 @@ fn request_head(scheme: &'static str, path: &str) -> RequestHead {
     }
 }
 
+/// In `on_log` the heads are frozen: each map's pairs come whole (pseudo-headers first), a
+/// pseudo-header reads like a header, and the properties over the heads read them.
+#[test]
+fn frozen_heads_serve_pairs_pseudo_headers_and_properties() {
+    let host = PluginHost::default();
+    let imports = r#"
+  (import "env" "proxy_get_header_map_pairs" (func $pairs (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_property" (func $prop (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))"#;
+    // Logs: the request map's last value (the tail of its pairs), `:status` of the response
+    // map, and the properties request.path, request.useragent, request.method.
+    let exports = format!(
+        r#"{ABI_0_2_1}
+  (data (i32.const 16) ":status")
+  (data (i32.const 32) "request\00path")
+  (data (i32.const 48) "request\00useragent")
+  (data (i32.const 72) "request\00method")
+  (func $log_ret
+    (drop (call $log (i32.const 2) (i32.load (i32.const 100)) (i32.load (i32.const 104)))))
+  (func $log_prop (param $p i32) (param $n i32)
+    (if (i32.eqz (call $prop (local.get $p) (local.get $n) (i32.const 100) (i32.const 104)))
+      (then (call $log_ret))))
+  (func (export "proxy_on_log") (param i32)
+    (if (i32.eqz (call $pairs (i32.const 0) (i32.const 100) (i32.const 104)))
+      (then (drop (call $log (i32.const 2)
+        (i32.sub (i32.add (i32.load (i32.const 100)) (i32.load (i32.const 104))) (i32.const 13))
+        (i32.const 12)))))
+    (if (i32.eqz (call $get (i32.const 2) (i32.const 16) (i32.const 7) (i32.const 100) (i32.const 104)))
+      (then (call $log_ret)))
+    (call $log_prop (i32.const 32) (i32.const 12))
+    (call $log_prop (i32.const 48) (i32.const 17))
+    (call $log_prop (i32.const 72) (i32.const 14)))"#
+    );
+    let m = module(&host, imports, &exports, "");
+    let (plugin, chain, rt) = one_plugin(&host, &m);
+    let mut req = request_head("http", "/p?q=1");
+    req.method = http::Method::PUT;
+    req.headers
+        .insert("user-agent", http::HeaderValue::from_static("tester/1"));
+    req.headers
+        .insert("x-a", http::HeaderValue::from_static("from-request"));
+    let resp = ResponseHead {
+        status: StatusCode::ACCEPTED,
+        headers: HeaderMap::new(),
+    };
+    whole_stream(&chain, &rt, req, resp);
+    assert_eq!(
+        recent_logs(&plugin),
+        ["from-request", "202", "/p?q=1", "tester/1", "PUT"]
+    );
+}
+
+/// One stream through `chain` on `rt`: `req` and `resp` through their phases (each ending
+/// the stream's message), then the end of the stream (`on_log` and the rest).
+fn whole_stream(
+    chain: &Chain,
+    rt: &tokio::runtime::Runtime,
+    mut req: RequestHead,
+    mut resp: ResponseHead,
+) {
+    rt.block_on(async {
+        let stream = chain
+            .start(Arc::new(stream_info("http", "/")))
+            .await
+            .expect("start");
+        stream
+            .request_headers(&mut req, true)
+            .await
+            .expect("request");
+        stream
+            .response_headers(&mut resp, true)
+            .await
+            .expect("response");
+        drop(stream);
+    });
+}
+
 #[test]
 fn a_plugin_with_only_on_log_still_sees_the_response_status() {
     let host = PluginHost::default();
@@ -650,30 +728,16 @@ fn heads_stay_readable_in_later_callbacks() {
     );
     let m = module(&host, imports, &exports, "");
     let (plugin, chain, rt) = one_plugin(&host, &m);
-    rt.block_on(async {
-        let stream = chain
-            .start(Arc::new(stream_info("http", "/")))
-            .await
-            .expect("start");
-        let mut req = request_head("http", "/");
-        req.headers
-            .insert("x-a", http::HeaderValue::from_static("from-request"));
-        stream
-            .request_headers(&mut req, true)
-            .await
-            .expect("request");
-        let mut resp = ResponseHead {
-            status: StatusCode::OK,
-            headers: HeaderMap::new(),
-        };
-        resp.headers
-            .insert("x-b", http::HeaderValue::from_static("from-response"));
-        stream
-            .response_headers(&mut resp, true)
-            .await
-            .expect("response");
-        drop(stream);
-    });
+    let mut req = request_head("http", "/");
+    req.headers
+        .insert("x-a", http::HeaderValue::from_static("from-request"));
+    let mut resp = ResponseHead {
+        status: StatusCode::OK,
+        headers: HeaderMap::new(),
+    };
+    resp.headers
+        .insert("x-b", http::HeaderValue::from_static("from-response"));
+    whole_stream(&chain, &rt, req, resp);
     assert_eq!(
         recent_logs(&plugin),
         ["from-request", "from-request", "from-response"]
