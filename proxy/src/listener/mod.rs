@@ -525,7 +525,13 @@ async fn serve(
         slot,
         reject,
     } = accepted;
-    let local = stream.local_addr().unwrap_or(config.addr);
+    // A listener bound to one address and port accepts on exactly that: only a wildcard
+    // address (or port 0) needs asking the socket, a syscall per connection.
+    let local = if config.addr.ip().is_unspecified() || config.addr.port() == 0 {
+        stream.local_addr().unwrap_or(config.addr)
+    } else {
+        config.addr
+    };
     match config.tls.clone() {
         None => {
             let conn = Arc::new(ConnInfo {
