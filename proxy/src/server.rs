@@ -282,7 +282,7 @@ impl Server {
         let referenced = current.referenced.clone();
         let quick = tokio::task::spawn_blocking(move || {
             config::read_texts(&root)
-                .map(|t| content_hash(config::digest_texts(&t).as_ref(), &referenced))
+                .map(|t| content_hash(&root, config::digest_texts(&root, &t).as_ref(), &referenced))
         })
         .await;
         match quick {

@@ -514,3 +514,47 @@ routes:
     )
     .await;
 }
+
+/// The content hash does not depend on how the configuration's path is spelt: `portico check`
+/// run on `./cfg` and a proxy run on `/etc/portico/cfg` report the same hash for the same
+/// files (a referenced certificate included), and a changed certificate changes it.
+#[test]
+fn the_content_hash_does_not_depend_on_the_spelling_of_the_path() {
+    let dir = TempDir::new();
+    let pki = Pki::new();
+    std::fs::create_dir_all(dir.path().join("certs")).expect("certs dir");
+    let (cert, key) = pki.issue(&["example.com"]);
+    dir.write("certs/site.crt", &cert);
+    dir.write("certs/site.key", &key);
+    dir.write(
+        "portico.yaml",
+        r#"listeners:
+  - name: websecure
+    address: "127.0.0.1:0"
+    tls: { certificates: [{ cert: certs/site.crt, key: certs/site.key }] }
+routes:
+  - { name: hello, direct_response: { status: 200 } }
+"#,
+    );
+    let hash = |config: &Path| {
+        let (code, out) = check_with(config, &[], &[]);
+        assert_eq!(code, Some(0), "{out}");
+        let at = out.find("hash ").expect("a hash") + 5;
+        out[at..at + 16].to_string()
+    };
+    let plain = hash(dir.path());
+    // The same directory through `certs/..`, and its file named through `./`.
+    let detour = hash(&dir.path().join("certs").join(".."));
+    let file = hash(&dir.path().join(".").join("portico.yaml"));
+    let file_plain = hash(&dir.path().join("portico.yaml"));
+    assert_eq!(plain, detour);
+    assert_eq!(file, file_plain);
+    let (cert, key) = pki.issue(&["example.com"]);
+    dir.write("certs/site.crt", &cert);
+    dir.write("certs/site.key", &key);
+    assert_ne!(
+        hash(dir.path()),
+        plain,
+        "a changed certificate changes the hash"
+    );
+}

@@ -203,7 +203,7 @@ pub fn compile(loaded: &Loaded, ctx: &CompileContext) -> Result<Snapshot, Config
             extra_files.push(resolve(source.base_dir(), &p.module));
         }
     }
-    let hash = content_hash(loaded.text_digest.as_ref(), &extra_files);
+    let hash = content_hash(&loaded.root, loaded.text_digest.as_ref(), &extra_files);
     let mut index = 0usize;
     for (source, file) in &files {
         for (i, l) in file.listeners.iter().enumerate() {
@@ -441,12 +441,14 @@ pub fn compile(loaded: &Loaded, ctx: &CompileContext) -> Result<Snapshot, Config
     })
 }
 
-/// Hex SHA-256 over the configuration digest and the bytes of every referenced file.
-pub fn content_hash(config_digest: &[u8], referenced: &[PathBuf]) -> String {
+/// Hex SHA-256 over the configuration digest and the bytes of every referenced file (named
+/// relative to the configuration's directory when under it: see [`super::hashed_path`]).
+pub fn content_hash(root: &Path, config_digest: &[u8], referenced: &[PathBuf]) -> String {
+    let base = super::base_dir(root);
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     ctx.update(config_digest);
     for path in referenced {
-        ctx.update(path.to_string_lossy().as_bytes());
+        ctx.update(super::hashed_path(base, path).to_string_lossy().as_bytes());
         match std::fs::read(path) {
             Ok(bytes) => {
                 ctx.update(&(bytes.len() as u64).to_le_bytes());

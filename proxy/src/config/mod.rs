@@ -222,14 +222,32 @@ pub fn read_texts(root: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>, ConfigError> {
 }
 
 /// Digest of configuration texts, as computed for [`Loaded::text_digest`].
-pub fn digest_texts(texts: &[(PathBuf, Vec<u8>)]) -> aws_lc_rs::digest::Digest {
+pub fn digest_texts(root: &Path, texts: &[(PathBuf, Vec<u8>)]) -> aws_lc_rs::digest::Digest {
+    let base = base_dir(root);
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     for (path, bytes) in texts {
-        ctx.update(path.to_string_lossy().as_bytes());
+        ctx.update(hashed_path(base, path).to_string_lossy().as_bytes());
         ctx.update(&(bytes.len() as u64).to_le_bytes());
         ctx.update(bytes);
     }
     ctx.finish()
+}
+
+/// The directory a configuration's relative paths start from: the configuration directory,
+/// or the configuration file's.
+pub fn base_dir(root: &Path) -> &Path {
+    if root.is_dir() {
+        root
+    } else {
+        root.parent().unwrap_or(Path::new(""))
+    }
+}
+
+/// A path as the content hash sees it: relative to `base` when under it, so that one
+/// configuration hashes the same however its path was spelt (`portico check --config ./cfg`
+/// and a proxy run with `--config /etc/portico/cfg` agree).
+pub fn hashed_path<'a>(base: &Path, path: &'a Path) -> &'a Path {
+    path.strip_prefix(base).unwrap_or(path)
 }
 
 /// Reads, substitutes and parses a configuration file or directory.
@@ -243,7 +261,7 @@ pub fn load_with_env(
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<Loaded, ConfigErrors> {
     let texts = read_texts(root)?;
-    let text_digest = digest_texts(&texts);
+    let text_digest = digest_texts(root, &texts);
     let mut errors = Vec::new();
     let mut sources = Vec::new();
     let mut files = Vec::new();
