@@ -672,6 +672,24 @@ async fn a_slow_head_after_an_idle_spell_is_cut_off_after_header_read_timeout() 
     assert_eq!(up.hits(), 1);
 }
 
+/// An idle timeout shorter than the header read timeout still holds for a connection whose
+/// first request came and went at once (the connection's first look must not wait for the
+/// header clock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_timeout_shorter_than_the_header_timeout_closes_after_the_first_request() {
+    let (proxy, _up) = proxy_with("{ idle_timeout: 300ms, header_read_timeout: 8s }").await;
+    let (mut sender, conn) = h1_connection(proxy.addr("web")).await;
+    assert_eq!(h1_get(&mut sender).await, 200);
+    let idle_since = Instant::now();
+    let closed = tokio::time::timeout(GUARD, conn).await;
+    let waited = idle_since.elapsed();
+    assert!(closed.is_ok(), "connection still open");
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "closed after {waited:?} idle, expected about 300ms"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keepalive_connections_are_closed_after_idle_timeout() {
     // The idle timeout is longer than the header read timeout: an idle keep-alive connection

@@ -527,7 +527,7 @@ async fn serve(
     } = accepted;
     // A listener bound to one address and port accepts on exactly that: only a wildcard
     // address (or port 0) needs asking the socket, a syscall per connection.
-    let local = if config.addr.ip().is_unspecified() || config.addr.port() == 0 {
+    let local = if config.addr.ip().to_canonical().is_unspecified() || config.addr.port() == 0 {
         stream.local_addr().unwrap_or(config.addr)
     } else {
         config.addr
@@ -662,12 +662,11 @@ async fn serve_http<IO>(
     // One timer for the connection's life, moved only when a clock needs it earlier or has
     // been looked at: a new `Sleep` per loop would re-enter tokio's timer wheel, and one
     // earlier than every other timer wakes the runtime's driver (a syscall) each time. So its
-    // first look is not "now" but when the first head's clock, running since accept, could
-    // end (what that look would have computed): a timer at "now" cost every accepted
-    // connection one wake of the driver.
-    let mut next_check = activity
-        .at(header)
-        .min(tokio::time::Instant::now() + body_idle);
+    // first look is not "now" (that cost every accepted connection one wake of the driver) but
+    // as while requests run (see `Expiry::Busy` below): within the shortest of the clocks,
+    // since a first request may come and go before it, and nothing else wakes the timer when
+    // a request ends.
+    let mut next_check = activity.at(header.min(idle).min(body_idle));
     activity.armed(next_check, header);
     let timer = tokio::time::sleep_until(next_check);
     tokio::pin!(timer);
