@@ -479,6 +479,14 @@ impl MapRef<'_> {
     }
 
     fn get(&self, key: &[u8]) -> Option<Value> {
+        // Keys in any case, pseudo-headers included, as Envoy lowercases them.
+        let lower;
+        let key = if key.iter().any(u8::is_ascii_uppercase) {
+            lower = key.to_ascii_lowercase();
+            &lower[..]
+        } else {
+            key
+        };
         let owned = |b: &[u8]| Some(Value::Owned(b.to_vec()));
         match (self.view(), key) {
             (View::Request(r), b":authority") => return owned(r.authority.as_bytes()),

@@ -347,7 +347,8 @@ fn request_head(scheme: &'static str, path: &str) -> RequestHead {
 }
 
 /// In `on_log` the heads are frozen: each map's pairs come whole (pseudo-headers first), a
-/// pseudo-header reads like a header, and the properties over the heads read them.
+/// pseudo-header reads like a header, and the properties over the heads read them. Keys are
+/// read in any case, pseudo-headers too (Envoy lowercases them), in the live phase as later.
 #[test]
 fn frozen_heads_serve_pairs_pseudo_headers_and_properties() {
     let host = PluginHost::default();
@@ -360,8 +361,9 @@ fn frozen_heads_serve_pairs_pseudo_headers_and_properties() {
     // map, and the properties request.path, request.useragent, request.method.
     let exports = format!(
         r#"{ABI_0_2_1}
-  (data (i32.const 16) ":status")
+  (data (i32.const 16) ":Status")
   (data (i32.const 32) "request\00path")
+  (data (i32.const 88) ":METHOD")
   (data (i32.const 48) "request\00useragent")
   (data (i32.const 72) "request\00method")
   (func $log_ret
@@ -369,6 +371,10 @@ fn frozen_heads_serve_pairs_pseudo_headers_and_properties() {
   (func $log_prop (param $p i32) (param $n i32)
     (if (i32.eqz (call $prop (local.get $p) (local.get $n) (i32.const 100) (i32.const 104)))
       (then (call $log_ret))))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (if (i32.eqz (call $get (i32.const 0) (i32.const 88) (i32.const 7) (i32.const 100) (i32.const 104)))
+      (then (call $log_ret)))
+    (i32.const 0))
   (func (export "proxy_on_log") (param i32)
     (if (i32.eqz (call $pairs (i32.const 0) (i32.const 100) (i32.const 104)))
       (then (drop (call $log (i32.const 2)
@@ -395,7 +401,7 @@ fn frozen_heads_serve_pairs_pseudo_headers_and_properties() {
     whole_stream(&chain, &rt, req, resp);
     assert_eq!(
         recent_logs(&plugin),
-        ["from-request", "202", "/p?q=1", "tester/1", "PUT"]
+        ["PUT", "from-request", "202", "/p?q=1", "tester/1", "PUT"]
     );
 }
 
