@@ -754,14 +754,14 @@ fn compile_matchers(
 
 /// Would two listening sockets on these addresses conflict? Same port (port 0 never: the
 /// system picks one each) and the same IP, or one of them a wildcard that covers the other:
-/// `0.0.0.0` covers IPv4, `[::]` both families (Portico's IPv6 sockets are dual-stack).
+/// `0.0.0.0` covers IPv4, `[::]` both families (Portico's IPv6 sockets are dual-stack). An
+/// IPv4-mapped IPv6 address (`[::ffff:127.0.0.1]`) is the IPv4 address it maps.
 fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
     let covers = |w: std::net::IpAddr, other: std::net::IpAddr| {
         w.is_unspecified() && (w.is_ipv6() || other.is_ipv4())
     };
-    a.port() != 0
-        && a.port() == b.port()
-        && (a.ip() == b.ip() || covers(a.ip(), b.ip()) || covers(b.ip(), a.ip()))
+    let (ia, ib) = (a.ip().to_canonical(), b.ip().to_canonical());
+    a.port() != 0 && a.port() == b.port() && (ia == ib || covers(ia, ib) || covers(ib, ia))
 }
 
 fn value_match(
@@ -1209,6 +1209,13 @@ routes: [{ name: r, direct_response: { status: 200 } }]
             ("0.0.0.0:0", "127.0.0.1:0"),
         ] {
             assert!(!overlap(a.parse().unwrap(), b.parse().unwrap()), "{a} {b}");
+        }
+        // An IPv4-mapped IPv6 address is its IPv4 address (Linux binds it so).
+        for (a, b) in [
+            ("[::ffff:127.0.0.1]:80", "127.0.0.1:80"),
+            ("[::ffff:0.0.0.0]:80", "127.0.0.1:80"),
+        ] {
+            assert!(overlap(a.parse().unwrap(), b.parse().unwrap()), "{a} {b}");
         }
     }
 
