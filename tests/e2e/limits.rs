@@ -672,6 +672,14 @@ async fn a_slow_head_after_an_idle_spell_is_cut_off_after_header_read_timeout() 
     assert_eq!(up.hits(), 1);
 }
 
+/// How long `conn` (a client connection's driver) lives from now; fails past [`GUARD`].
+async fn idle_until_closed<F: std::future::Future>(conn: F, what: &str) -> Duration {
+    let idle_since = Instant::now();
+    let closed = tokio::time::timeout(GUARD, conn).await;
+    assert!(closed.is_ok(), "{what} still open");
+    idle_since.elapsed()
+}
+
 /// An idle timeout shorter than the header read timeout still holds for a connection whose
 /// first request came and went at once (the connection's first look must not wait for the
 /// header clock).
@@ -680,10 +688,7 @@ async fn an_idle_timeout_shorter_than_the_header_timeout_closes_after_the_first_
     let (proxy, _up) = proxy_with("{ idle_timeout: 300ms, header_read_timeout: 8s }").await;
     let (mut sender, conn) = h1_connection(proxy.addr("web")).await;
     assert_eq!(h1_get(&mut sender).await, 200);
-    let idle_since = Instant::now();
-    let closed = tokio::time::timeout(GUARD, conn).await;
-    let waited = idle_since.elapsed();
-    assert!(closed.is_ok(), "connection still open");
+    let waited = idle_until_closed(conn, "connection").await;
     assert!(
         waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
         "closed after {waited:?} idle, expected about 300ms"
@@ -700,10 +705,7 @@ async fn idle_keepalive_connections_are_closed_after_idle_timeout() {
     // HTTP/1.1
     let (mut sender, conn) = h1_connection(addr).await;
     assert_eq!(h1_get(&mut sender).await, 200);
-    let idle_since = Instant::now();
-    let closed = tokio::time::timeout(GUARD, conn).await;
-    let waited = idle_since.elapsed();
-    assert!(closed.is_ok(), "HTTP/1.1 connection still open");
+    let waited = idle_until_closed(conn, "HTTP/1.1 connection").await;
     assert!(
         waited >= Duration::from_millis(550) && waited < Duration::from_secs(3),
         "HTTP/1.1 closed after {waited:?} idle, expected about 600ms"
@@ -725,10 +727,7 @@ async fn idle_keepalive_connections_are_closed_after_idle_timeout() {
     )
     .await;
     assert_eq!(got.status, 200);
-    let idle_since = Instant::now();
-    let closed = tokio::time::timeout(GUARD, conn).await;
-    let waited = idle_since.elapsed();
-    assert!(closed.is_ok(), "HTTP/2 connection still open");
+    let waited = idle_until_closed(conn, "HTTP/2 connection").await;
     assert!(
         waited >= Duration::from_millis(550) && waited < Duration::from_secs(3),
         "HTTP/2 closed after {waited:?} idle, expected about 600ms"
