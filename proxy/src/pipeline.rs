@@ -35,6 +35,12 @@ pub struct Exchange {
     pub error: Option<(Side, String)>,
 }
 
+/// Whether a response came from the route's upstream: an open-ended one (no length) then
+/// ends when its route is removed or changed by a reload (the route's `closing` token, looked
+/// up only then: a clone of the token per request takes its lock twice).
+#[derive(Debug, Clone, Copy)]
+struct Forwarded(bool);
+
 /// hyper's service entry point: never fails, every error becomes a response.
 pub async fn handle(
     shared: Arc<Shared>,
@@ -55,16 +61,16 @@ pub async fn handle(
         proxy(&shared, &snapshot, &conn, req, &mut pending.ex).await
     };
 
-    let (mut resp, closing) = match result {
-        Ok((resp, closing)) => (resp, closing),
+    let (mut resp, forwarded) = match result {
+        Ok((resp, forwarded)) => (resp, forwarded),
         Err(e) => {
             pending.ex.error = Some((e.side(), e.to_string()));
-            (e.to_response(), None)
+            (e.to_response(), Forwarded(false))
         }
     };
     resp.headers_mut()
         .insert(X_REQUEST_ID.clone(), pending.ex.id.clone());
-    Ok(finish(pending, resp, closing))
+    Ok(finish(pending, resp, forwarded))
 }
 
 /// The phases between "request received" and "response headers ready".
@@ -74,7 +80,7 @@ async fn proxy(
     conn: &Arc<ConnInfo>,
     mut req: Request<Incoming>,
     ex: &mut Exchange,
-) -> Result<(Response<Body>, Option<tokio_util::sync::CancellationToken>), ProxyError> {
+) -> Result<(Response<Body>, Forwarded), ProxyError> {
     let limits = &snapshot.settings.limits;
     // Whatever runs next, upstream included, sees the id the client gets back.
     req.headers_mut()
@@ -98,7 +104,10 @@ async fn proxy(
         .listener(&conn.listener.key)
         .unwrap_or(&conn.listener);
     if let Some(port) = listener.redirect_https {
-        return Ok((actions::https_redirect(&req, &ex.host, port), None));
+        return Ok((
+            actions::https_redirect(&req, &ex.host, port),
+            Forwarded(false),
+        ));
     }
     // A `Uri` clone shares its bytes; the normalised path borrows from it when unchanged.
     let uri = req.uri().clone();
@@ -124,10 +133,10 @@ async fn proxy(
             .request(&mut req, ex, &mut normalised, scheme)
             .await?;
         if let Decision::Respond(resp) = decision {
-            return Ok((resp, None));
+            return Ok((resp, Forwarded(false)));
         }
     }
-    let (resp, closing) = act(
+    let (resp, forwarded) = act(
         shared,
         snapshot,
         conn,
@@ -140,8 +149,8 @@ async fn proxy(
     )
     .await?;
     match &filter {
-        Some(filter) => Ok((filter.response(resp).await?, closing)),
-        None => Ok((resp, closing)),
+        Some(filter) => Ok((filter.response(resp).await?, forwarded)),
+        None => Ok((resp, forwarded)),
     }
 }
 
@@ -158,10 +167,10 @@ async fn act(
     normalised: &str,
     upstream: Option<Arc<crate::upstream::Upstream>>,
     filter: Option<&Filter>,
-) -> Result<(Response<Body>, Option<tokio_util::sync::CancellationToken>), ProxyError> {
+) -> Result<(Response<Body>, Forwarded), ProxyError> {
     let limits = &snapshot.settings.limits;
     match (&target.route.action, upstream) {
-        (Action::Direct(d), _) => Ok((actions::direct(d), None)),
+        (Action::Direct(d), _) => Ok((actions::direct(d), Forwarded(false))),
         (Action::Redirect(r), _) => Ok((
             actions::redirect(
                 r,
@@ -171,7 +180,7 @@ async fn act(
                 normalised,
                 target.prefix.as_deref(),
             ),
-            None,
+            Forwarded(false),
         )),
         (Action::Forward(_), Some(upstream)) => {
             actions::check_body_size(&req, target.route.max_body)?;
@@ -209,7 +218,7 @@ async fn act(
             upstream
                 .duration(&shared.metrics)
                 .observe(started.elapsed().as_secs_f64());
-            Ok((resp?, Some(target.route.closing.clone())))
+            Ok((resp?, Forwarded(true)))
         }
         (Action::Forward(_), None) => Err(ProxyError::internal("no upstream picked")),
     }
@@ -253,11 +262,7 @@ fn route(
 /// Wraps the response body so that, when it ends, the request's bookkeeping runs; stalled
 /// bodies end after `body_idle_timeout` (see [`crate::body`]), and long-lived ones (no
 /// `Content-Length`) when their route closes.
-fn finish(
-    mut pending: Pending,
-    resp: Response<Body>,
-    closing: Option<tokio_util::sync::CancellationToken>,
-) -> Response<Body> {
+fn finish(mut pending: Pending, resp: Response<Body>, forwarded: Forwarded) -> Response<Body> {
     let status = resp.status();
     pending.status = Some(status);
     let (parts, body) = resp.into_parts();
@@ -266,10 +271,11 @@ fn finish(
         .handoff(pending.conn.activity.watch_response());
     // A response of known length ends by itself; only open-ended streams (gRPC, SSE, long
     // downloads without a length) watch their route, which costs a waker registration.
-    if let Some(token) = &closing
+    if forwarded.0
+        && let Some(route) = &pending.ex.route
         && !parts.headers.contains_key(header::CONTENT_LENGTH)
     {
-        tracked = tracked.closing(token);
+        tracked = tracked.closing(&route.closing);
     }
     let tracked = tracked.on_end(move |bytes| {
         pending.bytes = bytes;
