@@ -341,10 +341,12 @@ impl Drop for Pending {
         let (shared, conn, ex) = (&self.shared, &self.conn, &self.ex);
         shared.inflight.fetch_sub(1, Ordering::AcqRel);
         shared.metrics.inflight.dec();
-        conn.activity.end();
+        // One clock reading for the connection's idle clock and the request's duration.
+        let now = Instant::now();
+        conn.activity.end(now);
         let status = self.status.map(|s| s.as_u16()).unwrap_or(499);
         let route = ex.route.as_ref().map(|r| &*r.name).unwrap_or("");
-        let elapsed = ex.started.elapsed();
+        let elapsed = now.saturating_duration_since(ex.started);
         match &ex.route {
             Some(r) => {
                 r.stats

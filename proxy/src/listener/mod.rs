@@ -233,8 +233,10 @@ impl Activity {
         self.head_start_ms.store(NO_HEAD, Ordering::Release);
     }
 
-    pub fn end(&self) {
-        self.last_end_ms.store(self.age_ms(), Ordering::Release);
+    /// A request ended at `now` (the caller's clock reading, shared with its own bookkeeping).
+    pub fn end(&self, now: Instant) {
+        let age = now.saturating_duration_since(self.born).as_millis() as u64;
+        self.last_end_ms.store(age, Ordering::Release);
         self.active.fetch_sub(1, Ordering::AcqRel);
     }
 
@@ -901,7 +903,7 @@ mod tests {
         assert_eq!(a.expiry(idle, header), Expiry::Busy);
         // Bytes during a request (its body) start no clock.
         a.head_bytes();
-        a.end();
+        a.end(Instant::now());
         let ended = Duration::from_millis(a.last_end_ms.load(Ordering::Acquire));
         assert_eq!(a.expiry(idle, header), Expiry::Idle(ended + idle));
         // The next head's first byte starts the header clock.
@@ -909,7 +911,7 @@ mod tests {
         let started = Duration::from_millis(a.head_start_ms.load(Ordering::Acquire));
         assert_eq!(a.expiry(idle, header), Expiry::Header(started + header));
         a.begin();
-        a.end();
+        a.end(Instant::now());
         assert!(matches!(a.expiry(idle, header), Expiry::Idle(_)));
     }
 
@@ -919,14 +921,14 @@ mod tests {
         let header = Duration::from_secs(10);
         let a = Activity::new();
         a.begin();
-        a.end();
+        a.end(Instant::now());
         // The timer looks again within the header timeout (as while requests run): a head
         // starting now expires no sooner, so it wakes nothing.
         a.armed(tokio::time::Instant::now() + header, header);
         a.head_bytes();
         assert!(a.head_started.notified().now_or_never().is_none());
         a.begin();
-        a.end();
+        a.end(Instant::now());
         // The timer sleeps until the idle timeout: the next head must bring it forward.
         a.armed(
             tokio::time::Instant::now() + Duration::from_secs(60),
